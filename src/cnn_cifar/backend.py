@@ -1,0 +1,114 @@
+"""The one place that chooses between NumPy (CPU) and CuPy (NVIDIA GPU).
+
+Every other module gets its array library from here (``backend.xp``) or from its
+inputs (``get_array_module(x)``), in the style of Chainer, so the same layer code
+runs on both. This is the only module that imports cupy.
+"""
+from __future__ import annotations
+
+import os
+from types import ModuleType
+from typing import Any
+
+import numpy
+
+ENV_VAR = "CNN_CIFAR_BACKEND"
+CHOICES = ("auto", "numpy", "cupy")
+
+xp: ModuleType = numpy
+name: str = "numpy"
+_cupy: ModuleType | None = None
+
+
+class BackendError(RuntimeError):
+    """The requested backend cannot run here (the message says why)."""
+
+
+def _probe_cupy() -> tuple[ModuleType | None, str]:
+    """Import CuPy and check a GPU is visible; return (module or None, reason)."""
+    try:
+        import cupy  # noqa: PLC0415 - the one allowed import of cupy
+    except Exception as exc:  # ImportError, or a broken CUDA install
+        return None, f"CuPy is not importable ({type(exc).__name__}: {exc})"
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:
+        return None, f"CuPy imports but sees no GPU ({type(exc).__name__}: {exc})"
+    if count < 1:
+        return None, "CuPy imports but sees no GPU (device count 0)"
+    return cupy, "ok"
+
+
+def cupy_available() -> tuple[bool, str]:
+    """Whether CuPy can run here, and if not, why."""
+    mod, reason = _probe_cupy()
+    return mod is not None, reason
+
+
+def set_backend(choice: str = "auto") -> str:
+    """Select ``numpy``, ``cupy`` or ``auto`` (CuPy if it imports and sees a GPU).
+
+    Returns the name of the backend now in use. Raises BackendError when CuPy
+    is asked for and cannot run, and ValueError for an unknown choice.
+    """
+    global xp, name, _cupy
+    choice = (choice or "auto").lower()
+    if choice not in CHOICES:
+        raise ValueError(f"unknown backend {choice!r}; choose one of {', '.join(CHOICES)}")
+    if choice == "numpy":
+        xp, name = numpy, "numpy"
+        return name
+    mod, reason = _probe_cupy()
+    if mod is None:
+        if choice == "cupy":
+            raise BackendError(f"backend 'cupy' requested but cannot run: {reason}")
+        xp, name = numpy, "numpy"
+        return name
+    _cupy, xp, name = mod, mod, "cupy"
+    return name
+
+
+def describe() -> str:
+    """One line saying which backend is active (and the GPU, for CuPy)."""
+    if name == "cupy":
+        dev = xp.cuda.Device()
+        props = xp.cuda.runtime.getDeviceProperties(dev.id)
+        gpu = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
+        return f"backend: cupy on GPU {dev.id} ({gpu})"
+    return f"backend: numpy {numpy.__version__} (CPU)"
+
+
+def get_array_module(*arrays: Any) -> ModuleType:
+    """The array module (numpy or cupy) that owns the given arrays."""
+    if _cupy is not None:
+        return _cupy.get_array_module(*arrays)
+    return numpy
+
+
+def is_device_array(a: Any) -> bool:
+    """True for a CuPy array."""
+    return _cupy is not None and isinstance(a, _cupy.ndarray)
+
+
+def to_device(a: Any, dtype: Any = None) -> Any:
+    """Move a host array to the active backend (no copy when already there)."""
+    out = xp.asarray(a)
+    if dtype is not None and out.dtype != dtype:
+        out = out.astype(dtype)
+    return out
+
+
+def to_numpy(a: Any) -> numpy.ndarray:
+    """A host NumPy array for any backend array (or scalar)."""
+    if is_device_array(a):
+        return _cupy.asnumpy(a)
+    return numpy.asarray(a)
+
+
+def synchronize() -> None:
+    """Wait for queued GPU work (a no-op on NumPy); benchmarks call it before reading clocks."""
+    if name == "cupy":
+        xp.cuda.get_current_stream().synchronize()
+
+
+set_backend(os.environ.get(ENV_VAR, "numpy") or "numpy")

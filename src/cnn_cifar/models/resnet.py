@@ -1,0 +1,48 @@
+"""ResNet-(6n+2) for CIFAR (He et al. 2016) with 1x1-conv shortcuts where the shape changes."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .. import nn
+
+
+class ResNet(nn.Module):
+    """conv3x3(16) -> BN -> ReLU -> 3 stages of n BasicBlocks (16/32/64 channels) -> global average
+    pool -> Dropout -> Linear(64 -> classes)."""
+
+    def __init__(self, depth: int = 32, num_classes: int = 10, dropout: float = 0.0,
+                 seed: int | None = 0, dtype: Any = np.float32):
+        super().__init__()
+        if depth < 8 or (depth - 2) % 6:
+            raise ValueError(f"ResNet depth must be 6n+2 with n >= 1 (8, 14, 20, 32, ...), got {depth}")
+        n = (depth - 2) // 6
+        self.depth = depth
+        rng = np.random.default_rng(seed)
+        self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False, rng=rng, dtype=dtype)
+        self.bn1 = nn.BatchNorm2d(16, dtype=dtype)
+        self.relu = nn.ReLU()
+        in_planes = 16
+        for i, planes in enumerate((16, 32, 64)):
+            blocks = []
+            for b in range(n):
+                stride = 2 if (i > 0 and b == 0) else 1
+                blocks.append(nn.BasicBlock(in_planes, planes, stride, rng=rng, dtype=dtype))
+                in_planes = planes
+            setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
+        self.pool = nn.GlobalAvgPool2d()
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(64, num_classes, rng=rng, dtype=dtype)
+        self._order = [self.conv1, self.bn1, self.relu, self.layer1, self.layer2, self.layer3,
+                       self.pool, self.dropout, self.fc]
+
+    def forward(self, x: Any) -> Any:
+        for m in self._order:
+            x = m.forward(x)
+        return x
+
+    def backward(self, dy: Any) -> Any:
+        for m in reversed(self._order):
+            dy = m.backward(dy)
+        return dy

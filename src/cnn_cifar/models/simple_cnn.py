@@ -1,0 +1,40 @@
+"""SimpleCNN: the small baseline network of design.md (232,314 parameters for 10 classes)."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .. import nn
+
+
+class SimpleCNN(nn.Module):
+    """Conv(3->8, 3x3) -> BN -> ReLU -> MaxPool 2 -> Flatten -> Linear(1800->128) -> BN1d -> ReLU
+    -> Dropout -> Linear(128->classes)."""
+
+    def __init__(self, num_classes: int = 10, dropout: float = 0.6, seed: int | None = 0,
+                 dtype: Any = np.float32):
+        super().__init__()
+        rng = np.random.default_rng(seed)
+        self.conv1 = nn.Conv2d(3, 8, 3, rng=rng, dtype=dtype)
+        self.bn1 = nn.BatchNorm2d(8, dtype=dtype)
+        self.relu1 = nn.ReLU()
+        self.pool = nn.MaxPool2d(2)
+        self.flatten = nn.Flatten()
+        self.fc1 = nn.Linear(8 * 15 * 15, 128, rng=rng, dtype=dtype)
+        self.bn2 = nn.BatchNorm1d(128, dtype=dtype)
+        self.relu2 = nn.ReLU()
+        self.dropout = nn.Dropout(dropout)
+        self.fc2 = nn.Linear(128, num_classes, rng=rng, dtype=dtype)
+        self._order = [self.conv1, self.bn1, self.relu1, self.pool, self.flatten,
+                       self.fc1, self.bn2, self.relu2, self.dropout, self.fc2]
+
+    def forward(self, x: Any) -> Any:
+        for m in self._order:
+            x = m.forward(x)
+        return x
+
+    def backward(self, dy: Any) -> Any:
+        for m in reversed(self._order):
+            dy = m.backward(dy)
+        return dy

@@ -1,0 +1,17 @@
+"""Hand-written layers with explicit forward and backward, PyTorch-style names and layouts."""
+from .activation import ReLU
+from .conv import Conv2d
+from .dropout import Dropout, Dropout2d
+from .linear import Flatten, Linear
+from .loss import SoftmaxCrossEntropy
+from .module import Module, Parameter, Sequential, grad_enabled, no_grad
+from .norm import BatchNorm1d, BatchNorm2d
+from .pooling import AvgPool2d, GlobalAvgPool2d, MaxPool2d
+from .residual import BasicBlock
+from . import random
+
+__all__ = [
+    "AvgPool2d", "BasicBlock", "BatchNorm1d", "BatchNorm2d", "Conv2d", "Dropout", "Dropout2d",
+    "Flatten", "GlobalAvgPool2d", "Linear", "MaxPool2d", "Module", "Parameter", "ReLU",
+    "Sequential", "SoftmaxCrossEntropy", "grad_enabled", "no_grad", "random",
+]

@@ -1,0 +1,114 @@
+"""2-D convolution by im2col and one matrix multiply (per group)."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .. import backend
+from . import functional as F
+from . import init
+from .module import Module, Parameter, grad_enabled
+
+
+def _pair(v: int | tuple[int, int], what: str) -> tuple[int, int]:
+    t = (v, v) if isinstance(v, (int, np.integer)) else tuple(v)
+    if len(t) != 2:
+        raise ValueError(f"{what} must be an int or a pair, got {v!r}")
+    return int(t[0]), int(t[1])
+
+
+class Conv2d(Module):
+    """PyTorch-compatible Conv2d: weight (out, in/groups, kh, kw), optional bias (out,).
+
+    Forward builds the (C*kh*kw, N*Ho*Wo) column matrix with kh*kw slice copies and multiplies it
+    by the (out, C*kh*kw) weight matrix. Backward rebuilds the columns from the cached input rather
+    than keeping them (they are kh*kw times larger than the input), then scatters the column
+    gradient back with kh*kw strided adds.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int],
+                 stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] = 0,
+                 dilation: int | tuple[int, int] = 1, groups: int = 1, bias: bool = True,
+                 rng: np.random.Generator | None = None, dtype: Any = init.DEFAULT_DTYPE):
+        super().__init__()
+        if in_channels <= 0 or out_channels <= 0 or groups <= 0:
+            raise ValueError(f"Conv2d needs positive channels and groups, got in={in_channels}, "
+                             f"out={out_channels}, groups={groups}")
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(f"Conv2d: in_channels ({in_channels}) and out_channels ({out_channels}) "
+                             f"must both be divisible by groups ({groups})")
+        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
+        self.kernel_size = _pair(kernel_size, "kernel_size")
+        self.stride = _pair(stride, "stride")
+        self.padding = _pair(padding, "padding")
+        self.dilation = _pair(dilation, "dilation")
+        if min(self.kernel_size + self.stride + self.dilation) < 1 or min(self.padding) < 0:
+            raise ValueError("Conv2d: kernel_size, stride and dilation must be >= 1 and padding >= 0")
+        kh, kw = self.kernel_size
+        fan_out = out_channels // groups * kh * kw
+        self.weight = Parameter(init.kaiming_normal((out_channels, in_channels // groups, kh, kw),
+                                                    fan_out, rng, dtype))
+        self.bias = Parameter(init.zeros((out_channels,), dtype)) if bias else None
+        self._cache: tuple | None = None
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"stride={self.stride}, padding={self.padding}, dilation={self.dilation}, "
+                f"groups={self.groups}, bias={self.bias is not None}")
+
+    def _geometry(self, x: Any) -> tuple[int, int]:
+        F.check_4d(self, x, self.in_channels)
+        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel_size, self.stride, self.padding, self.dilation
+        h, w = x.shape[2:]
+        ho, wo = F.out_size(h, kh, sh, ph, dh), F.out_size(w, kw, sw, pw, dw)
+        if ho < 1 or wo < 1:
+            raise ValueError(f"{self.label}: kernel {self.kernel_size} (dilation {self.dilation}) is larger "
+                             f"than the padded input {(h + 2 * ph, w + 2 * pw)} (input shape {tuple(x.shape)})")
+        return ho, wo
+
+    def _cols(self, x: Any, ho: int, wo: int) -> Any:
+        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel_size, self.stride, self.padding, self.dilation
+        return F.im2col(F.pad_cnhw(F.cnhw(x), ph, pw), kh, kw, sh, sw, dh, dw, ho, wo)
+
+    def forward(self, x: Any) -> Any:
+        xp = backend.get_array_module(x)
+        ho, wo = self._geometry(x)
+        n = x.shape[0]
+        g, o = self.groups, self.out_channels
+        cols = self._cols(x, ho, wo)                                   # (C*kh*kw, N*ho*wo)
+        w2 = self.weight.data.reshape(g, o // g, -1)
+        if g == 1:
+            y = xp.dot(w2[0], cols)                                    # (O, N*ho*wo)
+        else:
+            y = xp.matmul(w2, cols.reshape(g, -1, cols.shape[1])).reshape(o, -1)
+        if self.bias is not None:
+            y += self.bias.data[:, None]
+        self._cache = (x, ho, wo) if grad_enabled() else None
+        return F.nchw(y.reshape(o, n, ho, wo))
+
+    def backward(self, dy: Any) -> Any:
+        if self._cache is None:
+            raise RuntimeError(f"{self.label}: backward called without a forward that kept its input")
+        xp = backend.get_array_module(dy)
+        x, ho, wo = self._cache
+        self._cache = None
+        n, c, h, w = x.shape
+        g, o = self.groups, self.out_channels
+        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel_size, self.stride, self.padding, self.dilation
+        dy2 = F.rows(dy)                                              # (O, N*ho*wo)
+        if self.bias is not None:
+            self.bias.grad += dy2.sum(axis=1)
+        cols = self._cols(x, ho, wo)
+        w2 = self.weight.data.reshape(g, o // g, -1)
+        if g == 1:
+            self.weight.grad += xp.dot(dy2, cols.T).reshape(self.weight.grad.shape)
+            dcols = xp.dot(w2[0].T, dy2)
+        else:
+            dyg = dy2.reshape(g, o // g, -1)
+            colsg = cols.reshape(g, -1, cols.shape[1])
+            self.weight.grad += xp.matmul(dyg, colsg.transpose(0, 2, 1)).reshape(self.weight.grad.shape)
+            dcols = xp.matmul(w2.transpose(0, 2, 1), dyg).reshape(cols.shape)
+        del cols
+        dxpad = F.col2im(dcols, c, n, h + 2 * ph, w + 2 * pw, kh, kw, sh, sw, dh, dw, ho, wo)
+        return F.nchw(dxpad[:, :, ph:ph + h, pw:pw + w])
