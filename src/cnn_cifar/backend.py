@@ -111,4 +111,14 @@ def synchronize() -> None:
         xp.cuda.get_current_stream().synchronize()
 
 
-set_backend(os.environ.get(ENV_VAR, "numpy") or "numpy")
+def _init_from_env() -> None:
+    """Apply CNN_CIFAR_BACKEND at import; a bad value is reported later by whoever calls set_backend."""
+    choice = os.environ.get(ENV_VAR, "").strip()
+    if choice:
+        try:
+            set_backend(choice)
+        except (ValueError, BackendError):
+            pass
+
+
+_init_from_env()

@@ -1,0 +1,154 @@
+"""Layer behaviour beyond gradients: BN statistics, dropout, state dicts, grouped conv, bad input."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cnn_cifar import backend, nn
+from cnn_cifar.models import build_model
+
+
+def _x(shape, seed=0, dtype=np.float32):
+    return backend.to_device(np.random.default_rng(seed).standard_normal(shape).astype(dtype))
+
+
+def test_conv2d_matches_direct_definition(xp):
+    """Compare against a plain loop over output positions (test-only reference)."""
+    rng = np.random.default_rng(0)
+    conv = nn.Conv2d(3, 4, 3, stride=2, padding=1, dilation=1, rng=rng).to(np.float64)
+    conv.bias.data = backend.to_device(rng.standard_normal(4))
+    x = rng.standard_normal((2, 3, 7, 7))
+    w, b = backend.to_numpy(conv.weight.data), backend.to_numpy(conv.bias.data)
+    xpad = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    ref = np.zeros((2, 4, 4, 4))
+    for i in range(4):
+        for j in range(4):
+            patch = xpad[:, :, 2 * i:2 * i + 3, 2 * j:2 * j + 3]
+            ref[:, :, i, j] = np.einsum("nchw,ochw->no", patch, w) + b
+    np.testing.assert_allclose(backend.to_numpy(conv(backend.to_device(x))), ref, rtol=1e-10, atol=1e-12)
+
+
+def test_depthwise_conv_equals_per_channel_loop(xp):
+    rng = np.random.default_rng(1)
+    c = 4
+    dw = nn.Conv2d(c, c, 3, padding=1, groups=c, rng=rng).to(np.float64)
+    x = _x((2, c, 5, 5), dtype=np.float64)
+    out = backend.to_numpy(dw(x))
+    for ch in range(c):
+        single = nn.Conv2d(1, 1, 3, padding=1).to(np.float64)
+        single.weight.data = dw.weight.data[ch:ch + 1].copy()
+        single.bias.data = dw.bias.data[ch:ch + 1].copy()
+        np.testing.assert_allclose(out[:, ch:ch + 1], backend.to_numpy(single(x[:, ch:ch + 1])), rtol=1e-12)
+
+
+def test_batchnorm_running_stats_and_eval(xp):
+    bn = nn.BatchNorm2d(3)
+    x = _x((4, 3, 5, 5)) * 2 + 1
+    xn = backend.to_numpy(x).astype(np.float64)
+    y = backend.to_numpy(bn(x))
+    mean, var = xn.mean(axis=(0, 2, 3)), xn.var(axis=(0, 2, 3))
+    unbiased = xn.var(axis=(0, 2, 3), ddof=1)
+    np.testing.assert_allclose(backend.to_numpy(bn.running_mean), 0.1 * mean, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(backend.to_numpy(bn.running_var), 0.9 + 0.1 * unbiased, rtol=1e-5)
+    np.testing.assert_allclose(y, (xn - mean[None, :, None, None]) / np.sqrt(var[None, :, None, None] + 1e-5),
+                               rtol=1e-4, atol=1e-4)
+    assert int(backend.to_numpy(bn.num_batches_tracked)) == 1
+    bn.eval()
+    y_eval = backend.to_numpy(bn(x))
+    rm, rv = backend.to_numpy(bn.running_mean), backend.to_numpy(bn.running_var)
+    np.testing.assert_allclose(y_eval, (xn - rm[None, :, None, None]) / np.sqrt(rv[None, :, None, None] + 1e-5),
+                               rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(backend.to_numpy(bn.running_mean), rm)   # eval leaves stats alone
+
+
+def test_dropout_expectation_and_eval_identity(xp):
+    nn.random.manual_seed(0)
+    d = nn.Dropout(0.6)
+    x = backend.xp.ones((400, 500), dtype=np.float32)
+    y = backend.to_numpy(d(x))
+    assert abs(y.mean() - 1.0) < 0.01
+    assert abs((y == 0).mean() - 0.6) < 0.01
+    d.p = 0.2                         # p is read at call time
+    assert abs((backend.to_numpy(d(x)) == 0).mean() - 0.2) < 0.01
+    d.eval()
+    assert d(x) is x
+    d2 = nn.Dropout2d(0.5)
+    y2 = backend.to_numpy(d2(backend.xp.ones((64, 32, 3, 3), dtype=np.float32)))
+    per_channel = y2.reshape(64, 32, 9)
+    assert np.all((per_channel == 0).all(axis=2) | (per_channel == 2).all(axis=2))
+
+
+def test_set_dropout_reaches_every_dropout_layer():
+    m = build_model("cnn")
+    assert m.dropout_rate() == 0.6
+    m.set_dropout(0.25)
+    assert m.dropout.p == 0.25 and m.dropout_rate() == 0.25
+    with pytest.raises(ValueError, match="p must be in"):
+        m.set_dropout(1.0)
+
+
+def test_state_dict_round_trip_gives_identical_outputs(xp):
+    a = build_model("resnet8", seed=1)
+    x = _x((3, 3, 16, 16))
+    a(x)                                   # move BN running stats away from their initial values
+    a.eval()
+    b = build_model("resnet8", seed=2)
+    b.load_state_dict(a.state_dict())
+    b.eval()
+    assert np.array_equal(backend.to_numpy(a(x)), backend.to_numpy(b(x)))
+    sd = a.state_dict()
+    assert all(isinstance(v, np.ndarray) for v in sd.values())
+
+
+def test_load_state_dict_rejects_bad_keys_and_shapes():
+    m = build_model("cnn")
+    sd = m.state_dict()
+    missing = dict(sd)
+    del missing["fc1.weight"]
+    with pytest.raises(ValueError, match="missing keys.*fc1.weight"):
+        m.load_state_dict(missing)
+    extra = dict(sd, **{"fc3.weight": np.zeros(3)})
+    with pytest.raises(ValueError, match="unexpected keys.*fc3.weight"):
+        m.load_state_dict(extra)
+    wrong = dict(sd, **{"fc2.weight": np.zeros((5, 128), np.float32)})
+    with pytest.raises(ValueError, match=r"fc2.weight.*\(10, 128\).*\(5, 128\)"):
+        m.load_state_dict(wrong)
+
+
+def test_conv_bad_input_messages():
+    m = build_model("resnet8")
+    with pytest.raises(ValueError, match=r"Conv2d 'conv1' expects 3 input channels.*\(2, 1, 32, 32\)"):
+        m(np.zeros((2, 1, 32, 32), np.float32))
+    with pytest.raises(ValueError, match=r"Conv2d 'conv1' expects a 4-D input.*\(3, 32, 32\)"):
+        m(np.zeros((3, 32, 32), np.float32))
+    conv = nn.Conv2d(1, 1, 5)
+    with pytest.raises(ValueError, match=r"kernel \(5, 5\).*larger than the padded input \(3, 3\)"):
+        conv(np.zeros((1, 1, 3, 3), np.float32))
+    with pytest.raises(ValueError, match="divisible by groups"):
+        nn.Conv2d(3, 4, 3, groups=2)
+
+
+def test_other_layers_bad_input_messages():
+    with pytest.raises(ValueError, match=r"Linear 'fc1' expects input \(N, 1800\), got shape \(2, 10\)"):
+        build_model("cnn").fc1(np.zeros((2, 10), np.float32))
+    with pytest.raises(ValueError, match=r"BatchNorm2d expects 4 input channels"):
+        nn.BatchNorm2d(4)(np.zeros((2, 3, 2, 2), np.float32))
+    with pytest.raises(ValueError, match=r"MaxPool2d: kernel \(4, 4\) is larger"):
+        nn.MaxPool2d(4)(np.zeros((1, 1, 3, 3), np.float32))
+    with pytest.raises(ValueError, match="training needs more than one value per channel"):
+        nn.BatchNorm1d(3)(np.zeros((1, 3), np.float32))
+
+
+def test_maxpool_routes_gradient_to_first_maximum():
+    x = np.array([[[[1.0, 1.0], [0.0, 1.0]]]], dtype=np.float32)
+    pool = nn.MaxPool2d(2)
+    pool(x)
+    dx = pool.backward(np.ones((1, 1, 1, 1), np.float32))
+    assert dx.tolist() == [[[[1.0, 0.0], [0.0, 0.0]]]]
+
+
+def test_no_grad_keeps_nothing():
+    m = build_model("cnn")
+    with nn.no_grad():
+        m(np.zeros((2, 3, 32, 32), np.float32))
+    assert m.conv1._cache is None and m.fc1._x is None
