@@ -1,0 +1,1 @@
+"""Argument parsing and wiring for the command-line entry points."""

@@ -1,0 +1,43 @@
+"""Classification metrics from predictions: accuracy, top-k, confusion matrix, per-class report."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
+    """cm[i, j] = number of samples of true class i predicted as j."""
+    idx = np.asarray(y_true, np.int64) * num_classes + np.asarray(y_pred, np.int64)
+    return np.bincount(idx, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def topk_correct(logits: Any, y: Any, ks: tuple[int, ...] = (1, 3, 5)) -> dict[int, int]:
+    """How many samples have their label among the k highest logits, for each k (on any backend)."""
+    from ..backend import get_array_module, to_numpy
+    xp = get_array_module(logits)
+    k_max = min(max(ks), logits.shape[1])
+    top = xp.argsort(-logits, axis=1)[:, :k_max]
+    hit = top == y[:, None]
+    return {k: int(to_numpy(hit[:, :min(k, k_max)].any(axis=1).sum())) for k in ks}
+
+
+def _safe_div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.divide(a, b, out=np.zeros_like(a, dtype=np.float64), where=b > 0)
+
+
+def classification_report(cm: np.ndarray, classes: list[str]) -> dict:
+    """Per-class precision, recall, F1 and accuracy (= recall: correct / samples of that class), macro averages."""
+    cm = np.asarray(cm, np.float64)
+    tp = np.diag(cm)
+    support = cm.sum(axis=1)
+    predicted = cm.sum(axis=0)
+    precision = _safe_div(tp, predicted)
+    recall = _safe_div(tp, support)
+    f1 = _safe_div(2 * precision * recall, precision + recall)
+    per_class = [{"class": c, "precision": float(p), "recall": float(r), "f1": float(f), "accuracy": float(r),
+                  "support": int(s)} for c, p, r, f, s in zip(classes, precision, recall, f1, support)]
+    return {"per_class": per_class,
+            "macro": {"precision": float(precision.mean()), "recall": float(recall.mean()),
+                      "f1": float(f1.mean()), "accuracy": float(recall.mean())},
+            "accuracy": float(tp.sum() / max(cm.sum(), 1))}
