@@ -59,34 +59,43 @@ def format_report(res: dict) -> str:
     return "\n".join(lines)
 
 
-def _main(argv: list[str] | None = None) -> int:
+def evaluate_checkpoint(path: str, data: str = "data", backend_choice: str = "auto", model: str | None = None,
+                        dataset: str | None = None, batch_size: int = 500, limit: int | None = None,
+                        download: bool = True, progress: bool = False) -> dict:
+    """Load a checkpoint into its model and evaluate it on the test set; returns the result dict."""
     from ..data import BatchLoader, load_dataset
     from ..training import CheckpointError, classification_report, evaluate, load_checkpoint
 
-    args = build_parser().parse_args(argv)
-    ck = load_checkpoint(args.resume, expected_model=args.model)
+    ck = load_checkpoint(path, expected_model=model)
     name = ck["model"]
-    C.select_backend(args.backend, quiet=args.quiet)
-    dataset = args.dataset or ck.get("dataset") or "cifar10"
-    ds = load_dataset(dataset, args.data, download=not args.no_download, progress=not args.quiet)
+    C.select_backend(backend_choice, quiet=not progress)
+    dataset = dataset or ck.get("dataset") or "cifar10"
+    ds = load_dataset(dataset, data, download=download, progress=progress)
     cfg = ck.get("model_config", {})
     num_classes = int(cfg.get("num_classes", ds.spec.num_classes))
     if num_classes != ds.spec.num_classes:
-        raise CheckpointError(f"{args.resume} predicts {num_classes} classes but {dataset} has {ds.spec.num_classes}")
-    model = build_model(name, num_classes=num_classes, dropout=cfg.get("dropout", 0.0))
+        raise CheckpointError(f"{path} predicts {num_classes} classes but {dataset} has {ds.spec.num_classes}")
+    net = build_model(name, num_classes=num_classes, dropout=cfg.get("dropout", 0.0))
     try:
-        model.load_state_dict(ck["state_dict"])
+        net.load_state_dict(ck["state_dict"])
     except ValueError as exc:
-        raise CheckpointError(f"{args.resume} does not fit model '{name}': {exc}") from None
-    x, y = ds.x_test[:args.limit_test], ds.y_test[:args.limit_test]
-    loader = BatchLoader(x, y, args.batch_size, ds.spec.mean, ds.spec.std)
-    ev = evaluate(model, loader, nn.SoftmaxCrossEntropy(), num_classes, progress=not args.quiet)
+        raise CheckpointError(f"{path} does not fit model '{name}': {exc}") from None
+    x, y = ds.x_test[:limit], ds.y_test[:limit]
+    loader = BatchLoader(x, y, batch_size, ds.spec.mean, ds.spec.std)
+    ev = evaluate(net, loader, nn.SoftmaxCrossEntropy(), num_classes, progress=progress)
     report = classification_report(ev["confusion_matrix"], ds.classes)
-    res = {"model": name, "checkpoint": str(args.resume), "epoch": int(ck["epoch"]), "dataset": dataset,
-           "n": ev["n"], "accuracy": ev["accuracy"], "loss": ev["loss"],
-           "topk": {str(k): v for k, v in ev["topk"].items()},
-           "per_class": report["per_class"], "macro": report["macro"],
-           "confusion_matrix": ev["confusion_matrix"].tolist(), "classes": ds.classes}
+    return {"model": name, "checkpoint": str(path), "epoch": int(ck["epoch"]), "dataset": dataset,
+            "n": ev["n"], "accuracy": ev["accuracy"], "loss": ev["loss"],
+            "topk": {str(k): v for k, v in ev["topk"].items()},
+            "per_class": report["per_class"], "macro": report["macro"],
+            "confusion_matrix": ev["confusion_matrix"].tolist(), "classes": ds.classes}
+
+
+def _main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    res = evaluate_checkpoint(args.resume, args.data, args.backend, model=args.model, dataset=args.dataset,
+                              batch_size=args.batch_size, limit=args.limit_test, download=not args.no_download,
+                              progress=not args.quiet)
     print(format_report(res))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
@@ -94,9 +103,9 @@ def _main(argv: list[str] | None = None) -> int:
         print(f"wrote {args.json}")
     if args.plot:
         from ..viz import plot_evaluation
-        out = Path(args.out) if args.out else Path("viz") / name
-        for path in plot_evaluation(res, out, name):
-            print(f"wrote {path}")
+        out = Path(args.out) if args.out else Path("viz") / res["model"]
+        for p in plot_evaluation(res, out, res["model"]):
+            print(f"wrote {p}")
     return 0
 
 

@@ -77,7 +77,7 @@ def _read_pickle(path: Path) -> dict:
         raise DatasetError(f"corrupt or truncated dataset file {path} ({type(exc).__name__}: {exc})") from None
     if not isinstance(obj, dict):
         raise DatasetError(f"corrupt dataset file {path}: expected a dict, found {type(obj).__name__}")
-    return obj
+    return {(k.decode("latin1") if isinstance(k, bytes) else k): v for k, v in obj.items()}
 
 
 def _read_batch(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
