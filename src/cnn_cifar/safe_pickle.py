@@ -18,6 +18,7 @@ ALLOWED_GLOBALS = {
     ("numpy", "ndarray"),
     ("numpy", "dtype"),
     ("collections", "OrderedDict"),
+    ("_codecs", "encode"),        # protocol-2 pickles written by Python 3 encode bytes with it
 }
 
 

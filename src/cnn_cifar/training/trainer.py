@@ -174,6 +174,12 @@ class Trainer:
 
     # ----------------------------------------------------------------- loop
     def fit(self, epochs: int) -> list[dict]:
+        """Train until ``epochs`` epochs are complete; returns the history."""
+        # Overflow shows up as a non-finite loss, which is reported by the loop itself.
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            return self._fit(epochs)
+
+    def _fit(self, epochs: int) -> list[dict]:
         from tqdm.auto import tqdm
         steps = len(self.train_loader)
         rng = self.train_loader.rng

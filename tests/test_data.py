@@ -1,0 +1,198 @@
+"""Data: loading the official format, download/verify/extract against a local server, bad files,
+augmentation and the loader."""
+from __future__ import annotations
+
+import contextlib
+import http.server
+import pickle
+import shutil
+import tarfile
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cnn_cifar.data import (AugmentConfig, BatchLoader, DatasetError, cutout, load_dataset, md5sum, normalize,
+                            random_crop, random_flip)
+from cnn_cifar.data.datasets import CIFAR10
+
+
+def test_load_small_official_format(cifar_root):
+    ds = load_dataset("cifar10", cifar_root, download=False)
+    assert ds.x_train.shape == (500, 3, 32, 32) and ds.x_train.dtype == np.uint8
+    assert ds.x_test.shape == (200, 3, 32, 32) and ds.y_test.dtype == np.int64
+    assert ds.classes[0] == "airplane" and len(ds.classes) == 10
+    # --data may also name the batch folder itself
+    assert load_dataset("cifar10", cifar_root / "cifar-10-batches-py", download=False).x_train.shape[0] == 500
+
+
+def test_official_url_and_md5():
+    assert CIFAR10.url == "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+    assert CIFAR10.md5 == "c58f30108f718f92721af3b95e74349a"
+
+
+def test_missing_data_without_download(tmp_path):
+    with pytest.raises(DatasetError, match=r"cifar10 not found: .*data_batch_1 is missing"):
+        load_dataset("cifar10", tmp_path, download=False)
+
+
+def _copy(cifar_root, tmp_path) -> Path:
+    shutil.copytree(cifar_root / "cifar-10-batches-py", tmp_path / "cifar-10-batches-py")
+    return tmp_path / "cifar-10-batches-py"
+
+
+def test_truncated_batch_names_the_file(cifar_root, tmp_path):
+    d = _copy(cifar_root, tmp_path)
+    raw = (d / "data_batch_3").read_bytes()
+    (d / "data_batch_3").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(DatasetError, match=r"corrupt or truncated dataset file .*data_batch_3"):
+        load_dataset("cifar10", tmp_path, download=False)
+
+
+def test_wrong_shape_batch_is_corrupt(cifar_root, tmp_path):
+    d = _copy(cifar_root, tmp_path)
+    with open(d / "test_batch", "wb") as f:
+        pickle.dump({"data": np.zeros((5, 100), np.uint8), "labels": [0] * 5}, f, protocol=2)
+    with pytest.raises(DatasetError, match=r"corrupt dataset file .*test_batch"):
+        load_dataset("cifar10", tmp_path, download=False)
+
+
+class _Evil:
+    def __reduce__(self):
+        return (print, ("pwned",))
+
+
+def test_batch_pickle_that_runs_code_is_refused(cifar_root, tmp_path):
+    d = _copy(cifar_root, tmp_path)
+    with open(d / "data_batch_1", "wb") as f:
+        pickle.dump({"data": _Evil(), "labels": []}, f)
+    with pytest.raises(DatasetError, match=r"data_batch_1 is not a CIFAR batch file: refusing to load global 'builtins.print'"):
+        load_dataset("cifar10", tmp_path, download=False)
+
+
+# ------------------------------------------------------------------ download against a local HTTP server
+class _Handler(http.server.BaseHTTPRequestHandler):
+    payload = b""
+    truncate = False
+
+    def do_GET(self):  # noqa: N802
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(self.payload)))
+        self.end_headers()
+        body = self.payload[: len(self.payload) // 3] if self.truncate else self.payload
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@contextlib.contextmanager
+def serve(payload: bytes, truncate: bool = False):
+    handler = type("H", (_Handler,), {"payload": payload, "truncate": truncate})
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    try:
+        yield f"http://127.0.0.1:{srv.server_address[1]}/cifar-10-python.tar.gz"
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_download_verify_extract(cifar_tarball, tmp_path):
+    with serve(cifar_tarball.read_bytes()) as url:
+        ds = load_dataset("cifar10", tmp_path / "data", url=url, md5=md5sum(cifar_tarball), progress=False)
+    assert ds.x_train.shape[0] == 500
+    assert (tmp_path / "data" / "cifar-10-python.tar.gz").is_file()
+    assert not list((tmp_path / "data").glob("*.part")) and not list((tmp_path / "data").glob(".extract-*"))
+
+
+def test_wrong_md5_leaves_nothing(cifar_tarball, tmp_path):
+    with serve(cifar_tarball.read_bytes()) as url:
+        with pytest.raises(DatasetError, match=r"md5 mismatch for cifar-10-python.tar.gz"):
+            load_dataset("cifar10", tmp_path, url=url, md5="0" * 32, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_interrupted_download_leaves_nothing(cifar_tarball, tmp_path):
+    with serve(cifar_tarball.read_bytes(), truncate=True) as url:
+        with pytest.raises(DatasetError, match=r"interrupted|could not download"):
+            load_dataset("cifar10", tmp_path, url=url, md5=md5sum(cifar_tarball), progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_unreachable_server_is_one_clear_error(tmp_path):
+    with pytest.raises(DatasetError, match=r"could not download http://127.0.0.1:9/"):
+        load_dataset("cifar10", tmp_path, url="http://127.0.0.1:9/cifar-10-python.tar.gz", md5="0" * 32,
+                     progress=False)
+
+
+def test_tar_member_escaping_target_is_refused(tmp_path):
+    evil = tmp_path / "evil.tar.gz"
+    (tmp_path / "payload.txt").write_text("x")
+    with tarfile.open(evil, "w:gz") as t:
+        t.add(tmp_path / "payload.txt", arcname="../escaped.txt")
+    with serve(evil.read_bytes()) as url:
+        with pytest.raises(DatasetError, match=r"refusing to extract '../escaped.txt'"):
+            load_dataset("cifar10", tmp_path / "data", url=url, md5=md5sum(evil), progress=False)
+    assert not (tmp_path / "escaped.txt").exists()
+    assert not (tmp_path / "data" / "cifar-10-batches-py").exists()
+
+
+# ------------------------------------------------------------------ augmentation and loader
+def test_random_crop_is_a_shifted_window():
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 255, (16, 3, 8, 8), dtype=np.uint8)
+    out = random_crop(x, 2, np.random.default_rng(1))
+    assert out.shape == x.shape and out.dtype == np.uint8
+    r = np.random.default_rng(1)
+    oy, ox = r.integers(0, 5, 16), r.integers(0, 5, 16)
+    padded = np.pad(x, ((0, 0), (0, 0), (2, 2), (2, 2)))
+    for i in range(16):
+        np.testing.assert_array_equal(out[i], padded[i, :, oy[i]:oy[i] + 8, ox[i]:ox[i] + 8])
+
+
+def test_flip_and_cutout():
+    x = np.arange(2 * 3 * 4 * 4, dtype=np.uint8).reshape(2, 3, 4, 4)
+    out = random_flip(np.concatenate([x] * 50), np.random.default_rng(0))
+    flipped = [np.array_equal(o, x[i % 2][:, :, ::-1]) for i, o in enumerate(out)]
+    kept = [np.array_equal(o, x[i % 2]) for i, o in enumerate(out)]
+    assert all(f or k for f, k in zip(flipped, kept))
+    assert 20 < sum(flipped) < 80   # about half, each either unchanged or mirrored
+    xf = np.ones((64, 3, 32, 32), np.float32)
+    cutout(xf, 8, np.random.default_rng(0))
+    zeros = (xf[:, 0] == 0).sum(axis=(1, 2))
+    assert zeros.max() == 64 and zeros.min() >= 16      # a full 8x8 square, or clipped at a border
+    assert (xf[:, 0] == 0).sum() == (xf[:, 2] == 0).sum()   # same square on every channel
+
+
+def test_normalize_matches_definition():
+    x = np.random.default_rng(0).integers(0, 256, (4, 3, 5, 5), dtype=np.uint8)
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    want = (x / 255.0 - np.array(mean)[None, :, None, None]) / np.array(std)[None, :, None, None]
+    got = normalize(x, mean, std)
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_loader_is_seeded_and_prefetch_gives_the_same_stream(cifar_root):
+    ds = load_dataset("cifar10", cifar_root, download=False)
+
+    def run(prefetch: bool, seed: int):
+        ld = BatchLoader(ds.x_train, ds.y_train, 64, CIFAR10.mean, CIFAR10.std, shuffle=True,
+                         augment_cfg=AugmentConfig(4, True, 8), rng=np.random.default_rng(seed), drop_last=True,
+                         prefetch=prefetch)
+        return [(x.copy(), y.copy()) for x, y in ld]
+
+    a, b, c = run(True, 3), run(False, 3), run(False, 4)
+    assert len(a) == 500 // 64
+    assert all(np.array_equal(xa, xb) and np.array_equal(ya, yb) for (xa, ya), (xb, yb) in zip(a, b))
+    assert not np.array_equal(a[0][0], c[0][0])
+    assert a[0][0].dtype == np.float32 and a[0][0].shape == (64, 3, 32, 32)
+
+
+def test_loader_covers_every_test_image_in_order(cifar_root):
+    ds = load_dataset("cifar10", cifar_root, download=False)
+    ys = np.concatenate([y for _, y in BatchLoader(ds.x_test, ds.y_test, 64, CIFAR10.mean, CIFAR10.std)])
+    np.testing.assert_array_equal(ys, ds.y_test)

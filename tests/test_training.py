@@ -1,0 +1,174 @@
+"""Trainer, checkpoints and metrics: exact resume (also mid-epoch), NaN handling, safe loading."""
+from __future__ import annotations
+
+import os
+import pickle
+
+import numpy as np
+import pytest
+
+from cnn_cifar import nn
+from cnn_cifar.data import AugmentConfig, BatchLoader, load_dataset
+from cnn_cifar.data.datasets import CIFAR10
+from cnn_cifar.models import build_model
+from cnn_cifar.optim import SGD, DropoutSchedule, LRSchedule
+from cnn_cifar.training import (CheckpointError, NonFiniteLoss, StopFlag, Trainer, TrainingInterrupted,
+                                classification_report, confusion_matrix, load_checkpoint, save_checkpoint,
+                                topk_correct)
+
+
+def make_trainer(ds, ckdir, epochs=3, lr=0.02, stop=None, seed=0):
+    model = build_model("cnn", seed=seed)
+    opt = SGD(model.parameters(), lr, momentum=0.9, weight_decay=5e-4)
+    nn.random.manual_seed(seed + 1)
+    train = BatchLoader(ds.x_train, ds.y_train, 64, CIFAR10.mean, CIFAR10.std, shuffle=True,
+                        augment_cfg=AugmentConfig(4, True, 4), rng=np.random.default_rng(seed), drop_last=True)
+    test = BatchLoader(ds.x_test, ds.y_test, 100, CIFAR10.mean, CIFAR10.std)
+    return Trainer(model, "cnn", opt, LRSchedule("cosine", lr, epochs, warmup_epochs=1),
+                   DropoutSchedule("linear_decay", 0.6, 0.2, total_epochs=epochs), nn.SoftmaxCrossEntropy(0.1),
+                   train, test, 10, ckdir, quiet=True, stop=stop)
+
+
+class StopAfter(StopFlag):
+    """Asks to stop once ``n`` checks have been made (stands in for Ctrl-C at a chosen step)."""
+
+    def __init__(self, n: int):
+        super().__init__()
+        self.n = n
+
+    @property
+    def requested(self) -> bool:
+        self.n -= 1
+        return self.n < 0
+
+    @requested.setter
+    def requested(self, value):
+        pass
+
+
+def _same_weights(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_resume_at_epoch_boundary_is_bitwise_exact(cifar_root, tmp_path):
+    ds = load_dataset("cifar10", cifar_root, download=False)
+    straight = make_trainer(ds, tmp_path / "a")
+    straight.fit(3)
+    first = make_trainer(ds, tmp_path / "b")
+    first.fit(2)
+    resumed = make_trainer(ds, tmp_path / "b", seed=5)        # other seed: everything must come from the file
+    resumed.restore(load_checkpoint(tmp_path / "b" / "cnn_last.pkl", "cnn"))
+    resumed.fit(3)
+    assert _same_weights(straight.model.state_dict(), resumed.model.state_dict())
+    assert [r["test_acc"] for r in straight.history] == [r["test_acc"] for r in resumed.history]
+
+
+def test_ctrl_c_mid_epoch_saves_and_resumes_exactly(cifar_root, tmp_path):
+    ds = load_dataset("cifar10", cifar_root, download=False)
+    straight = make_trainer(ds, tmp_path / "a")
+    straight.fit(2)
+    interrupted = make_trainer(ds, tmp_path / "b", stop=StopAfter(12))   # 7 step + 2 eval + 1 end checks in epoch 1
+    with pytest.raises(TrainingInterrupted, match=r"interrupted at epoch 2, step 3"):
+        interrupted.fit(2)
+    ck = load_checkpoint(tmp_path / "b" / "cnn_last.pkl", "cnn")
+    assert (ck["epoch"], ck["step"]) == (1, 3)
+    resumed = make_trainer(ds, tmp_path / "b", seed=9)
+    resumed.restore(ck)
+    resumed.fit(2)
+    assert _same_weights(straight.model.state_dict(), resumed.model.state_dict())
+    assert straight.history[-1]["train_loss"] == pytest.approx(resumed.history[-1]["train_loss"], rel=1e-12)
+
+
+def test_nan_loss_stops_and_keeps_the_best_checkpoint(cifar_root, tmp_path):
+    ds = load_dataset("cifar10", cifar_root, download=False)
+    good = make_trainer(ds, tmp_path)
+    good.fit(1)
+    best = (tmp_path / "cnn_best.pkl").read_bytes()
+    bad = make_trainer(ds, tmp_path, epochs=2, lr=1e30)
+    bad.restore(load_checkpoint(tmp_path / "cnn_last.pkl"))
+    bad.optimizer.lr = 1e30
+    with pytest.raises(NonFiniteLoss, match=r"loss became (nan|inf) at epoch 2, step \d+"):
+        bad.fit(2)
+    assert (tmp_path / "cnn_best.pkl").read_bytes() == best
+
+
+def test_eval_accuracy_uses_eval_mode_and_matches_a_fresh_evaluation(cifar_root, tmp_path):
+    from cnn_cifar.training import evaluate
+    ds = load_dataset("cifar10", cifar_root, download=False)
+    tr = make_trainer(ds, tmp_path)
+    tr.fit(1)
+    model = build_model("cnn", seed=3)
+    model.load_state_dict(load_checkpoint(tmp_path / "cnn_best.pkl")["state_dict"])
+    ev = evaluate(model, BatchLoader(ds.x_test, ds.y_test, 37, CIFAR10.mean, CIFAR10.std),
+                  nn.SoftmaxCrossEntropy(0.1), 10)
+    assert ev["accuracy"] == tr.history[0]["test_acc"]
+    assert ev["loss"] == pytest.approx(tr.history[0]["test_loss"], rel=1e-5)
+    assert tr.model.training is True
+
+
+# ------------------------------------------------------------------ checkpoints
+def test_checkpoint_round_trip_and_atomic_write(tmp_path):
+    sd = build_model("cnn").state_dict()
+    path = save_checkpoint(tmp_path / "c.pkl", {"model": "cnn", "state_dict": sd, "epoch": 3,
+                                                 "rng": np.random.default_rng(0).bit_generator.state})
+    assert sorted(os.listdir(tmp_path)) == ["c.pkl"]            # no temp file left behind
+    ck = load_checkpoint(path, "cnn")
+    assert ck["format"] == "cnn-cifar-10/checkpoint" and ck["epoch"] == 3
+    assert _same_weights(ck["state_dict"], sd)
+
+
+def test_failed_save_keeps_the_old_checkpoint(tmp_path):
+    path = save_checkpoint(tmp_path / "c.pkl", {"model": "cnn", "state_dict": {}, "epoch": 1})
+    before = path.read_bytes()
+    with pytest.raises(Exception):
+        save_checkpoint(path, {"model": "cnn", "state_dict": {}, "epoch": 2, "bad": lambda: 0})
+    assert path.read_bytes() == before and sorted(os.listdir(tmp_path)) == ["c.pkl"]
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+def test_checkpoint_refusals(tmp_path):
+    with pytest.raises(CheckpointError, match="checkpoint not found"):
+        load_checkpoint(tmp_path / "missing.pkl")
+    evil = tmp_path / "evil.pkl"
+    evil.write_bytes(pickle.dumps({"format": "cnn-cifar-10/checkpoint", "x": _RunsCode()}))
+    with pytest.raises(CheckpointError, match=r"refusing to load .*evil.pkl.*(posix|os)\.system"):
+        load_checkpoint(evil)
+    other = tmp_path / "other.pkl"
+    other.write_bytes(pickle.dumps({"weights": [1, 2, 3]}))
+    with pytest.raises(CheckpointError, match="is not a cnn-cifar-10 checkpoint"):
+        load_checkpoint(other)
+    junk = tmp_path / "junk.pkl"
+    junk.write_bytes(b"not a pickle at all")
+    with pytest.raises(CheckpointError, match="is not a readable checkpoint"):
+        load_checkpoint(junk)
+    good = save_checkpoint(tmp_path / "r.pkl", {"model": "resnet20", "state_dict": {}, "epoch": 0})
+    with pytest.raises(CheckpointError, match=r"holds a 'resnet20' model, not 'cnn' \(use --model resnet20\)"):
+        load_checkpoint(good, "cnn")
+    truncated = tmp_path / "t.pkl"
+    truncated.write_bytes(good.read_bytes()[:40])
+    with pytest.raises(CheckpointError, match="is not a readable checkpoint"):
+        load_checkpoint(truncated)
+
+
+# ------------------------------------------------------------------ metrics
+def test_confusion_matrix_and_report_by_hand():
+    y = np.array([0, 0, 1, 1, 1, 2])
+    p = np.array([0, 1, 1, 1, 2, 2])
+    cm = confusion_matrix(y, p, 3)
+    assert cm.tolist() == [[1, 1, 0], [0, 2, 1], [0, 0, 1]]
+    rep = classification_report(cm, ["a", "b", "c"])
+    b = rep["per_class"][1]
+    assert b["precision"] == pytest.approx(2 / 3) and b["recall"] == pytest.approx(2 / 3)
+    assert rep["per_class"][2]["precision"] == pytest.approx(0.5) and rep["per_class"][2]["f1"] == pytest.approx(2 / 3)
+    assert rep["accuracy"] == pytest.approx(4 / 6)
+    assert rep["macro"]["recall"] == pytest.approx((0.5 + 2 / 3 + 1) / 3)
+
+
+def test_topk_counts():
+    logits = np.array([[0.1, 0.5, 0.4], [0.9, 0.04, 0.06], [0.2, 0.3, 0.5]])
+    y = np.array([2, 1, 0])
+    assert topk_correct(logits, y, (1, 2, 3)) == {1: 0, 2: 1, 3: 3}
