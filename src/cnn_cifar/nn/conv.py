@@ -103,12 +103,29 @@ class Conv2d(Module):
         w2 = self.weight.data.reshape(g, o // g, -1)
         if g == 1:
             self.weight.grad += xp.dot(dy2, cols.T).reshape(self.weight.grad.shape)
-            dcols = xp.dot(w2[0].T, dy2)
         else:
-            dyg = dy2.reshape(g, o // g, -1)
             colsg = cols.reshape(g, -1, cols.shape[1])
-            self.weight.grad += xp.matmul(dyg, colsg.transpose(0, 2, 1)).reshape(self.weight.grad.shape)
-            dcols = xp.matmul(w2.transpose(0, 2, 1), dyg).reshape(cols.shape)
+            self.weight.grad += xp.matmul(dy2.reshape(g, o // g, -1),
+                                          colsg.transpose(0, 2, 1)).reshape(self.weight.grad.shape)
         del cols
+        # Input gradient. For stride 1 it is the convolution of dy with the flipped, channel-transposed
+        # kernel ("full" padding), i.e. one more im2col + matmul; this avoids writing the C*kh*kw-row
+        # column gradient and scattering it back. Strided convolutions scatter with col2im.
+        qh, qw = dh * (kh - 1) - ph, dw * (kw - 1) - pw
+        if (sh, sw) == (1, 1) and qh >= 0 and qw >= 0:
+            og, cg = o // g, c // g
+            wt = self.weight.data.reshape(g, og, cg, kh, kw)[:, :, :, ::-1, ::-1].transpose(0, 2, 1, 3, 4)
+            wt = wt.reshape(g, cg, og * kh * kw)
+            dcols = F.im2col(F.pad_cnhw(F.cnhw(dy), qh, qw), kh, kw, 1, 1, dh, dw, h, w, role="dcols")
+            if g == 1:
+                dx = xp.dot(wt[0], dcols)
+            else:
+                dx = xp.matmul(wt, dcols.reshape(g, og * kh * kw, -1)).reshape(c, -1)
+            return F.nchw(dx.reshape(c, n, h, w))
+        dcols = F.scratch(xp, "dcols", (c * kh * kw, n * ho * wo), dy.dtype)
+        if g == 1:
+            xp.dot(w2[0].T, dy2, out=dcols)
+        else:
+            xp.matmul(w2.transpose(0, 2, 1), dy2.reshape(g, o // g, -1), out=dcols.reshape(g, -1, n * ho * wo))
         dxpad = F.col2im(dcols, c, n, h + 2 * ph, w + 2 * pw, kh, kw, sh, sw, dh, dw, ho, wo)
         return F.nchw(dxpad[:, :, ph:ph + h, pw:pw + w])

@@ -7,9 +7,71 @@ per-channel reductions (batch norm) run along contiguous memory.
 """
 from __future__ import annotations
 
-from typing import Any
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable
 
+from .. import backend
 from ..backend import get_array_module
+
+# ---------------------------------------------------------------------------------------------------
+# Scratch workspace. im2col columns and their gradients are kh*kw times larger than an activation and
+# live only inside one layer call. Allocating them fresh costs a page fault per 4 KiB every time (glibc
+# serves blocks above 32 MiB with new mmap pages), so each thread keeps one growing buffer per role and
+# hands out views of it. A view is valid until the next scratch() call for the same role.
+_local = threading.local()
+
+
+def scratch(xp: Any, role: str, shape: tuple[int, ...], dtype: Any) -> Any:
+    """An uninitialised array of ``shape`` backed by this thread's reusable buffer for ``role``."""
+    pool = getattr(_local, "pool", None)
+    if pool is None:
+        pool = _local.pool = {}
+    n = 1
+    for d in shape:
+        n *= int(d)
+    key = (role, xp.__name__, xp.dtype(dtype).str)
+    buf = pool.get(key)
+    if buf is None or buf.size < n:
+        buf = pool[key] = xp.empty(n, dtype=dtype)
+    return buf[:n].reshape(shape)
+
+
+def release_scratch() -> None:
+    """Free this thread's scratch buffers (e.g. after training, before a long evaluation elsewhere)."""
+    _local.pool = {}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Channel-parallel helper. NumPy's copies and ufuncs release the GIL, so memory-bound passes over a
+# (C, ...) array split by channel into one chunk per core run in parallel threads. GPU arrays and small
+# arrays run in the calling thread.
+_THREADS = max(1, min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1),
+                      int(os.environ.get("CNN_CIFAR_THREADS", "0")) or 64))
+_PARALLEL_MIN_BYTES = 1 << 20
+_executor: ThreadPoolExecutor | None = None
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _executor
+    if _executor is None:
+        _executor = ThreadPoolExecutor(max_workers=_THREADS, thread_name_prefix="cnn-cifar")
+    return _executor
+
+
+def by_channel(fn: Callable[[int, int], None], channels: int, nbytes: int) -> None:
+    """Call fn(c0, c1) over chunks of range(channels), in parallel on the NumPy backend when worth it."""
+    chunks = min(_THREADS, channels)
+    if chunks < 2 or nbytes < _PARALLEL_MIN_BYTES or backend.name != "numpy" \
+            or threading.current_thread().name.startswith("cnn-cifar"):
+        fn(0, channels)
+        return
+    bounds = [channels * k // chunks for k in range(chunks + 1)]
+    futures = [_pool().submit(fn, bounds[k], bounds[k + 1]) for k in range(1, chunks)]
+    fn(bounds[0], bounds[1])
+    for f in futures:
+        f.result()
 
 
 def cnhw(x: Any) -> Any:
@@ -39,8 +101,16 @@ def pad_cnhw(xc: Any, ph: int, pw: int, value: float = 0.0) -> Any:
         return xc
     xp = get_array_module(xc)
     c, n, h, w = xc.shape
-    out = xp.full((c, n, h + 2 * ph, w + 2 * pw), value, dtype=xc.dtype)
-    out[:, :, ph:ph + h, pw:pw + w] = xc
+    out = xp.empty((c, n, h + 2 * ph, w + 2 * pw), dtype=xc.dtype)
+
+    def fill(c0: int, c1: int) -> None:
+        o = out[c0:c1]
+        o[:, :, :ph] = value
+        o[:, :, ph + h:] = value
+        o[:, :, ph:ph + h, :pw] = value
+        o[:, :, ph:ph + h, pw + w:] = value
+        o[:, :, ph:ph + h, pw:pw + w] = xc[c0:c1]
+    by_channel(fill, c, out.nbytes)
     return out
 
 
@@ -51,15 +121,19 @@ def window(i: int, j: int, sh: int, sw: int, dh: int, dw: int, ho: int, wo: int)
 
 
 def im2col(xpad: Any, kh: int, kw: int, sh: int, sw: int, dh: int, dw: int,
-           ho: int, wo: int) -> Any:
-    """Padded (C, N, Hp, Wp) -> columns (C*kh*kw, N*ho*wo): one kh*kw loop of slice copies."""
+           ho: int, wo: int, role: str = "cols") -> Any:
+    """Padded (C, N, Hp, Wp) -> columns (C*kh*kw, N*ho*wo): a kh*kw loop of slice copies into the
+    ``role`` scratch buffer (valid until the next im2col with the same role in this thread)."""
     xp = get_array_module(xpad)
     c, n = xpad.shape[:2]
-    cols = xp.empty((c, kh, kw, n, ho, wo), dtype=xpad.dtype)
-    for i in range(kh):
-        for j in range(kw):
-            hs, ws = window(i, j, sh, sw, dh, dw, ho, wo)
-            cols[:, i, j] = xpad[:, :, hs, ws]
+    cols = scratch(xp, role, (c, kh, kw, n, ho, wo), xpad.dtype)
+
+    def fill(c0: int, c1: int) -> None:
+        for i in range(kh):
+            for j in range(kw):
+                hs, ws = window(i, j, sh, sw, dh, dw, ho, wo)
+                cols[c0:c1, i, j] = xpad[c0:c1, :, hs, ws]
+    by_channel(fill, c, cols.nbytes)
     return cols.reshape(c * kh * kw, n * ho * wo)
 
 
@@ -69,10 +143,13 @@ def col2im(cols: Any, c: int, n: int, hp: int, wp: int, kh: int, kw: int, sh: in
     xp = get_array_module(cols)
     cols = cols.reshape(c, kh, kw, n, ho, wo)
     out = xp.zeros((c, n, hp, wp), dtype=cols.dtype)
-    for i in range(kh):
-        for j in range(kw):
-            hs, ws = window(i, j, sh, sw, dh, dw, ho, wo)
-            out[:, :, hs, ws] += cols[:, i, j]
+
+    def scatter(c0: int, c1: int) -> None:
+        for i in range(kh):
+            for j in range(kw):
+                hs, ws = window(i, j, sh, sw, dh, dw, ho, wo)
+                out[c0:c1, :, hs, ws] += cols[c0:c1, i, j]
+    by_channel(scatter, c, cols.nbytes)
     return out
 
 
