@@ -45,6 +45,34 @@ def cupy_available() -> tuple[bool, str]:
     return mod is not None, reason
 
 
+_allocator_tuned = False
+
+
+def tune_host_allocator() -> bool:
+    """Ask glibc to keep freed memory for reuse instead of returning it to the OS.
+
+    Training allocates and frees activation-sized arrays (megabytes) every step. By default glibc
+    serves large blocks with fresh mmap pages and trims the heap, so each step pays a page fault per
+    4 KiB touched (about 15% of a ResNet-32 step here). With mmap off and trimming disabled, freed
+    blocks are reused; peak memory is unchanged. Set CNN_CIFAR_MALLOC_TUNING=0 to leave glibc alone.
+    Returns True if the settings were applied.
+    """
+    global _allocator_tuned
+    if _allocator_tuned or os.environ.get("CNN_CIFAR_MALLOC_TUNING", "1") == "0":
+        return _allocator_tuned
+    try:
+        import ctypes
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_top_pad, m_mmap_max = -1, -2, -4
+        ok = (libc.mallopt(m_mmap_max, 0) == 1
+              and libc.mallopt(m_trim_threshold, 2 ** 31 - 1) == 1
+              and libc.mallopt(m_top_pad, 64 << 20) == 1)
+    except (OSError, AttributeError):   # not glibc (macOS, musl): nothing to do
+        ok = False
+    _allocator_tuned = ok
+    return ok
+
+
 def set_backend(choice: str = "auto") -> str:
     """Select ``numpy``, ``cupy`` or ``auto`` (CuPy if it imports and sees a GPU).
 
@@ -57,12 +85,14 @@ def set_backend(choice: str = "auto") -> str:
         raise ValueError(f"unknown backend {choice!r}; choose one of {', '.join(CHOICES)}")
     if choice == "numpy":
         xp, name = numpy, "numpy"
+        tune_host_allocator()
         return name
     mod, reason = _probe_cupy()
     if mod is None:
         if choice == "cupy":
             raise BackendError(f"backend 'cupy' requested but cannot run: {reason}")
         xp, name = numpy, "numpy"
+        tune_host_allocator()
         return name
     _cupy, xp, name = mod, mod, "cupy"
     return name
@@ -122,3 +152,5 @@ def _init_from_env() -> None:
 
 
 _init_from_env()
+if name == "numpy":
+    tune_host_allocator()

@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from .. import backend
+from . import functional as F
 from .module import Module, grad_enabled
 
 
@@ -15,10 +16,24 @@ class ReLU(Module):
         self._y: Any = None
 
     def forward(self, x: Any) -> Any:
-        y = backend.get_array_module(x).maximum(x, 0)
+        xp = backend.get_array_module(x)
+        if x.ndim == 4:          # keep the channel-major layout and split the pass by channel
+            xc = F.cnhw(x)
+            yc = xp.empty(xc.shape, dtype=x.dtype)
+            F.by_channel(lambda c0, c1: xp.maximum(xc[c0:c1], 0, out=yc[c0:c1]), xc.shape[0], x.nbytes)
+            y = F.nchw(yc)
+        else:
+            y = xp.maximum(x, 0)
         self._y = y if grad_enabled() else None
         return y
 
     def backward(self, dy: Any) -> Any:
         y, self._y = self._y, None
-        return backend.get_array_module(dy).multiply(dy, y > 0)
+        xp = backend.get_array_module(dy)
+        if dy.ndim == 4:
+            dyc, yc = F.cnhw(dy), F.cnhw(y)
+            dxc = xp.empty(yc.shape, dtype=dy.dtype)
+            F.by_channel(lambda c0, c1: xp.multiply(dyc[c0:c1], yc[c0:c1] > 0, out=dxc[c0:c1]),
+                         yc.shape[0], dy.nbytes)
+            return F.nchw(dxc)
+        return xp.multiply(dy, y > 0)

@@ -29,29 +29,50 @@ class _BatchNorm(Module):
         return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
 
     def _forward_rows(self, x2: Any) -> Any:
-        """x2: (C, M) -> normalised (C, M)."""
+        """x2: (C, M) -> normalised (C, M); channel chunks run in parallel on the NumPy backend."""
         xp = backend.get_array_module(x2)
-        m = x2.shape[1]
-        if self.training:
-            if m < 2:
-                raise ValueError(f"{self.label}: training needs more than one value per channel, "
-                                 f"got input rows of shape {tuple(x2.shape)}")
-            mean = x2.mean(axis=1)
-            xc = x2 - mean[:, None]
-            var = xp.mean(xc * xc, axis=1)
-            mom = self.momentum
-            self.running_mean = (1 - mom) * self.running_mean + mom * mean
-            self.running_var = (1 - mom) * self.running_var + mom * var * (m / (m - 1))
-            self.num_batches_tracked = self.num_batches_tracked + 1
-        else:
-            mean, var, xc = self.running_mean, self.running_var, None
-        invstd = 1.0 / xp.sqrt(var + self.eps)
-        if xc is None:
-            xc = x2 - mean[:, None]
-        xc *= invstd[:, None]                       # xc is now xhat, a fresh array we own
-        y = xc * self.weight.data[:, None]
-        y += self.bias.data[:, None]
-        self._cache = (xc, invstd, self.training) if grad_enabled() else None
+        c, m = x2.shape
+        weight, bias = self.weight.data, self.bias.data
+        y = xp.empty((c, m), dtype=x2.dtype)
+        keep = grad_enabled()
+        if not self.training:
+            invstd = 1.0 / xp.sqrt(self.running_var + self.eps)
+            scale = weight * invstd
+            shift = bias - self.running_mean * scale
+            xhat = xp.empty((c, m), dtype=x2.dtype) if keep else None
+
+            def apply_eval(c0: int, c1: int) -> None:
+                xp.multiply(x2[c0:c1], scale[c0:c1, None], out=y[c0:c1])
+                y[c0:c1] += shift[c0:c1, None]
+                if xhat is not None:
+                    xp.subtract(x2[c0:c1], self.running_mean[c0:c1, None], out=xhat[c0:c1])
+                    xhat[c0:c1] *= invstd[c0:c1, None]
+            F.by_channel(apply_eval, c, x2.nbytes)
+            self._cache = (xhat, invstd, False) if keep else None
+            return y
+        if m < 2:
+            raise ValueError(f"{self.label}: training needs more than one value per channel, "
+                             f"got input rows of shape {tuple(x2.shape)}")
+        xhat = xp.empty((c, m), dtype=x2.dtype)
+        mean = xp.empty(c, dtype=x2.dtype)
+        var = xp.empty(c, dtype=x2.dtype)
+        invstd = xp.empty(c, dtype=x2.dtype)
+
+        def apply_train(c0: int, c1: int) -> None:
+            xs, xh = x2[c0:c1], xhat[c0:c1]
+            mean[c0:c1] = xs.mean(axis=1)
+            xp.subtract(xs, mean[c0:c1, None], out=xh)
+            var[c0:c1] = xp.einsum("cm,cm->c", xh, xh) / m
+            invstd[c0:c1] = 1.0 / xp.sqrt(var[c0:c1] + self.eps)
+            xh *= invstd[c0:c1, None]
+            xp.multiply(xh, weight[c0:c1, None], out=y[c0:c1])
+            y[c0:c1] += bias[c0:c1, None]
+        F.by_channel(apply_train, c, x2.nbytes)
+        mom = self.momentum
+        self.running_mean = (1 - mom) * self.running_mean + mom * mean
+        self.running_var = (1 - mom) * self.running_var + mom * var * (m / (m - 1))
+        self.num_batches_tracked = self.num_batches_tracked + 1
+        self._cache = (xhat, invstd, True) if keep else None
         return y
 
     def _backward_rows(self, dy2: Any) -> Any:
@@ -60,18 +81,24 @@ class _BatchNorm(Module):
         xhat, invstd, training = self._cache
         self._cache = None
         xp = backend.get_array_module(dy2)
-        dbeta = dy2.sum(axis=1)
-        dgamma = xp.einsum("cm,cm->c", dy2, xhat)
+        c, m = dy2.shape
+        scale = self.weight.data * invstd
+        dx = xp.empty((c, m), dtype=dy2.dtype)
+        dbeta = xp.empty(c, dtype=dy2.dtype)
+        dgamma = xp.empty(c, dtype=dy2.dtype)
+
+        def apply(c0: int, c1: int) -> None:
+            d, xh, sc = dy2[c0:c1], xhat[c0:c1], scale[c0:c1, None]
+            dbeta[c0:c1] = d.sum(axis=1)
+            dgamma[c0:c1] = xp.einsum("cm,cm->c", d, xh)
+            xp.multiply(d, sc, out=dx[c0:c1])
+            if training:
+                # dx = gamma*invstd/M * (M*dy - sum(dy) - xhat*sum(dy*xhat))
+                dx[c0:c1] -= sc * (dbeta[c0:c1, None] / m)
+                dx[c0:c1] -= xh * (sc * (dgamma[c0:c1, None] / m))
+        F.by_channel(apply, c, dy2.nbytes)
         self.weight.grad += dgamma
         self.bias.grad += dbeta
-        scale = self.weight.data * invstd
-        if not training:
-            return dy2 * scale[:, None]
-        m = dy2.shape[1]
-        # dx = gamma*invstd/M * (M*dy - sum(dy) - xhat*sum(dy*xhat))
-        dx = dy2 * scale[:, None]
-        dx -= (scale * dbeta / m)[:, None]
-        dx -= xhat * (scale * dgamma / m)[:, None]
         return dx
 
 

@@ -1,0 +1,72 @@
+#!/usr/bin/env python3
+"""Where a training step's time goes, by layer type (forward and backward wall time, NumPy backend).
+
+    uv run python benchmarks/profile_layers.py --model resnet32 --batch 128
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+import numpy as np  # noqa: E402
+
+from cnn_cifar import nn  # noqa: E402
+from cnn_cifar.models import build_model  # noqa: E402
+from cnn_cifar.optim import SGD  # noqa: E402
+
+LEAVES = (nn.Conv2d, nn.BatchNorm2d, nn.BatchNorm1d, nn.ReLU, nn.MaxPool2d, nn.AvgPool2d, nn.GlobalAvgPool2d,
+          nn.Linear, nn.Flatten, nn.Dropout)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="resnet32")
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--steps", type=int, default=5)
+    args = ap.parse_args()
+    times: dict[str, float] = defaultdict(float)
+    for cls in LEAVES:
+        for meth in ("forward", "backward"):
+            orig = getattr(cls, meth)
+
+            def timed(self, x, _orig=orig, _key=f"{cls.__name__}.{meth}"):
+                t0 = time.perf_counter()
+                out = _orig(self, x)
+                times[_key] += time.perf_counter() - t0
+                return out
+            setattr(cls, meth, timed)
+    model = build_model(args.model)
+    opt = SGD(model.parameters(), 0.1, 0.9, weight_decay=5e-4)
+    crit = nn.SoftmaxCrossEntropy()
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((args.batch, 3, 32, 32)).astype(np.float32)
+    y = rng.integers(0, 10, args.batch)
+
+    def step():
+        model.zero_grad()
+        crit(model(x), y)
+        model.backward(crit.backward())
+        t0 = time.perf_counter()
+        opt.step()
+        times["SGD.step"] += time.perf_counter() - t0
+
+    step()
+    times.clear()
+    t0 = time.perf_counter()
+    for _ in range(args.steps):
+        step()
+    total = (time.perf_counter() - t0) / args.steps
+    print(f"{args.model} batch {args.batch}: {total * 1000:.0f} ms per training step ({args.batch / total:.0f} img/s)")
+    for k, v in sorted(times.items(), key=lambda kv: -kv[1]):
+        print(f"  {k:28s} {1000 * v / args.steps:8.1f} ms  {100 * v / args.steps / total:5.1f}%")
+    other = total - sum(times.values()) / args.steps
+    print(f"  {'other (loss, glue)':28s} {1000 * other:8.1f} ms  {100 * other / total:5.1f}%")
+
+
+if __name__ == "__main__":
+    main()
