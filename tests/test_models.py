@@ -44,6 +44,7 @@ def test_float32_everywhere(xp):
     y = model(x)
     crit = nn.SoftmaxCrossEntropy()
     crit(y, backend.to_device(np.array([1, 2])))
+    model.conv1.needs_input_grad = True
     dx = model.backward(crit.backward())
     assert y.dtype == np.float32 and dx.dtype == np.float32
     for name, p in model.named_parameters():
@@ -52,12 +53,14 @@ def test_float32_everywhere(xp):
 
 def test_simple_cnn_whole_model_gradcheck(xp):
     model = build_model("cnn", dropout=0.3, seed=3).to(np.float64)
+    model.conv1.needs_input_grad = True
     x = backend.to_device(np.random.default_rng(1).standard_normal((3, 3, 32, 32)))
     check_module(model, x, max_points=40)
 
 
 def test_small_resnet_whole_model_gradcheck(xp):
     model = build_model("resnet8", dropout=0.2, seed=4).to(np.float64)
+    model.conv1.needs_input_grad = True
     x = backend.to_device(np.random.default_rng(2).standard_normal((2, 3, 16, 16)))
     check_module(model, x, max_points=30)
 
@@ -100,3 +103,19 @@ def test_small_resnet_loss_falls(xp):
         model.backward(crit.backward())
         opt.step()
     assert loss < 0.5 * first
+
+
+def test_first_layer_skips_the_image_gradient_but_not_its_weight_gradient():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 3, 32, 32)).astype(np.float32)
+    y = rng.integers(0, 10, 4)
+    grads = []
+    for needs in (False, True):
+        model = build_model("cnn", dropout=0.0, seed=1)
+        model.conv1.needs_input_grad = needs
+        crit = nn.SoftmaxCrossEntropy()
+        crit(model(x), y)
+        dx = model.backward(crit.backward())
+        assert (dx is None) == (not needs)
+        grads.append(model.conv1.weight.grad.copy())
+    np.testing.assert_array_equal(grads[0], grads[1])

@@ -50,6 +50,9 @@ class Conv2d(Module):
         self.weight = Parameter(init.kaiming_normal((out_channels, in_channels // groups, kh, kw),
                                                     fan_out, rng, dtype))
         self.bias = Parameter(init.zeros((out_channels,), dtype)) if bias else None
+        # False on a network's first layer: the gradient w.r.t. the images is not needed for training
+        # (like an input tensor without requires_grad in PyTorch); backward then returns None.
+        self.needs_input_grad = True
         self._cache: tuple | None = None
 
     def extra_repr(self) -> str:
@@ -108,6 +111,8 @@ class Conv2d(Module):
             self.weight.grad += xp.matmul(dy2.reshape(g, o // g, -1),
                                           colsg.transpose(0, 2, 1)).reshape(self.weight.grad.shape)
         del cols
+        if not self.needs_input_grad:
+            return None
         # Input gradient. For stride 1 it is the convolution of dy with the flipped, channel-transposed
         # kernel ("full" padding), i.e. one more im2col + matmul; this avoids writing the C*kh*kw-row
         # column gradient and scattering it back. Strided convolutions scatter with col2im.

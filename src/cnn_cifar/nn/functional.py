@@ -49,7 +49,7 @@ def release_scratch() -> None:
 # arrays run in the calling thread.
 _THREADS = max(1, min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1),
                       int(os.environ.get("CNN_CIFAR_THREADS", "0")) or 64))
-_PARALLEL_MIN_BYTES = 1 << 20
+_PARALLEL_MIN_BYTES = 4 << 20
 _executor: ThreadPoolExecutor | None = None
 
 

@@ -57,9 +57,9 @@ class MaxPool2d(_Pool2d):
                 out = tap.copy()
                 idx = xp.zeros(out.shape, dtype=xp.int8 if k < 127 else xp.int16)
                 continue
-            better = tap > out
+            better = tap > out                       # strict: ties keep the first maximum
             xp.maximum(out, tap, out=out)
-            idx[better] = k
+            idx += better * (idx.dtype.type(k) - idx)   # idx = k where better (faster than masked store)
         self._cache = (idx, x.shape, xpad.shape) if grad_enabled() else None
         return F.nchw(out)
 
@@ -70,10 +70,16 @@ class MaxPool2d(_Pool2d):
         n, c, h, w = xshape
         ph, pw = self.padding
         dyc = F.cnhw(dy)
-        dx = xp.zeros(pshape, dtype=dy.dtype)
-        zero = dy.dtype.type(0)
-        for k, (hs, ws) in self._taps(*idx.shape[2:]):
-            dx[:, :, hs, ws] += xp.where(idx == k, dyc, zero)
+        (kh, kw), (sh, sw) = self.kernel_size, self.stride
+        ho, wo = idx.shape[2:]
+        disjoint = sh >= kh and sw >= kw                   # each input position in at most one window
+        tiled = disjoint and (sh, sw) == (kh, kw) and ho * sh == pshape[2] and wo * sw == pshape[3]
+        dx = xp.empty(pshape, dtype=dy.dtype) if tiled else xp.zeros(pshape, dtype=dy.dtype)
+        for k, (hs, ws) in self._taps(ho, wo):
+            if disjoint:
+                xp.multiply(dyc, idx == k, out=dx[:, :, hs, ws])
+            else:
+                dx[:, :, hs, ws] += dyc * (idx == k)
         return F.nchw(dx[:, :, ph:ph + h, pw:pw + w])
 
 
