@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from typing import Callable
@@ -11,44 +12,27 @@ from ..data import DatasetError
 from ..training import CheckpointError, NonFiniteLoss, TrainingInterrupted
 
 
-def positive_int(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {s!r}") from None
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {s}")
-    return v
+def _number(cast: type, ok, what: str):
+    """An argparse type: parse with ``cast`` and require ``ok(value)``, else say it must be ``what``."""
+    article = "an" if what[0] in "aeiou" else "a"
+
+    def parse(text: str):
+        try:
+            value = cast(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {article} {what}, got {text!r}") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"must be {article} {what}, got {text}")
+        return value
+    parse.__name__ = what.replace(" ", "_").replace("-", "_")
+    return parse
 
 
-def nonneg_int(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {s!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {s}")
-    return v
-
-
-def positive_float(s: str) -> float:
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {s!r}") from None
-    if not v > 0 or v != v or v == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {s}")
-    return v
-
-
-def nonneg_float(s: str) -> float:
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a non-negative number, got {s!r}") from None
-    if not v >= 0 or v == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a non-negative number, got {s}")
-    return v
+_finite = math.isfinite
+positive_int = _number(int, lambda v: v > 0, "positive integer")
+nonneg_int = _number(int, lambda v: v >= 0, "non-negative integer")
+positive_float = _number(float, lambda v: _finite(v) and v > 0, "positive number")
+nonneg_float = _number(float, lambda v: _finite(v) and v >= 0, "non-negative number")
 
 
 def probability(s: str) -> float:
@@ -76,11 +60,6 @@ def select_backend(choice: str, quiet: bool = False) -> None:
     backend.set_backend(choice)
     if not quiet:
         print(backend.describe(), flush=True)
-
-
-def fail(message: str, code: int = 1) -> "NoReturn":  # noqa: F821
-    print(f"error: {message}", file=sys.stderr, flush=True)
-    raise SystemExit(code)
 
 
 def run(main: Callable[[], int | None]) -> int:

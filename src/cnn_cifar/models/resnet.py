@@ -6,9 +6,10 @@ from typing import Any
 import numpy as np
 
 from .. import nn
+from .base import ChainModel
 
 
-class ResNet(nn.Module):
+class ResNet(ChainModel):
     """conv3x3(16) -> BN -> ReLU -> 3 stages of n BasicBlocks (16/32/64 channels) -> global average
     pool -> Dropout -> Linear(64 -> classes)."""
 
@@ -37,13 +38,3 @@ class ResNet(nn.Module):
         self.fc = nn.Linear(64, num_classes, rng=rng, dtype=dtype)
         self._order = [self.conv1, self.bn1, self.relu, self.layer1, self.layer2, self.layer3,
                        self.pool, self.dropout, self.fc]
-
-    def forward(self, x: Any) -> Any:
-        for m in self._order:
-            x = m.forward(x)
-        return x
-
-    def backward(self, dy: Any) -> Any:
-        for m in reversed(self._order):
-            dy = m.backward(dy)
-        return dy

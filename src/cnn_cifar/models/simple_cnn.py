@@ -6,9 +6,10 @@ from typing import Any
 import numpy as np
 
 from .. import nn
+from .base import ChainModel
 
 
-class SimpleCNN(nn.Module):
+class SimpleCNN(ChainModel):
     """Conv(3->8, 3x3) -> BN -> ReLU -> MaxPool 2 -> Flatten -> Linear(1800->128) -> BN1d -> ReLU
     -> Dropout -> Linear(128->classes)."""
 
@@ -29,13 +30,3 @@ class SimpleCNN(nn.Module):
         self.fc2 = nn.Linear(128, num_classes, rng=rng, dtype=dtype)
         self._order = [self.conv1, self.bn1, self.relu1, self.pool, self.flatten,
                        self.fc1, self.bn2, self.relu2, self.dropout, self.fc2]
-
-    def forward(self, x: Any) -> Any:
-        for m in self._order:
-            x = m.forward(x)
-        return x
-
-    def backward(self, dy: Any) -> Any:
-        for m in reversed(self._order):
-            dy = m.backward(dy)
-        return dy

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .. import safe_pickle
+from .atomic import atomic_write
 
 FORMAT = "cnn-cifar-10/checkpoint"
 VERSION = 1
@@ -35,20 +35,8 @@ def _plain(obj: Any) -> Any:
 
 def save_checkpoint(path: str | os.PathLike, payload: dict) -> Path:
     """Write payload (plus format/version) to path atomically: temp file in the same folder, fsync, rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     data = {"format": FORMAT, "version": VERSION, **_plain(payload)}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            pickle.dump(data, f, protocol=4)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda f: pickle.dump(data, f, protocol=4))
 
 
 def load_checkpoint(path: str | os.PathLike, expected_model: str | None = None) -> dict:

@@ -5,22 +5,11 @@ import csv
 import io
 import json
 import os
-import tempfile
 from pathlib import Path
 
+from .atomic import atomic_write
+
 FIELDS = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "dropout", "seconds", "best"]
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def history_paths(checkpoint_dir: str | os.PathLike, model: str) -> tuple[Path, Path]:
@@ -35,6 +24,6 @@ def write_history(checkpoint_dir: str | os.PathLike, model: str, rows: list[dict
     w.writeheader()
     for r in rows:
         w.writerow(r)
-    _atomic_write(csv_path, buf.getvalue())
-    _atomic_write(jsonl_path, "".join(json.dumps(r) + "\n" for r in rows))
+    atomic_write(csv_path, lambda f: f.write(buf.getvalue().encode()))
+    atomic_write(jsonl_path, lambda f: f.write("".join(json.dumps(r) + "\n" for r in rows).encode()))
     return csv_path, jsonl_path

@@ -1,0 +1,23 @@
+"""What the models share: layers applied in a fixed order, backward in reverse."""
+from __future__ import annotations
+
+from typing import Any
+
+from .. import nn
+
+
+class ChainModel(nn.Module):
+    """A model whose forward is its ``_order`` list of modules applied in turn (named attributes, so
+    state-dict keys read ``conv1.weight``, ``layer2.0.bn1.running_mean``, ...)."""
+
+    _order: list[nn.Module]
+
+    def forward(self, x: Any) -> Any:
+        for m in self._order:
+            x = m.forward(x)
+        return x
+
+    def backward(self, dy: Any) -> Any:
+        for m in reversed(self._order):
+            dy = m.backward(dy)
+        return dy
