@@ -196,3 +196,19 @@ def test_loader_covers_every_test_image_in_order(cifar_root):
     ds = load_dataset("cifar10", cifar_root, download=False)
     ys = np.concatenate([y for _, y in BatchLoader(ds.x_test, ds.y_test, 64, CIFAR10.mean, CIFAR10.std)])
     np.testing.assert_array_equal(ys, ds.y_test)
+
+
+def test_local_tarball_with_wrong_md5_says_so_when_offline(cifar_tarball, tmp_path):
+    shutil.copy(cifar_tarball, tmp_path / "cifar-10-python.tar.gz")
+    with pytest.raises(DatasetError, match=r"cifar-10-python.tar.gz is not the official file \(md5 [0-9a-f]{32}, "
+                                           r"expected 0{32}\) and no fresh copy could be fetched"):
+        load_dataset("cifar10", tmp_path, url="http://127.0.0.1:9/cifar-10-python.tar.gz", md5="0" * 32,
+                     progress=False)
+    assert not (tmp_path / "cifar-10-batches-py").exists()
+
+
+def test_local_tarball_with_right_md5_needs_no_network(cifar_tarball, tmp_path):
+    shutil.copy(cifar_tarball, tmp_path / "cifar-10-python.tar.gz")
+    ds = load_dataset("cifar10", tmp_path, url="http://127.0.0.1:9/cifar-10-python.tar.gz", md5=md5sum(cifar_tarball),
+                      progress=False)
+    assert ds.x_test.shape[0] == 200

@@ -106,7 +106,15 @@ def download_and_extract(url: str, root: str | os.PathLike, md5: str, folder: st
     """Use root/<tarball> if it is already there with the right md5, else download it; then extract."""
     root = Path(root)
     archive = root / url.rstrip("/").rsplit("/", 1)[-1]
-    if not (archive.is_file() and md5sum(archive) == md5):
-        print(f"downloading {url} -> {archive}")
-        download(url, archive, md5, progress=progress)
+    local_md5 = md5sum(archive) if archive.is_file() else None
+    if local_md5 != md5:
+        print(f"downloading {url} -> {archive}" + (f" (the local copy's md5 {local_md5} is not the official "
+                                                   f"{md5})" if local_md5 else ""))
+        try:
+            download(url, archive, md5, progress=progress)
+        except DatasetError as exc:
+            if local_md5 is None:
+                raise
+            raise DatasetError(f"{archive} is not the official file (md5 {local_md5}, expected {md5}) and no "
+                               f"fresh copy could be fetched: {exc}") from None
     return extract(archive, root, folder)
