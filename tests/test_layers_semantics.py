@@ -152,3 +152,15 @@ def test_no_grad_keeps_nothing():
     with nn.no_grad():
         m(np.zeros((2, 3, 32, 32), np.float32))
     assert m.conv1._cache is None and m.fc1._x is None
+
+
+def test_inplace_relu_overwrites_its_input_and_has_the_same_gradient(xp):
+    x = _x((2, 3, 4, 4), dtype=np.float64)
+    dy = _x((2, 3, 4, 4), seed=1, dtype=np.float64)
+    plain, inplace = nn.ReLU(), nn.ReLU(inplace=True)
+    y_plain = plain(x)
+    x2 = x.copy()
+    y_in = inplace(x2)
+    assert backend.to_numpy((x2 == y_in).all()) and backend.to_numpy((x2 >= 0).all())
+    np.testing.assert_array_equal(backend.to_numpy(y_plain), backend.to_numpy(y_in))
+    np.testing.assert_array_equal(backend.to_numpy(plain.backward(dy)), backend.to_numpy(inplace.backward(dy)))

@@ -24,7 +24,7 @@ class ResNet(ChainModel):
         self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False, rng=rng, dtype=dtype)
         self.conv1.needs_input_grad = False   # no gradient w.r.t. the images (set True to get one)
         self.bn1 = nn.BatchNorm2d(16, dtype=dtype)
-        self.relu = nn.ReLU()
+        self.relu = nn.ReLU(inplace=True)
         in_planes = 16
         for i, planes in enumerate((16, 32, 64)):
             blocks = []

@@ -9,21 +9,29 @@ from .module import Module, grad_enabled
 
 
 class ReLU(Module):
-    """max(x, 0); backward passes the gradient where the output is positive."""
+    """max(x, 0); backward passes the gradient where the output is positive.
 
-    def __init__(self) -> None:
+    ``inplace=True`` (as in PyTorch) overwrites the input, saving an allocation and a pass; use it only
+    where nothing else keeps the input (after batch norm, which caches its own normalised values).
+    """
+
+    def __init__(self, inplace: bool = False) -> None:
         super().__init__()
+        self.inplace = inplace
         self._y: Any = None
+
+    def extra_repr(self) -> str:
+        return "inplace=True" if self.inplace else ""
 
     def forward(self, x: Any) -> Any:
         xp = backend.get_array_module(x)
         if x.ndim == 4:          # keep the channel-major layout and split the pass by channel
             xc = F.cnhw(x)
-            yc = xp.empty(xc.shape, dtype=x.dtype)
+            yc = xc if self.inplace else xp.empty(xc.shape, dtype=x.dtype)
             F.by_channel(lambda c0, c1: xp.maximum(xc[c0:c1], 0, out=yc[c0:c1]), xc.shape[0], x.nbytes)
             y = F.nchw(yc)
         else:
-            y = xp.maximum(x, 0)
+            y = xp.maximum(x, 0, out=x if self.inplace else None)
         self._y = y if grad_enabled() else None
         return y
 

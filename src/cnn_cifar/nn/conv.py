@@ -72,7 +72,7 @@ class Conv2d(Module):
 
     def _cols(self, x: Any, ho: int, wo: int) -> Any:
         (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel_size, self.stride, self.padding, self.dilation
-        return F.im2col(F.pad_cnhw(F.cnhw(x), ph, pw), kh, kw, sh, sw, dh, dw, ho, wo)
+        return F.im2col(F.cnhw(x), kh, kw, sh, sw, dh, dw, ho, wo, ph, pw)
 
     def forward(self, x: Any) -> Any:
         xp = backend.get_array_module(x)
@@ -121,7 +121,7 @@ class Conv2d(Module):
             og, cg = o // g, c // g
             wt = self.weight.data.reshape(g, og, cg, kh, kw)[:, :, :, ::-1, ::-1].transpose(0, 2, 1, 3, 4)
             wt = wt.reshape(g, cg, og * kh * kw)
-            dcols = F.im2col(F.pad_cnhw(F.cnhw(dy), qh, qw), kh, kw, 1, 1, dh, dw, h, w, role="dcols")
+            dcols = F.im2col(F.cnhw(dy), kh, kw, 1, 1, dh, dw, h, w, qh, qw, role="dcols")
             if g == 1:
                 dx = xp.dot(wt[0], dcols)
             else:

@@ -120,19 +120,47 @@ def window(i: int, j: int, sh: int, sw: int, dh: int, dw: int, ho: int, wo: int)
             slice(j * dw, j * dw + sw * (wo - 1) + 1, sw))
 
 
-def im2col(xpad: Any, kh: int, kw: int, sh: int, sw: int, dh: int, dw: int,
-           ho: int, wo: int, role: str = "cols") -> Any:
-    """Padded (C, N, Hp, Wp) -> columns (C*kh*kw, N*ho*wo): a kh*kw loop of slice copies into the
-    ``role`` scratch buffer (valid until the next im2col with the same role in this thread)."""
-    xp = get_array_module(xpad)
-    c, n = xpad.shape[:2]
-    cols = scratch(xp, role, (c, kh, kw, n, ho, wo), xpad.dtype)
+def _valid(size: int, out: int, k_off: int, s: int, p: int) -> tuple[int, int]:
+    """Output range [lo, hi) whose input index o*s + k_off - p falls inside [0, size)."""
+    lo = max(0, -(-(p - k_off) // s))
+    hi = min(out, (size - 1 + p - k_off) // s + 1)
+    return lo, max(lo, hi)
+
+
+def im2col(x: Any, kh: int, kw: int, sh: int, sw: int, dh: int, dw: int, ho: int, wo: int,
+           ph: int = 0, pw: int = 0, role: str = "cols") -> Any:
+    """Unpadded (C, N, H, W) -> columns (C*kh*kw, N*ho*wo) for zero padding (ph, pw).
+
+    One kh*kw loop of slice copies straight from x into the ``role`` scratch buffer (valid until the
+    next im2col with that role in this thread); only the border strips that fall in the padding are
+    zeroed, so no padded copy of x is made.
+    """
+    xp = get_array_module(x)
+    c, n, h, w = x.shape
+    cols = scratch(xp, role, (c, kh, kw, n, ho, wo), x.dtype)
+    taps = []
+    for i in range(kh):
+        r0, r1 = _valid(h, ho, i * dh, sh, ph)
+        for j in range(kw):
+            q0, q1 = _valid(w, wo, j * dw, sw, pw)
+            taps.append((i, j, r0, r1, q0, q1))
 
     def fill(c0: int, c1: int) -> None:
-        for i in range(kh):
-            for j in range(kw):
-                hs, ws = window(i, j, sh, sw, dh, dw, ho, wo)
-                cols[c0:c1, i, j] = xpad[c0:c1, :, hs, ws]
+        for i, j, r0, r1, q0, q1 in taps:
+            dst = cols[c0:c1, i, j]
+            if r0 > 0:
+                dst[:, :, :r0] = 0
+            if r1 < ho:
+                dst[:, :, r1:] = 0
+            if r1 > r0:
+                if q0 > 0:
+                    dst[:, :, r0:r1, :q0] = 0
+                if q1 < wo:
+                    dst[:, :, r0:r1, q1:] = 0
+                if q1 > q0:
+                    dst[:, :, r0:r1, q0:q1] = x[c0:c1, :,
+                                               r0 * sh + i * dh - ph:(r1 - 1) * sh + i * dh - ph + 1:sh,
+                                               q0 * sw + j * dw - pw:(q1 - 1) * sw + j * dw - pw + 1:sw]
     by_channel(fill, c, cols.nbytes)
     return cols.reshape(c * kh * kw, n * ho * wo)
 

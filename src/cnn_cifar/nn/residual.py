@@ -25,7 +25,7 @@ class BasicBlock(Module):
         super().__init__()
         self.conv1 = Conv2d(in_planes, planes, 3, stride, 1, bias=False, rng=rng, dtype=dtype)
         self.bn1 = BatchNorm2d(planes, dtype=dtype)
-        self.relu1 = ReLU()
+        self.relu1 = ReLU(inplace=True)
         self.conv2 = Conv2d(planes, planes, 3, 1, 1, bias=False, rng=rng, dtype=dtype)
         self.bn2 = BatchNorm2d(planes, dtype=dtype)
         if stride != 1 or in_planes != planes:
@@ -33,7 +33,7 @@ class BasicBlock(Module):
                                        BatchNorm2d(planes, dtype=dtype))
         else:
             self.shortcut = None
-        self.relu2 = ReLU()
+        self.relu2 = ReLU(inplace=True)
 
     def forward(self, x: Any) -> Any:
         out = self.bn2(self.conv2(self.relu1(self.bn1(self.conv1(x)))))
