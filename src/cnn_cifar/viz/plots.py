@@ -163,28 +163,39 @@ def plot_runs(histories: Sequence[Sequence[dict]], labels: Sequence[str], out_di
 
 
 def plot_per_class(res: dict, out_dir: str | os.PathLike, model: str) -> Path:
-    """Per-class accuracy bars with precision, recall and F1 beside them."""
+    """Per-class accuracy bars with precision and F1 beside them (up to 20 classes), or one horizontal bar
+    per class sorted by accuracy (more classes, e.g. CIFAR-100)."""
     pc = res["per_class"]
-    names = [c["class"] for c in pc]
-    x = np.arange(len(names))
-    wide = len(names) > 20
-    fig, ax = plt.subplots(figsize=(max(10, 0.35 * len(names)) if wide else 12, 5))
-    if wide:
-        ax.bar(x, [100 * c["accuracy"] for c in pc], color=COLORS["train"], label="accuracy")
+    overall = 100 * res["accuracy"]
+    if len(pc) > 20:
+        order = sorted(pc, key=lambda c: c["accuracy"])
+        fig, ax = plt.subplots(figsize=(8, 0.16 * len(pc) + 1.5))
+        y = np.arange(len(order))
+        ax.barh(y, [100 * c["accuracy"] for c in order], color=COLORS["train"], label="accuracy (= recall)")
+        ax.set_yticks(y, [c["class"] for c in order], fontsize=6)
+        ax.set_ylim(-0.7, len(order) - 0.3)
+        ax.axvline(overall, color="k", ls="--", lw=1, label=f"overall {overall:.2f}%")
+        ax.set_xlim(0, 100)
+        ax.set_xlabel("%")
+        ax.grid(axis="x", alpha=0.3)
+        ax.legend(loc="lower right", fontsize=8)
     else:
+        names = [c["class"] for c in pc]
+        x = np.arange(len(names))
+        fig, ax = plt.subplots(figsize=(12, 5))
         w = 0.27
         for i, (key, col, lab) in enumerate((("accuracy", "#1f77b4", "accuracy (= recall)"),
                                              ("precision", "#ff7f0e", "precision"), ("f1", "#9467bd", "F1"))):
             bars = ax.bar(x + (i - 1) * w, [100 * c[key] for c in pc], w, color=col, label=lab)
             if key == "accuracy":
                 ax.bar_label(bars, fmt="%.0f", fontsize=7, padding=1)
-    ax.axhline(100 * res["accuracy"], color="k", ls="--", lw=1, label=f"overall {100 * res['accuracy']:.2f}%")
-    ax.set_xticks(x, names, rotation=45 if len(names) <= 20 else 90, ha="right", fontsize=9 if not wide else 6)
-    ax.set_ylim(0, 118)                       # the band above 100% holds the legend
-    ax.set_yticks(range(0, 101, 20))
-    ax.set_ylabel("%")
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend(loc="upper center", fontsize=8, ncol=4, frameon=False)
+        ax.axhline(overall, color="k", ls="--", lw=1, label=f"overall {overall:.2f}%")
+        ax.set_xticks(x, names, rotation=45, ha="right", fontsize=9)
+        ax.set_ylim(0, 118)                       # the band above 100% holds the legend
+        ax.set_yticks(range(0, 101, 20))
+        ax.set_ylabel("%")
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(loc="upper center", fontsize=8, ncol=4, frameon=False)
     ax.set_title(f"{model}: per-class metrics on the test set ({res['n']} images)")
     fig.tight_layout()
     return _save(fig, Path(out_dir) / f"{model}_per_class_accuracy.png")
