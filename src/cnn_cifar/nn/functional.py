@@ -23,11 +23,16 @@ from ..backend import get_array_module
 _local = threading.local()
 
 
-def scratch(xp: Any, role: str, shape: tuple[int, ...], dtype: Any) -> Any:
-    """An uninitialised array of ``shape`` backed by this thread's reusable buffer for ``role``."""
+def _pool_of_thread() -> dict:
     pool = getattr(_local, "pool", None)
     if pool is None:
         pool = _local.pool = {}
+    return pool
+
+
+def scratch(xp: Any, role: str, shape: tuple[int, ...], dtype: Any) -> Any:
+    """An uninitialised array of ``shape`` backed by this thread's reusable buffer for ``role``."""
+    pool = _pool_of_thread()
     n = 1
     for d in shape:
         n *= int(d)
@@ -95,72 +100,51 @@ def out_size(size: int, k: int, s: int, p: int, d: int) -> int:
     return (size + 2 * p - d * (k - 1) - 1) // s + 1
 
 
-def pad_cnhw(xc: Any, ph: int, pw: int, value: float = 0.0) -> Any:
-    """Pad the two spatial axes of a (C, N, H, W) array; returns it unchanged when no padding."""
-    if ph == 0 and pw == 0:
-        return xc
-    xp = get_array_module(xc)
-    c, n, h, w = xc.shape
-    out = xp.empty((c, n, h + 2 * ph, w + 2 * pw), dtype=xc.dtype)
-
-    def fill(c0: int, c1: int) -> None:
-        o = out[c0:c1]
-        o[:, :, :ph] = value
-        o[:, :, ph + h:] = value
-        o[:, :, ph:ph + h, :pw] = value
-        o[:, :, ph:ph + h, pw + w:] = value
-        o[:, :, ph:ph + h, pw:pw + w] = xc[c0:c1]
-    by_channel(fill, c, out.nbytes)
-    return out
-
-
 def window(i: int, j: int, sh: int, sw: int, dh: int, dw: int, ho: int, wo: int) -> tuple[slice, slice]:
     """The strided slices of the padded input seen by kernel tap (i, j)."""
     return (slice(i * dh, i * dh + sh * (ho - 1) + 1, sh),
             slice(j * dw, j * dw + sw * (wo - 1) + 1, sw))
 
 
-def _valid(size: int, out: int, k_off: int, s: int, p: int) -> tuple[int, int]:
-    """Output range [lo, hi) whose input index o*s + k_off - p falls inside [0, size)."""
-    lo = max(0, -(-(p - k_off) // s))
-    hi = min(out, (size - 1 + p - k_off) // s + 1)
-    return lo, max(lo, hi)
+def padded(xc: Any, ph: int, pw: int, value: float = 0.0) -> Any:
+    """(C, N, H, W) with its spatial axes padded by ``value``, in a reusable per-thread buffer.
+
+    The buffer is keyed by shape and fill value, so its border is written once when it is created and
+    later calls copy only the interior. The result is valid until the next call with the same shape.
+    """
+    if ph == 0 and pw == 0:
+        return xc
+    xp = get_array_module(xc)
+    c, n, h, w = xc.shape
+    pool = _pool_of_thread()
+    key = ("pad", (c, n, h + 2 * ph, w + 2 * pw), float(value), xp.__name__, xp.dtype(xc.dtype).str)
+    buf = pool.get(key)
+    if buf is None:
+        buf = pool[key] = xp.full(key[1], value, dtype=xc.dtype)
+
+    def fill(c0: int, c1: int) -> None:
+        buf[c0:c1, :, ph:ph + h, pw:pw + w] = xc[c0:c1]
+    by_channel(fill, c, buf.nbytes)
+    return buf
 
 
 def im2col(x: Any, kh: int, kw: int, sh: int, sw: int, dh: int, dw: int, ho: int, wo: int,
            ph: int = 0, pw: int = 0, role: str = "cols") -> Any:
     """Unpadded (C, N, H, W) -> columns (C*kh*kw, N*ho*wo) for zero padding (ph, pw).
 
-    One kh*kw loop of slice copies straight from x into the ``role`` scratch buffer (valid until the
-    next im2col with that role in this thread); only the border strips that fall in the padding are
-    zeroed, so no padded copy of x is made.
+    Pads into a reusable buffer, then one kh*kw loop of slice copies into the ``role`` scratch buffer
+    (valid until the next im2col with that role in this thread).
     """
     xp = get_array_module(x)
-    c, n, h, w = x.shape
-    cols = scratch(xp, role, (c, kh, kw, n, ho, wo), x.dtype)
-    taps = []
-    for i in range(kh):
-        r0, r1 = _valid(h, ho, i * dh, sh, ph)
-        for j in range(kw):
-            q0, q1 = _valid(w, wo, j * dw, sw, pw)
-            taps.append((i, j, r0, r1, q0, q1))
+    xpad = padded(x, ph, pw)
+    c, n = xpad.shape[:2]
+    cols = scratch(xp, role, (c, kh, kw, n, ho, wo), xpad.dtype)
 
     def fill(c0: int, c1: int) -> None:
-        for i, j, r0, r1, q0, q1 in taps:
-            dst = cols[c0:c1, i, j]
-            if r0 > 0:
-                dst[:, :, :r0] = 0
-            if r1 < ho:
-                dst[:, :, r1:] = 0
-            if r1 > r0:
-                if q0 > 0:
-                    dst[:, :, r0:r1, :q0] = 0
-                if q1 < wo:
-                    dst[:, :, r0:r1, q1:] = 0
-                if q1 > q0:
-                    dst[:, :, r0:r1, q0:q1] = x[c0:c1, :,
-                                               r0 * sh + i * dh - ph:(r1 - 1) * sh + i * dh - ph + 1:sh,
-                                               q0 * sw + j * dw - pw:(q1 - 1) * sw + j * dw - pw + 1:sw]
+        for i in range(kh):
+            for j in range(kw):
+                hs, ws = window(i, j, sh, sw, dh, dw, ho, wo)
+                cols[c0:c1, i, j] = xpad[c0:c1, :, hs, ws]
     by_channel(fill, c, cols.nbytes)
     return cols.reshape(c * kh * kw, n * ho * wo)
 

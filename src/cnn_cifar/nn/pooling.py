@@ -49,7 +49,7 @@ class MaxPool2d(_Pool2d):
         xp = backend.get_array_module(x)
         ho, wo = self._geometry(x)
         ph, pw = self.padding
-        xpad = F.pad_cnhw(F.cnhw(x), ph, pw, value=-xp.inf)
+        xpad = F.padded(F.cnhw(x), ph, pw, value=-xp.inf)
         out = idx = None
         for k, (hs, ws) in self._taps(ho, wo):
             tap = xpad[:, :, hs, ws]
@@ -89,7 +89,7 @@ class AvgPool2d(_Pool2d):
     def forward(self, x: Any) -> Any:
         ho, wo = self._geometry(x)
         ph, pw = self.padding
-        xpad = F.pad_cnhw(F.cnhw(x), ph, pw)
+        xpad = F.padded(F.cnhw(x), ph, pw)
         out = None
         for _, (hs, ws) in self._taps(ho, wo):
             out = xpad[:, :, hs, ws].copy() if out is None else out.__iadd__(xpad[:, :, hs, ws])
