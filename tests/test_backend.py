@@ -24,9 +24,13 @@ def test_unknown_backend_is_value_error():
         backend.set_backend("tpu")
 
 
-def test_auto_picks_something_that_runs():
-    ok, _ = backend.cupy_available()
+def test_auto_picks_something_that_runs_and_says_why():
+    ok, reason = backend.cupy_available()
     assert backend.set_backend("auto") == ("cupy" if ok else "numpy")
+    if not ok:
+        assert f"; auto: {reason.split(' (')[0]})" in backend.describe()
+    backend.set_backend("numpy")
+    assert "auto" not in backend.describe()
 
 
 def test_cupy_request_without_gpu_is_clear_error():

@@ -18,6 +18,7 @@ CHOICES = ("auto", "numpy", "cupy")
 xp: ModuleType = numpy
 name: str = "numpy"
 _cupy: ModuleType | None = None
+_auto_note: str = ""          # why "auto" did not pick CuPy (shown by describe())
 
 
 class BackendError(RuntimeError):
@@ -79,8 +80,9 @@ def set_backend(choice: str = "auto") -> str:
     Returns the name of the backend now in use. Raises BackendError when CuPy
     is asked for and cannot run, and ValueError for an unknown choice.
     """
-    global xp, name, _cupy
+    global xp, name, _cupy, _auto_note
     choice = (choice or "auto").lower()
+    _auto_note = ""
     if choice not in CHOICES:
         raise ValueError(f"unknown backend {choice!r}; choose one of {', '.join(CHOICES)}")
     if choice == "numpy":
@@ -92,6 +94,7 @@ def set_backend(choice: str = "auto") -> str:
         if choice == "cupy":
             raise BackendError(f"backend 'cupy' requested but cannot run: {reason}")
         xp, name = numpy, "numpy"
+        _auto_note = reason.split(" (")[0]
         tune_host_allocator()
         return name
     _cupy, xp, name = mod, mod, "cupy"
@@ -105,7 +108,8 @@ def describe() -> str:
         props = xp.cuda.runtime.getDeviceProperties(dev.id)
         gpu = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
         return f"backend: cupy on GPU {dev.id} ({gpu})"
-    return f"backend: numpy {numpy.__version__} (CPU)"
+    note = f"; auto: {_auto_note}" if _auto_note else ""
+    return f"backend: numpy {numpy.__version__} (CPU{note})"
 
 
 def get_array_module(*arrays: Any) -> ModuleType:
