@@ -29,7 +29,6 @@ def _numpy_by_default():
 
 
 # ------------------------------------------------------------------ a small CIFAR-10 in the official format
-import io
 import pickle
 import tarfile
 from pathlib import Path

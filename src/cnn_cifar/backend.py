@@ -74,6 +74,14 @@ def tune_host_allocator() -> bool:
     return ok
 
 
+def _use_numpy(auto_note: str = "") -> str:
+    """Make NumPy the active backend (with the host allocator tuned); ``auto_note`` says why not CuPy."""
+    global xp, name, _auto_note
+    xp, name, _auto_note = numpy, "numpy", auto_note
+    tune_host_allocator()
+    return name
+
+
 def set_backend(choice: str = "auto") -> str:
     """Select ``numpy``, ``cupy`` or ``auto`` (CuPy if it imports and sees a GPU).
 
@@ -82,22 +90,16 @@ def set_backend(choice: str = "auto") -> str:
     """
     global xp, name, _cupy, _auto_note
     choice = (choice or "auto").lower()
-    _auto_note = ""
     if choice not in CHOICES:
         raise ValueError(f"unknown backend {choice!r}; choose one of {', '.join(CHOICES)}")
     if choice == "numpy":
-        xp, name = numpy, "numpy"
-        tune_host_allocator()
-        return name
+        return _use_numpy()
     mod, reason = _probe_cupy()
     if mod is None:
         if choice == "cupy":
             raise BackendError(f"backend 'cupy' requested but cannot run: {reason}")
-        xp, name = numpy, "numpy"
-        _auto_note = reason.split(" (")[0]
-        tune_host_allocator()
-        return name
-    _cupy, xp, name = mod, mod, "cupy"
+        return _use_numpy(reason.split(" (")[0])
+    _cupy, xp, name, _auto_note = mod, mod, "cupy", ""
     return name
 
 
@@ -146,15 +148,12 @@ def synchronize() -> None:
 
 
 def _init_from_env() -> None:
-    """Apply CNN_CIFAR_BACKEND at import; a bad value is reported later by whoever calls set_backend."""
-    choice = os.environ.get(ENV_VAR, "").strip()
-    if choice:
-        try:
-            set_backend(choice)
-        except (ValueError, BackendError):
-            pass
+    """Apply CNN_CIFAR_BACKEND at import (NumPy when unset); a bad value falls back to NumPy here and is
+    reported by whoever calls set_backend with it later (the CLIs do)."""
+    try:
+        set_backend(os.environ.get(ENV_VAR, "").strip() or "numpy")
+    except (ValueError, BackendError):
+        _use_numpy()
 
 
 _init_from_env()
-if name == "numpy":
-    tune_host_allocator()

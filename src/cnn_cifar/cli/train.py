@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import backend, nn
+from .. import nn
 from ..models import build_model, list_models
 from . import common as C
 

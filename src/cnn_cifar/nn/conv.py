@@ -103,7 +103,6 @@ class Conv2d(Module):
         if self.bias is not None:
             self.bias.grad += dy2.sum(axis=1)
         cols = self._cols(x, ho, wo)
-        w2 = self.weight.data.reshape(g, o // g, -1)
         if g == 1:
             self.weight.grad += xp.dot(dy2, cols.T).reshape(self.weight.grad.shape)
         else:
@@ -128,6 +127,7 @@ class Conv2d(Module):
                 dx = xp.matmul(wt, dcols.reshape(g, og * kh * kw, -1)).reshape(c, -1)
             return F.nchw(dx.reshape(c, n, h, w))
         dcols = F.scratch(xp, "dcols", (c * kh * kw, n * ho * wo), dy.dtype)
+        w2 = self.weight.data.reshape(g, o // g, -1)
         if g == 1:
             xp.dot(w2[0].T, dy2, out=dcols)
         else:

@@ -23,7 +23,7 @@ from ..backend import get_array_module
 _local = threading.local()
 
 
-def _pool_of_thread() -> dict:
+def _workspace() -> dict:
     pool = getattr(_local, "pool", None)
     if pool is None:
         pool = _local.pool = {}
@@ -32,7 +32,7 @@ def _pool_of_thread() -> dict:
 
 def scratch(xp: Any, role: str, shape: tuple[int, ...], dtype: Any) -> Any:
     """An uninitialised array of ``shape`` backed by this thread's reusable buffer for ``role``."""
-    pool = _pool_of_thread()
+    pool = _workspace()
     n = 1
     for d in shape:
         n *= int(d)
@@ -41,11 +41,6 @@ def scratch(xp: Any, role: str, shape: tuple[int, ...], dtype: Any) -> Any:
     if buf is None or buf.size < n:
         buf = pool[key] = xp.empty(n, dtype=dtype)
     return buf[:n].reshape(shape)
-
-
-def release_scratch() -> None:
-    """Free this thread's scratch buffers (e.g. after training, before a long evaluation elsewhere)."""
-    _local.pool = {}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -58,7 +53,7 @@ _PARALLEL_MIN_BYTES = 4 << 20
 _executor: ThreadPoolExecutor | None = None
 
 
-def _pool() -> ThreadPoolExecutor:
+def _executor_pool() -> ThreadPoolExecutor:
     global _executor
     if _executor is None:
         _executor = ThreadPoolExecutor(max_workers=_THREADS, thread_name_prefix="cnn-cifar")
@@ -73,7 +68,7 @@ def by_channel(fn: Callable[[int, int], None], channels: int, nbytes: int) -> No
         fn(0, channels)
         return
     bounds = [channels * k // chunks for k in range(chunks + 1)]
-    futures = [_pool().submit(fn, bounds[k], bounds[k + 1]) for k in range(1, chunks)]
+    futures = [_executor_pool().submit(fn, bounds[k], bounds[k + 1]) for k in range(1, chunks)]
     fn(bounds[0], bounds[1])
     for f in futures:
         f.result()
@@ -116,7 +111,7 @@ def padded(xc: Any, ph: int, pw: int, value: float = 0.0) -> Any:
         return xc
     xp = get_array_module(xc)
     c, n, h, w = xc.shape
-    pool = _pool_of_thread()
+    pool = _workspace()
     key = ("pad", (c, n, h + 2 * ph, w + 2 * pw), float(value), xp.__name__, xp.dtype(xc.dtype).str)
     buf = pool.get(key)
     if buf is None:

@@ -9,7 +9,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -121,7 +121,6 @@ class Trainer:
         self.dropout_p = dropout_schedule.rate
         self.epoch_rng_state: dict | None = None
         self.partial = {"loss_sum": 0.0, "correct": 0, "seen": 0, "seconds": 0.0}
-        self.last_eval: dict | None = None
 
     # ----------------------------------------------------------------- checkpoints
     @property
@@ -245,7 +244,6 @@ class Trainer:
                    "test_acc": ev["accuracy"], "lr": lr, "dropout": self.dropout_p, "seconds": seconds,
                    "best": ev["accuracy"] > self.best_accuracy}
             self.history.append(row)
-            self.last_eval = ev
             self.epoch, self.step = epoch + 1, 0
             self.epoch_rng_state = None
             if row["best"]:
