@@ -237,6 +237,9 @@ def test_cifar100_fine_labels(tmp_path):
     assert ds.x_train.shape == (300, 3, 32, 32) and ds.x_test.shape == (100, 3, 32, 32)
     assert len(ds.classes) == 100 and ds.classes[7] == "fine7"
     assert ds.y_train.max() < 100 and ds.spec.num_classes == 100
+    with open(tmp_path / "cifar-100-python" / "train", "rb") as f:
+        written = pickle.load(f)
+    np.testing.assert_array_equal(ds.y_train, written["fine_labels"])      # fine, not coarse, labels
     with pytest.raises(DatasetError, match=r"cifar100 not found: .*cifar-100-python/train is missing"):
         load_dataset("cifar100", tmp_path / "empty", download=False)
 
