@@ -22,9 +22,9 @@ class Conv2d(Module):
     """PyTorch-compatible Conv2d: weight (out, in/groups, kh, kw), optional bias (out,).
 
     Forward builds the (C*kh*kw, N*Ho*Wo) column matrix with kh*kw slice copies and multiplies it
-    by the (out, C*kh*kw) weight matrix. Backward rebuilds the columns from the cached input rather
-    than keeping them (they are kh*kw times larger than the input), then scatters the column
-    gradient back with kh*kw strided adds.
+    by the (out, C*kh*kw) weight matrix; columns are never kept (they are kh*kw times the input).
+    Stride-1 backward takes both gradients from one column matrix of dy (see _backward_stride1);
+    strided backward rebuilds the columns of x for dW and scatters the column gradient with col2im.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int],
@@ -90,6 +90,34 @@ class Conv2d(Module):
         self._cache = (x, ho, wo) if grad_enabled() else None
         return F.nchw(y.reshape(o, n, ho, wo))
 
+    def _backward_stride1(self, xp: Any, x: Any, dy: Any, qh: int, qw: int) -> Any:
+        """Both gradients of a stride-1 conv from one column matrix of dy (no im2col of x).
+
+        dcols = im2col(dy) with "full" padding (qh, qw) has rows (o, i, j). The input gradient is the
+        convolution of dy with the flipped, channel-transposed kernel, W' @ dcols, and the weight
+        gradient needs no columns of x either: row (o, i, j) of dcols @ x^T is dW[o, :, kh-1-i, kw-1-j].
+        """
+        n, c, h, w = x.shape
+        g, o = self.groups, self.out_channels
+        (kh, kw), (dh, dw) = self.kernel_size, self.dilation
+        og, cg = o // g, c // g
+        dcols = F.im2col(F.cnhw(dy), kh, kw, 1, 1, dh, dw, h, w, qh, qw, role="dcols")
+        dcols_g = dcols.reshape(g, og * kh * kw, -1)                     # (g, og*kh*kw, N*h*w)
+        x_g = F.rows(x).reshape(g, cg, -1)                               # (g, cg, N*h*w)
+        if g == 1:
+            gw = xp.dot(dcols_g[0], x_g[0].T)[None]
+        else:
+            gw = xp.matmul(dcols_g, x_g.transpose(0, 2, 1))
+        gw = gw.reshape(g, og, kh, kw, cg)[:, :, ::-1, ::-1].transpose(0, 1, 4, 2, 3)
+        self.weight.grad += gw.reshape(self.weight.grad.shape)
+        wt = self.weight.data.reshape(g, og, cg, kh, kw)[:, :, :, ::-1, ::-1].transpose(0, 2, 1, 3, 4)
+        wt = wt.reshape(g, cg, og * kh * kw)
+        if g == 1:
+            dx = xp.dot(wt[0], dcols)
+        else:
+            dx = xp.matmul(wt, dcols_g).reshape(c, -1)
+        return F.nchw(dx.reshape(c, n, h, w))
+
     def backward(self, dy: Any) -> Any:
         if self._cache is None:
             raise RuntimeError(f"{self.label}: backward called without a forward that kept its input")
@@ -102,6 +130,9 @@ class Conv2d(Module):
         dy2 = F.rows(dy)                                              # (O, N*ho*wo)
         if self.bias is not None:
             self.bias.grad += dy2.sum(axis=1)
+        qh, qw = dh * (kh - 1) - ph, dw * (kw - 1) - pw
+        if self.needs_input_grad and (sh, sw) == (1, 1) and qh >= 0 and qw >= 0:
+            return self._backward_stride1(xp, x, dy, qh, qw)
         cols = self._cols(x, ho, wo)
         if g == 1:
             self.weight.grad += xp.dot(dy2, cols.T).reshape(self.weight.grad.shape)
@@ -112,20 +143,7 @@ class Conv2d(Module):
         del cols
         if not self.needs_input_grad:
             return None
-        # Input gradient. For stride 1 it is the convolution of dy with the flipped, channel-transposed
-        # kernel ("full" padding), i.e. one more im2col + matmul; this avoids writing the C*kh*kw-row
-        # column gradient and scattering it back. Strided convolutions scatter with col2im.
-        qh, qw = dh * (kh - 1) - ph, dw * (kw - 1) - pw
-        if (sh, sw) == (1, 1) and qh >= 0 and qw >= 0:
-            og, cg = o // g, c // g
-            wt = self.weight.data.reshape(g, og, cg, kh, kw)[:, :, :, ::-1, ::-1].transpose(0, 2, 1, 3, 4)
-            wt = wt.reshape(g, cg, og * kh * kw)
-            dcols = F.im2col(F.cnhw(dy), kh, kw, 1, 1, dh, dw, h, w, qh, qw, role="dcols")
-            if g == 1:
-                dx = xp.dot(wt[0], dcols)
-            else:
-                dx = xp.matmul(wt, dcols.reshape(g, og * kh * kw, -1)).reshape(c, -1)
-            return F.nchw(dx.reshape(c, n, h, w))
+        # Strided convolutions: the column gradient, scattered back with col2im.
         dcols = F.scratch(xp, "dcols", (c * kh * kw, n * ho * wo), dy.dtype)
         w2 = self.weight.data.reshape(g, o // g, -1)
         if g == 1:
