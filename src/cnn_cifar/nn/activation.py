@@ -26,7 +26,7 @@ class ReLU(Module):
     def forward(self, x: Any) -> Any:
         xp = backend.get_array_module(x)
         if x.ndim == 4:          # keep the channel-major layout and split the pass by channel
-            xc = F.cnhw(x)
+            xc = F.chwn(x)
             yc = xc if self.inplace else xp.empty(xc.shape, dtype=x.dtype)
             F.by_channel(lambda c0, c1: xp.maximum(xc[c0:c1], 0, out=yc[c0:c1]), xc.shape[0], x.nbytes)
             y = F.nchw(yc)
@@ -39,7 +39,7 @@ class ReLU(Module):
         y, self._y = self._y, None
         xp = backend.get_array_module(dy)
         if dy.ndim == 4:
-            dyc, yc = F.cnhw(dy), F.cnhw(y)
+            dyc, yc = F.chwn(dy), F.chwn(y)
             dxc = xp.empty(yc.shape, dtype=dy.dtype)
             F.by_channel(lambda c0, c1: xp.multiply(dyc[c0:c1], yc[c0:c1] > 0, out=dxc[c0:c1]),
                          yc.shape[0], dy.nbytes)

@@ -21,7 +21,7 @@ def _pair(v: int | tuple[int, int], what: str) -> tuple[int, int]:
 class Conv2d(Module):
     """PyTorch-compatible Conv2d: weight (out, in/groups, kh, kw), optional bias (out,).
 
-    Forward builds the (C*kh*kw, N*Ho*Wo) column matrix with kh*kw slice copies and multiplies it
+    Forward builds the (C*kh*kw, Ho*Wo*N) column matrix with kh*kw slice copies and multiplies it
     by the (out, C*kh*kw) weight matrix; columns are never kept (they are kh*kw times the input).
     Stride-1 backward takes both gradients from one column matrix of dy (see _backward_stride1);
     strided backward rebuilds the columns of x for dW and scatters the column gradient with col2im.
@@ -72,23 +72,24 @@ class Conv2d(Module):
 
     def _cols(self, x: Any, ho: int, wo: int) -> Any:
         (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel_size, self.stride, self.padding, self.dilation
-        return F.im2col(F.cnhw(x), kh, kw, sh, sw, dh, dw, ho, wo, ph, pw)
+        return F.im2col(F.chwn(x), kh, kw, sh, sw, dh, dw, ho, wo, ph, pw)
 
     def forward(self, x: Any) -> Any:
         xp = backend.get_array_module(x)
         ho, wo = self._geometry(x)
+        x = F.nchw(F.chwn_contiguous(x))       # a loader's NCHW images are transposed here, once
         n = x.shape[0]
         g, o = self.groups, self.out_channels
-        cols = self._cols(x, ho, wo)                                   # (C*kh*kw, N*ho*wo)
+        cols = self._cols(x, ho, wo)                                   # (C*kh*kw, ho*wo*N)
         w2 = self.weight.data.reshape(g, o // g, -1)
         if g == 1:
-            y = xp.dot(w2[0], cols)                                    # (O, N*ho*wo)
+            y = xp.dot(w2[0], cols)                                    # (O, ho*wo*N)
         else:
             y = xp.matmul(w2, cols.reshape(g, -1, cols.shape[1])).reshape(o, -1)
         if self.bias is not None:
             y += self.bias.data[:, None]
         self._cache = (x, ho, wo) if grad_enabled() else None
-        return F.nchw(y.reshape(o, n, ho, wo))
+        return F.nchw(y.reshape(o, ho, wo, n))
 
     def _backward_stride1(self, xp: Any, x: Any, dy: Any, qh: int, qw: int) -> Any:
         """Both gradients of a stride-1 conv from one column matrix of dy (no im2col of x).
@@ -101,9 +102,9 @@ class Conv2d(Module):
         g, o = self.groups, self.out_channels
         (kh, kw), (dh, dw) = self.kernel_size, self.dilation
         og, cg = o // g, c // g
-        dcols = F.im2col(F.cnhw(dy), kh, kw, 1, 1, dh, dw, h, w, qh, qw, role="dcols")
-        dcols_g = dcols.reshape(g, og * kh * kw, -1)                     # (g, og*kh*kw, N*h*w)
-        x_g = F.rows(x).reshape(g, cg, -1)                               # (g, cg, N*h*w)
+        dcols = F.im2col(F.chwn(dy), kh, kw, 1, 1, dh, dw, h, w, qh, qw, role="dcols")
+        dcols_g = dcols.reshape(g, og * kh * kw, -1)                     # (g, og*kh*kw, h*w*N)
+        x_g = F.rows(x).reshape(g, cg, -1)                               # (g, cg, h*w*N)
         if g == 1:
             gw = xp.dot(dcols_g[0], x_g[0].T)[None]
         else:
@@ -116,7 +117,7 @@ class Conv2d(Module):
             dx = xp.dot(wt[0], dcols)
         else:
             dx = xp.matmul(wt, dcols_g).reshape(c, -1)
-        return F.nchw(dx.reshape(c, n, h, w))
+        return F.nchw(dx.reshape(c, h, w, n))
 
     def backward(self, dy: Any) -> Any:
         if self._cache is None:
@@ -127,7 +128,7 @@ class Conv2d(Module):
         n, c, h, w = x.shape
         g, o = self.groups, self.out_channels
         (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel_size, self.stride, self.padding, self.dilation
-        dy2 = F.rows(dy)                                              # (O, N*ho*wo)
+        dy2 = F.rows(dy)                                              # (O, ho*wo*N)
         if self.bias is not None:
             self.bias.grad += dy2.sum(axis=1)
         qh, qw = dh * (kh - 1) - ph, dw * (kw - 1) - pw
@@ -151,4 +152,4 @@ class Conv2d(Module):
         else:
             xp.matmul(w2.transpose(0, 2, 1), dy2.reshape(g, o // g, -1), out=dcols.reshape(g, -1, n * ho * wo))
         dxpad = F.col2im(dcols, c, n, h + 2 * ph, w + 2 * pw, kh, kw, sh, sw, dh, dw, ho, wo)
-        return F.nchw(dxpad[:, :, ph:ph + h, pw:pw + w])
+        return F.nchw(dxpad[:, ph:ph + h, pw:pw + w])

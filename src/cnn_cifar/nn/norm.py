@@ -109,11 +109,11 @@ class BatchNorm2d(_BatchNorm):
         F.check_4d(self, x, self.num_features)
         n, c, h, w = x.shape
         y = self._forward_rows(F.rows(x))
-        return F.nchw(y.reshape(c, n, h, w))
+        return F.nchw(y.reshape(c, h, w, n))
 
     def backward(self, dy: Any) -> Any:
         n, c, h, w = dy.shape
-        return F.nchw(self._backward_rows(F.rows(dy)).reshape(c, n, h, w))
+        return F.nchw(self._backward_rows(F.rows(dy)).reshape(c, h, w, n))
 
 
 class BatchNorm1d(_BatchNorm):

@@ -49,10 +49,10 @@ class MaxPool2d(_Pool2d):
         xp = backend.get_array_module(x)
         ho, wo = self._geometry(x)
         ph, pw = self.padding
-        xpad = F.padded(F.cnhw(x), ph, pw, value=-xp.inf)
+        xpad = F.padded(F.chwn(x), ph, pw, value=-xp.inf)
         out = idx = None
         for k, (hs, ws) in self._taps(ho, wo):
-            tap = xpad[:, :, hs, ws]
+            tap = xpad[:, hs, ws]
             if out is None:
                 out = tap.copy()
                 idx = xp.zeros(out.shape, dtype=xp.int8 if k < 127 else xp.int16)
@@ -69,18 +69,18 @@ class MaxPool2d(_Pool2d):
         self._cache = None
         n, c, h, w = xshape
         ph, pw = self.padding
-        dyc = F.cnhw(dy)
+        dyc = F.chwn(dy)
         (kh, kw), (sh, sw) = self.kernel_size, self.stride
-        ho, wo = idx.shape[2:]
+        ho, wo = idx.shape[1:3]
         disjoint = sh >= kh and sw >= kw                   # each input position in at most one window
-        tiled = disjoint and (sh, sw) == (kh, kw) and ho * sh == pshape[2] and wo * sw == pshape[3]
+        tiled = disjoint and (sh, sw) == (kh, kw) and ho * sh == pshape[1] and wo * sw == pshape[2]
         dx = xp.empty(pshape, dtype=dy.dtype) if tiled else xp.zeros(pshape, dtype=dy.dtype)
         for k, (hs, ws) in self._taps(ho, wo):
             if disjoint:
-                xp.multiply(dyc, idx == k, out=dx[:, :, hs, ws])
+                xp.multiply(dyc, idx == k, out=dx[:, hs, ws])
             else:
-                dx[:, :, hs, ws] += dyc * (idx == k)
-        return F.nchw(dx[:, :, ph:ph + h, pw:pw + w])
+                dx[:, hs, ws] += dyc * (idx == k)
+        return F.nchw(dx[:, ph:ph + h, pw:pw + w])
 
 
 class AvgPool2d(_Pool2d):
@@ -89,10 +89,10 @@ class AvgPool2d(_Pool2d):
     def forward(self, x: Any) -> Any:
         ho, wo = self._geometry(x)
         ph, pw = self.padding
-        xpad = F.padded(F.cnhw(x), ph, pw)
+        xpad = F.padded(F.chwn(x), ph, pw)
         out = None
         for _, (hs, ws) in self._taps(ho, wo):
-            out = xpad[:, :, hs, ws].copy() if out is None else out.__iadd__(xpad[:, :, hs, ws])
+            out = xpad[:, hs, ws].copy() if out is None else out.__iadd__(xpad[:, hs, ws])
         out *= 1.0 / (self.kernel_size[0] * self.kernel_size[1])
         self._cache = (x.shape, xpad.shape) if grad_enabled() else None
         return F.nchw(out)
@@ -103,11 +103,11 @@ class AvgPool2d(_Pool2d):
         self._cache = None
         n, c, h, w = xshape
         ph, pw = self.padding
-        g = F.cnhw(dy) * (1.0 / (self.kernel_size[0] * self.kernel_size[1]))
+        g = F.chwn(dy) * (1.0 / (self.kernel_size[0] * self.kernel_size[1]))
         dx = xp.zeros(pshape, dtype=dy.dtype)
-        for _, (hs, ws) in self._taps(*g.shape[2:]):
-            dx[:, :, hs, ws] += g
-        return F.nchw(dx[:, :, ph:ph + h, pw:pw + w])
+        for _, (hs, ws) in self._taps(*g.shape[1:3]):
+            dx[:, hs, ws] += g
+        return F.nchw(dx[:, ph:ph + h, pw:pw + w])
 
 
 class GlobalAvgPool2d(Module):
@@ -120,11 +120,11 @@ class GlobalAvgPool2d(Module):
     def forward(self, x: Any) -> Any:
         F.check_4d(self, x)
         self._shape = tuple(x.shape)
-        return x.mean(axis=(2, 3))
+        return F.chwn(x).mean(axis=(1, 2)).T
 
     def backward(self, dy: Any) -> Any:
         xp = backend.get_array_module(dy)
         n, c, h, w = self._shape
-        dx = xp.empty((c, n, h, w), dtype=dy.dtype)
-        dx[...] = (dy.T * (1.0 / (h * w)))[:, :, None, None]
+        dx = xp.empty((c, h, w, n), dtype=dy.dtype)
+        dx[...] = (dy.T * (1.0 / (h * w)))[:, None, None, :]
         return F.nchw(dx)
