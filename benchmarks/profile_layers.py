@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""Where a training step's time goes, by layer type (forward and backward wall time, NumPy backend).
+"""Where a training step's (or, with --eval, an inference batch's) time goes, by layer type.
 
     uv run python benchmarks/profile_layers.py --model resnet32 --batch 128
+    uv run python benchmarks/profile_layers.py --model resnet32 --batch 500 --eval
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ def main() -> None:
     ap.add_argument("--model", default="resnet32")
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--eval", action="store_true", help="time inference (eval mode, no backward) instead")
     args = ap.parse_args()
     times: dict[str, float] = defaultdict(float)
     for cls in LEAVES:
@@ -47,7 +49,11 @@ def main() -> None:
     x = rng.standard_normal((args.batch, 3, 32, 32)).astype(np.float32)
     y = rng.integers(0, 10, args.batch)
 
-    def step():
+    def infer():
+        with nn.no_grad():
+            model(x)
+
+    def train_step():
         model.zero_grad()
         crit(model(x), y)
         model.backward(crit.backward())
@@ -55,17 +61,21 @@ def main() -> None:
         opt.step()
         times["SGD.step"] += time.perf_counter() - t0
 
+    if args.eval:
+        model.eval()
+    step = infer if args.eval else train_step
     step()
     times.clear()
     t0 = time.perf_counter()
     for _ in range(args.steps):
         step()
     total = (time.perf_counter() - t0) / args.steps
-    print(f"{args.model} batch {args.batch}: {total * 1000:.0f} ms per training step ({args.batch / total:.0f} img/s)")
+    what = "inference batch" if args.eval else "training step"
+    print(f"{args.model} batch {args.batch}: {total * 1000:.0f} ms per {what} ({args.batch / total:.0f} img/s)")
     for k, v in sorted(times.items(), key=lambda kv: -kv[1]):
         print(f"  {k:28s} {1000 * v / args.steps:8.1f} ms  {100 * v / args.steps / total:5.1f}%")
     other = total - sum(times.values()) / args.steps
-    print(f"  {'other (loss, glue)':28s} {1000 * other:8.1f} ms  {100 * other / total:5.1f}%")
+    print(f"  {'other (glue)' if args.eval else 'other (loss, glue)':28s} {1000 * other:8.1f} ms  {100 * other / total:5.1f}%")
 
 
 if __name__ == "__main__":

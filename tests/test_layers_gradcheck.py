@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from cnn_cifar import backend, nn
+from cnn_cifar.nn import functional as F
 from gradcheck import check_module, numeric_grad, rel_error
 
 
@@ -24,11 +25,37 @@ CONV_CASES = [
 ]
 
 
+# Column tiles: the default (one tile at these sizes), one output row per tile, and a few rows per
+# tile with a ragged last tile, so tile boundaries (and col2im overlaps across them) are checked.
+TILES = {"one-tile": None, "row-tiles": 1, "ragged-tiles": 2500}
+
+
+@pytest.mark.parametrize("tiles", TILES)
 @pytest.mark.parametrize("case", CONV_CASES, ids=[f"conv{i}" for i in range(len(CONV_CASES))])
-def test_conv2d_gradients(xp, case):
+def test_conv2d_gradients(xp, case, tiles, monkeypatch):
+    if TILES[tiles] is not None:
+        monkeypatch.setattr(F, "_TILE_BYTES", TILES[tiles])
     n, c, h, w, o, k, s, p, d, g, b = case
     conv = nn.Conv2d(c, o, k, s, p, d, g, bias=b, rng=np.random.default_rng(1)).to(np.float64)
     check_module(conv, _x((n, c, h, w)))
+
+
+@pytest.mark.parametrize("tiles", TILES)
+@pytest.mark.parametrize("case", CONV_CASES, ids=[f"conv{i}" for i in range(len(CONV_CASES))])
+def test_conv2d_weight_gradient_without_input_gradient(xp, case, tiles, monkeypatch):
+    """needs_input_grad=False takes another path to dW (columns of x, not of dy); same result."""
+    if TILES[tiles] is not None:
+        monkeypatch.setattr(F, "_TILE_BYTES", TILES[tiles])
+    n, c, h, w, o, k, s, p, d, g, b = case
+    x, grads = _x((n, c, h, w)), []
+    for needs in (True, False):
+        conv = nn.Conv2d(c, o, k, s, p, d, g, bias=b, rng=np.random.default_rng(1)).to(np.float64)
+        conv.needs_input_grad = needs
+        y = conv(x)
+        dx = conv.backward(_x(y.shape, seed=5))
+        assert (dx is None) == (not needs)
+        grads.append(backend.to_numpy(conv.weight.grad))
+    np.testing.assert_allclose(grads[0], grads[1], rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("n,fin,fout", [(1, 3, 2), (4, 7, 5), (9, 16, 3)])

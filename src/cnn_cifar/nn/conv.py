@@ -1,4 +1,4 @@
-"""2-D convolution by im2col and one matrix multiply (per group)."""
+"""2-D convolution by im2col and matrix multiplies (per group, per cache-sized tile of output rows)."""
 from __future__ import annotations
 
 from typing import Any
@@ -70,86 +70,81 @@ class Conv2d(Module):
                              f"than the padded input {(h + 2 * ph, w + 2 * pw)} (input shape {tuple(x.shape)})")
         return ho, wo
 
-    def _cols(self, x: Any, ho: int, wo: int) -> Any:
-        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel_size, self.stride, self.padding, self.dilation
-        return F.im2col(F.chwn(x), kh, kw, sh, sw, dh, dw, ho, wo, ph, pw)
-
     def forward(self, x: Any) -> Any:
         xp = backend.get_array_module(x)
         ho, wo = self._geometry(x)
-        x = F.nchw(F.chwn_contiguous(x))       # a loader's NCHW images are transposed here, once
-        n = x.shape[0]
+        xc = F.chwn_contiguous(x)              # a loader's NCHW images are transposed here, once
+        c, n = xc.shape[0], xc.shape[3]
         g, o = self.groups, self.out_channels
-        cols = self._cols(x, ho, wo)                                   # (C*kh*kw, ho*wo*N)
+        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel_size, self.stride, self.padding, self.dilation
+        xpad = F.padded(xc, ph, pw)
         w2 = self.weight.data.reshape(g, o // g, -1)
-        if g == 1:
-            y = xp.dot(w2[0], cols)                                    # (O, ho*wo*N)
-        else:
-            y = xp.matmul(w2, cols.reshape(g, -1, cols.shape[1])).reshape(o, -1)
+        y = xp.empty((o, ho, wo, n), dtype=x.dtype)
+        for y0, r in F.row_tiles(ho, c * kh * kw * wo * n * xc.itemsize):
+            cols = F.im2col(xpad, kh, kw, sh, sw, dh, dw, wo, y0, r)     # (C*kh*kw, r*wo*N)
+            xp.matmul(w2, cols.reshape(g, -1, cols.shape[1]), out=y[:, y0:y0 + r].reshape(g, o // g, -1))
         if self.bias is not None:
-            y += self.bias.data[:, None]
-        self._cache = (x, ho, wo) if grad_enabled() else None
-        return F.nchw(y.reshape(o, ho, wo, n))
+            y += self.bias.data[:, None, None, None]
+        self._cache = (xc, ho, wo) if grad_enabled() else None
+        return F.nchw(y)
 
-    def _backward_stride1(self, xp: Any, x: Any, dy: Any, qh: int, qw: int) -> Any:
-        """Both gradients of a stride-1 conv from one column matrix of dy (no im2col of x).
+    def _backward_stride1(self, xp: Any, xc: Any, dy: Any, qh: int, qw: int) -> Any:
+        """Both gradients of a stride-1 conv from the columns of dy alone (no im2col of x).
 
         dcols = im2col(dy) with "full" padding (qh, qw) has rows (o, i, j). The input gradient is the
         convolution of dy with the flipped, channel-transposed kernel, W' @ dcols, and the weight
         gradient needs no columns of x either: row (o, i, j) of dcols @ x^T is dW[o, :, kh-1-i, kw-1-j].
         """
-        n, c, h, w = x.shape
+        c, h, w, n = xc.shape
         g, o = self.groups, self.out_channels
         (kh, kw), (dh, dw) = self.kernel_size, self.dilation
         og, cg = o // g, c // g
-        dcols = F.im2col(F.chwn(dy), kh, kw, 1, 1, dh, dw, h, w, qh, qw, role="dcols")
-        dcols_g = dcols.reshape(g, og * kh * kw, -1)                     # (g, og*kh*kw, h*w*N)
-        x_g = F.rows(x).reshape(g, cg, -1)                               # (g, cg, h*w*N)
-        if g == 1:
-            gw = xp.dot(dcols_g[0], x_g[0].T)[None]
-        else:
-            gw = xp.matmul(dcols_g, x_g.transpose(0, 2, 1))
-        gw = gw.reshape(g, og, kh, kw, cg)[:, :, ::-1, ::-1].transpose(0, 1, 4, 2, 3)
-        self.weight.grad += gw.reshape(self.weight.grad.shape)
         wt = self.weight.data.reshape(g, og, cg, kh, kw)[:, :, :, ::-1, ::-1].transpose(0, 2, 1, 3, 4)
         wt = wt.reshape(g, cg, og * kh * kw)
-        if g == 1:
-            dx = xp.dot(wt[0], dcols)
-        else:
-            dx = xp.matmul(wt, dcols_g).reshape(c, -1)
-        return F.nchw(dx.reshape(c, h, w, n))
+        dypad = F.padded(F.chwn(dy), qh, qw)
+        dx = xp.empty((c, h, w, n), dtype=dy.dtype)
+        gw = xp.zeros((g, og * kh * kw, cg), dtype=dy.dtype)
+        for y0, r in F.row_tiles(h, o * kh * kw * w * n * dy.itemsize):
+            dcols = F.im2col(dypad, kh, kw, 1, 1, dh, dw, w, y0, r, role="dcols")
+            dcols_g = dcols.reshape(g, og * kh * kw, -1)                 # (g, og*kh*kw, r*w*N)
+            x_g = xc[:, y0:y0 + r].reshape(g, cg, -1)                    # (g, cg, r*w*N)
+            gw += xp.matmul(dcols_g, x_g.transpose(0, 2, 1))
+            xp.matmul(wt, dcols_g, out=dx[:, y0:y0 + r].reshape(g, cg, -1))
+        gw = gw.reshape(g, og, kh, kw, cg)[:, :, ::-1, ::-1].transpose(0, 1, 4, 2, 3)
+        self.weight.grad += gw.reshape(self.weight.grad.shape)
+        return F.nchw(dx)
 
     def backward(self, dy: Any) -> Any:
         if self._cache is None:
             raise RuntimeError(f"{self.label}: backward called without a forward that kept its input")
         xp = backend.get_array_module(dy)
-        x, ho, wo = self._cache
+        xc, ho, wo = self._cache
         self._cache = None
-        n, c, h, w = x.shape
+        c, h, w, n = xc.shape
         g, o = self.groups, self.out_channels
+        og, cg = o // g, c // g
         (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel_size, self.stride, self.padding, self.dilation
-        dy2 = F.rows(dy)                                              # (O, ho*wo*N)
+        dyc = F.chwn(dy)                                              # (O, ho, wo, N)
         if self.bias is not None:
-            self.bias.grad += dy2.sum(axis=1)
+            self.bias.grad += dyc.sum(axis=(1, 2, 3))
         qh, qw = dh * (kh - 1) - ph, dw * (kw - 1) - pw
         if self.needs_input_grad and (sh, sw) == (1, 1) and qh >= 0 and qw >= 0:
-            return self._backward_stride1(xp, x, dy, qh, qw)
-        cols = self._cols(x, ho, wo)
-        if g == 1:
-            self.weight.grad += xp.dot(dy2, cols.T).reshape(self.weight.grad.shape)
-        else:
-            colsg = cols.reshape(g, -1, cols.shape[1])
-            self.weight.grad += xp.matmul(dy2.reshape(g, o // g, -1),
-                                          colsg.transpose(0, 2, 1)).reshape(self.weight.grad.shape)
-        del cols
-        if not self.needs_input_grad:
+            return self._backward_stride1(xp, xc, dy, qh, qw)
+        # General case: dW from the columns of x; dx (if wanted) as the column gradient W^T @ dy,
+        # scattered back into the padded input with col2im.
+        xpad = F.padded(xc, ph, pw)
+        w2 = self.weight.data.reshape(g, og, -1)
+        gw = xp.zeros((g, og, cg * kh * kw), dtype=dy.dtype)
+        dxpad = xp.zeros(xpad.shape, dtype=dy.dtype) if self.needs_input_grad else None
+        for y0, r in F.row_tiles(ho, c * kh * kw * wo * n * dy.itemsize):
+            dy_g = dyc[:, y0:y0 + r].reshape(g, og, -1)                   # (g, og, r*wo*N)
+            cols = F.im2col(xpad, kh, kw, sh, sw, dh, dw, wo, y0, r)
+            gw += xp.matmul(dy_g, cols.reshape(g, cg * kh * kw, -1).transpose(0, 2, 1))
+            if dxpad is not None:
+                dcols = F.scratch(xp, "dcols", (c * kh * kw, cols.shape[1]), dy.dtype)
+                xp.matmul(w2.transpose(0, 2, 1), dy_g, out=dcols.reshape(g, cg * kh * kw, -1))
+                F.col2im_add(dcols, dxpad, kh, kw, sh, sw, dh, dw, wo, y0, r)
+        self.weight.grad += gw.reshape(self.weight.grad.shape)
+        if dxpad is None:
             return None
-        # Strided convolutions: the column gradient, scattered back with col2im.
-        dcols = F.scratch(xp, "dcols", (c * kh * kw, n * ho * wo), dy.dtype)
-        w2 = self.weight.data.reshape(g, o // g, -1)
-        if g == 1:
-            xp.dot(w2[0].T, dy2, out=dcols)
-        else:
-            xp.matmul(w2.transpose(0, 2, 1), dy2.reshape(g, o // g, -1), out=dcols.reshape(g, -1, n * ho * wo))
-        dxpad = F.col2im(dcols, c, n, h + 2 * ph, w + 2 * pw, kh, kw, sh, sw, dh, dw, ho, wo)
         return F.nchw(dxpad[:, ph:ph + h, pw:pw + w])
