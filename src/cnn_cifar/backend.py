@@ -7,6 +7,7 @@ runs on both. This is the only module that imports cupy.
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from types import ModuleType
 from typing import Any
 
@@ -72,6 +73,44 @@ def tune_host_allocator() -> bool:
         ok = False
     _allocator_tuned = ok
     return ok
+
+
+_blas_libs: list | None = None
+
+
+def _blas_controllers() -> list:
+    """threadpoolctl handles on the BLAS libraries NumPy loaded ([] if threadpoolctl is missing)."""
+    global _blas_libs
+    if _blas_libs is None:
+        try:
+            from threadpoolctl import ThreadpoolController
+            _blas_libs = list(ThreadpoolController().select(user_api="blas").lib_controllers)
+        except Exception:                 # threadpoolctl missing or unable to inspect this process
+            _blas_libs = []
+    return _blas_libs
+
+
+def can_pin_blas() -> bool:
+    """Whether single_threaded_blas() can actually limit NumPy's BLAS."""
+    return bool(_blas_controllers())
+
+
+@contextmanager
+def single_threaded_blas():
+    """Inside, NumPy's BLAS runs each call on its calling thread; the thread counts are restored after.
+
+    For code that parallelises over its own threads (one cache-sized tile per core), where BLAS's own
+    threads would oversubscribe the cores. Switching costs a few microseconds.
+    """
+    libs = _blas_controllers()
+    saved = [lib.num_threads for lib in libs]
+    for lib in libs:
+        lib.set_num_threads(1)
+    try:
+        yield
+    finally:
+        for lib, n in zip(libs, saved):
+            lib.set_num_threads(n)
 
 
 def _use_numpy(auto_note: str = "") -> str:

@@ -80,9 +80,12 @@ class Conv2d(Module):
         xpad = F.padded(xc, ph, pw)
         w2 = self.weight.data.reshape(g, o // g, -1)
         y = xp.empty((o, ho, wo, n), dtype=x.dtype)
-        for y0, r in F.row_tiles(ho, c * kh * kw * wo * n * xc.itemsize):
-            cols = F.im2col(xpad, kh, kw, sh, sw, dh, dw, wo, y0, r)     # (C*kh*kw, r*wo*N)
-            xp.matmul(w2, cols.reshape(g, -1, cols.shape[1]), out=y[:, y0:y0 + r].reshape(g, o // g, -1))
+
+        def work(run: list[tuple[int, int]]) -> None:
+            for y0, r in run:
+                cols = F.im2col(xpad, kh, kw, sh, sw, dh, dw, wo, y0, r)     # (C*kh*kw, r*wo*N)
+                xp.matmul(w2, cols.reshape(g, -1, cols.shape[1]), out=y[:, y0:y0 + r].reshape(g, o // g, -1))
+        F.run_tiles(work, F.row_tiles(ho, c * kh * kw * wo * n * xc.itemsize))
         if self.bias is not None:
             y += self.bias.data[:, None, None, None]
         self._cache = (xc, ho, wo) if grad_enabled() else None
@@ -103,13 +106,17 @@ class Conv2d(Module):
         wt = wt.reshape(g, cg, og * kh * kw)
         dypad = F.padded(F.chwn(dy), qh, qw)
         dx = xp.empty((c, h, w, n), dtype=dy.dtype)
-        gw = xp.zeros((g, og * kh * kw, cg), dtype=dy.dtype)
-        for y0, r in F.row_tiles(h, o * kh * kw * w * n * dy.itemsize):
-            dcols = F.im2col(dypad, kh, kw, 1, 1, dh, dw, w, y0, r, role="dcols")
-            dcols_g = dcols.reshape(g, og * kh * kw, -1)                 # (g, og*kh*kw, r*w*N)
-            x_g = xc[:, y0:y0 + r].reshape(g, cg, -1)                    # (g, cg, r*w*N)
-            gw += xp.matmul(dcols_g, x_g.transpose(0, 2, 1))
-            xp.matmul(wt, dcols_g, out=dx[:, y0:y0 + r].reshape(g, cg, -1))
+
+        def work(run: list[tuple[int, int]]) -> Any:                     # returns this run's dW part
+            gw = xp.zeros((g, og * kh * kw, cg), dtype=dy.dtype)
+            for y0, r in run:
+                dcols = F.im2col(dypad, kh, kw, 1, 1, dh, dw, w, y0, r, role="dcols")
+                dcols_g = dcols.reshape(g, og * kh * kw, -1)             # (g, og*kh*kw, r*w*N)
+                x_g = xc[:, y0:y0 + r].reshape(g, cg, -1)                # (g, cg, r*w*N)
+                gw += xp.matmul(dcols_g, x_g.transpose(0, 2, 1))
+                xp.matmul(wt, dcols_g, out=dx[:, y0:y0 + r].reshape(g, cg, -1))
+            return gw
+        gw = sum(F.run_tiles(work, F.row_tiles(h, o * kh * kw * w * n * dy.itemsize)))
         gw = gw.reshape(g, og, kh, kw, cg)[:, :, ::-1, ::-1].transpose(0, 1, 4, 2, 3)
         self.weight.grad += gw.reshape(self.weight.grad.shape)
         return F.nchw(dx)
@@ -134,16 +141,22 @@ class Conv2d(Module):
         # scattered back into the padded input with col2im.
         xpad = F.padded(xc, ph, pw)
         w2 = self.weight.data.reshape(g, og, -1)
-        gw = xp.zeros((g, og, cg * kh * kw), dtype=dy.dtype)
         dxpad = xp.zeros(xpad.shape, dtype=dy.dtype) if self.needs_input_grad else None
-        for y0, r in F.row_tiles(ho, c * kh * kw * wo * n * dy.itemsize):
-            dy_g = dyc[:, y0:y0 + r].reshape(g, og, -1)                   # (g, og, r*wo*N)
-            cols = F.im2col(xpad, kh, kw, sh, sw, dh, dw, wo, y0, r)
-            gw += xp.matmul(dy_g, cols.reshape(g, cg * kh * kw, -1).transpose(0, 2, 1))
-            if dxpad is not None:
-                dcols = F.scratch(xp, "dcols", (c * kh * kw, cols.shape[1]), dy.dtype)
-                xp.matmul(w2.transpose(0, 2, 1), dy_g, out=dcols.reshape(g, cg * kh * kw, -1))
-                F.col2im_add(dcols, dxpad, kh, kw, sh, sw, dh, dw, wo, y0, r)
+
+        def work(run: list[tuple[int, int]]) -> Any:                     # returns this run's dW part
+            gw = xp.zeros((g, og, cg * kh * kw), dtype=dy.dtype)
+            for y0, r in run:
+                dy_g = dyc[:, y0:y0 + r].reshape(g, og, -1)               # (g, og, r*wo*N)
+                cols = F.im2col(xpad, kh, kw, sh, sw, dh, dw, wo, y0, r)
+                gw += xp.matmul(dy_g, cols.reshape(g, cg * kh * kw, -1).transpose(0, 2, 1))
+                if dxpad is not None:
+                    dcols = F.scratch(xp, "dcols", (c * kh * kw, cols.shape[1]), dy.dtype)
+                    xp.matmul(w2.transpose(0, 2, 1), dy_g, out=dcols.reshape(g, cg * kh * kw, -1))
+                    F.col2im_add(dcols, dxpad, kh, kw, sh, sw, dh, dw, wo, y0, r)
+            return gw
+        # Runs may go in parallel unless their col2im scatters overlap (a kernel taller than the stride).
+        disjoint = dxpad is None or (kh - 1) * dh < sh
+        gw = sum(F.run_tiles(work, F.row_tiles(ho, c * kh * kw * wo * n * dy.itemsize), parallel=disjoint))
         self.weight.grad += gw.reshape(self.weight.grad.shape)
         if dxpad is None:
             return None

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any, Callable
 
 from .. import backend
@@ -61,11 +61,15 @@ def _executor_pool() -> ThreadPoolExecutor:
     return _executor
 
 
+def _nested() -> bool:
+    """True inside a worker thread, or while this thread runs its share of a parallel section."""
+    return getattr(_local, "in_parallel", False) or threading.current_thread().name.startswith("cnn-cifar")
+
+
 def by_channel(fn: Callable[[int, int], None], channels: int, nbytes: int) -> None:
     """Call fn(c0, c1) over chunks of range(channels), in parallel on the NumPy backend when worth it."""
     chunks = min(_THREADS, channels)
-    if chunks < 2 or nbytes < _PARALLEL_MIN_BYTES or backend.name != "numpy" \
-            or threading.current_thread().name.startswith("cnn-cifar"):
+    if chunks < 2 or nbytes < _PARALLEL_MIN_BYTES or backend.name != "numpy" or _nested():
         fn(0, channels)
         return
     bounds = [channels * k // chunks for k in range(chunks + 1)]
@@ -157,6 +161,32 @@ def row_tiles(rows: int, row_bytes: int) -> list[tuple[int, int]]:
         return [(0, rows)]
     step = max(1, _TILE_BYTES // max(1, row_bytes))
     return [(y0, min(step, rows - y0)) for y0 in range(0, rows, step)]
+
+
+def run_tiles(work: Callable[[list[tuple[int, int]]], Any], tiles: list[tuple[int, int]],
+              parallel: bool = True) -> list[Any]:
+    """Call work(run) on runs of consecutive tiles and return the results, one per run.
+
+    On the NumPy backend with several cores and at least two tiles per core, the tiles are split into
+    one run per core, run concurrently with single-threaded BLAS: each core builds a tile's columns
+    and multiplies them while they are in its own L2 cache. Otherwise (GPU, one core, few tiles,
+    ``parallel=False`` when runs would write to the same memory) there is one run, in this thread.
+    """
+    t = _THREADS
+    if (not parallel or t < 2 or len(tiles) < 2 * t or backend.name != "numpy" or _nested()
+            or not backend.can_pin_blas()):
+        return [work(tiles)]
+    bounds = [len(tiles) * k // t for k in range(t + 1)]
+    runs = [tiles[bounds[k]:bounds[k + 1]] for k in range(t)]
+    with backend.single_threaded_blas():
+        _local.in_parallel = True
+        futures = [_executor_pool().submit(work, run) for run in runs[1:]]
+        try:
+            first = work(runs[0])
+        finally:
+            _local.in_parallel = False
+            wait(futures)
+    return [first] + [f.result() for f in futures]
 
 
 def im2col(xpad: Any, kh: int, kw: int, sh: int, sw: int, dh: int, dw: int, wo: int,
