@@ -164,3 +164,17 @@ def test_inplace_relu_overwrites_its_input_and_has_the_same_gradient(xp):
     assert backend.to_numpy((x2 == y_in).all()) and backend.to_numpy((x2 >= 0).all())
     np.testing.assert_array_equal(backend.to_numpy(y_plain), backend.to_numpy(y_in))
     np.testing.assert_array_equal(backend.to_numpy(plain.backward(dy)), backend.to_numpy(inplace.backward(dy)))
+
+
+@pytest.mark.parametrize("n", [1, 7, 8, 17, 64, 129])
+def test_loader_batches_are_transposed_to_the_internal_layout_exactly(xp, n):
+    """A loader's NCHW batch becomes a contiguous (C, H, W, N) copy; our own activations are passed through."""
+    from cnn_cifar.nn import functional as F
+    x = backend.to_device(np.random.default_rng(n).standard_normal((n, 3, 6, 5)).astype(np.float32))
+    xc = F.chwn_contiguous(x)
+    assert xc.flags.c_contiguous and xc.shape == (3, 6, 5, n)
+    np.testing.assert_array_equal(backend.to_numpy(xc), backend.to_numpy(x).transpose(1, 2, 3, 0))
+    strided = x[:, :, ::2]                                       # not C-contiguous: the plain copy path
+    np.testing.assert_array_equal(backend.to_numpy(F.chwn_contiguous(strided)),
+                                  backend.to_numpy(strided).transpose(1, 2, 3, 0))
+    assert xp.shares_memory(F.chwn_contiguous(F.nchw(xc)), xc)     # already internal: no copy

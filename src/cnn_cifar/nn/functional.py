@@ -92,11 +92,31 @@ def chwn_contiguous(x: Any) -> Any:
         return xc
     xp = get_array_module(x)
     out = xp.empty(xc.shape, dtype=xc.dtype)
+    n, c = x.shape[:2]
+    hw = x.shape[2] * x.shape[3]
+    blocked = x.flags.c_contiguous and n >= 2 * _T_BLOCK and backend.name == "numpy"
 
     def fill(c0: int, c1: int) -> None:
-        out[c0:c1] = xc[c0:c1]
-    by_channel(fill, xc.shape[0], out.nbytes)
+        if not blocked:
+            out[c0:c1] = xc[c0:c1]
+            return
+        # (N, M) -> (M, N) in two cache-friendly passes instead of one with a 4*M-byte read stride:
+        # each block of _T_BLOCK samples is transposed while it is in cache, then the blocks are
+        # interleaved with runs of _T_BLOCK contiguous values.
+        src = x.reshape(n, c * hw)[:, c0 * hw:c1 * hw]
+        dst = out[c0:c1].reshape(-1, n)
+        nb = n // _T_BLOCK
+        m = nb * _T_BLOCK
+        tmp = scratch(xp, "transpose", (nb, dst.shape[0], _T_BLOCK), x.dtype)
+        xp.copyto(tmp, src[:m].reshape(nb, _T_BLOCK, -1).transpose(0, 2, 1))
+        xp.copyto(dst[:, :m].reshape(-1, nb, _T_BLOCK), tmp.transpose(1, 0, 2))
+        if m < n:
+            dst[:, m:] = src[m:].T
+    by_channel(fill, c, out.nbytes)
     return out
+
+
+_T_BLOCK = 8
 
 
 def nchw(x: Any) -> Any:
