@@ -6,6 +6,7 @@ from typing import Any
 import numpy as np
 
 from .. import backend
+from . import functional as F
 from . import init
 from .module import Module, Parameter, grad_enabled
 
@@ -52,7 +53,15 @@ class Flatten(Module):
 
     def forward(self, x: Any) -> Any:
         self._shape = tuple(x.shape)
+        if x.ndim == 4:
+            # (C, H, W, N) memory reshaped to (C*H*W, N) already has torch's (c, h, w) feature order;
+            # its transpose is the (N, C*H*W) result, free for our own activations (Linear's matmul
+            # takes the transposed operand as is).
+            return F.chwn(x).reshape(-1, x.shape[0]).T
         return backend.get_array_module(x).ascontiguousarray(x).reshape(x.shape[0], -1)
 
     def backward(self, dy: Any) -> Any:
+        if len(self._shape) == 4:
+            n, c, h, w = self._shape
+            return F.nchw(dy.T.reshape(c, h, w, n))
         return dy.reshape(self._shape)

@@ -50,17 +50,21 @@ class MaxPool2d(_Pool2d):
         ho, wo = self._geometry(x)
         ph, pw = self.padding
         xpad = F.padded(F.chwn(x), ph, pw, value=-xp.inf)
+        keep = grad_enabled()                        # the argmax is only needed for backward
         out = idx = None
         for k, (hs, ws) in self._taps(ho, wo):
             tap = xpad[:, hs, ws]
             if out is None:
                 out = tap.copy()
-                idx = xp.zeros(out.shape, dtype=xp.int8 if k < 127 else xp.int16)
+                if keep:
+                    idx = xp.zeros(out.shape, dtype=xp.int8 if self.kernel_size[0] * self.kernel_size[1] < 128
+                                   else xp.int16)
                 continue
-            better = tap > out                       # strict: ties keep the first maximum
+            if keep:
+                better = tap > out                   # strict: ties keep the first maximum
+                idx += better * (idx.dtype.type(k) - idx)   # idx = k where better (faster than masked store)
             xp.maximum(out, tap, out=out)
-            idx += better * (idx.dtype.type(k) - idx)   # idx = k where better (faster than masked store)
-        self._cache = (idx, x.shape, xpad.shape) if grad_enabled() else None
+        self._cache = (idx, x.shape, xpad.shape) if keep else None
         return F.nchw(out)
 
     def backward(self, dy: Any) -> Any:
