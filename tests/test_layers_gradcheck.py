@@ -25,9 +25,10 @@ CONV_CASES = [
 ]
 
 
-# Column tiles: the default (one tile at these sizes), one output row per tile, and a few rows per
-# tile with a ragged last tile, so tile boundaries (and col2im overlaps across them) are checked.
-TILES = {"one-tile": None, "row-tiles": 1, "ragged-tiles": 2500}
+# Column tiles: the default (one tile at these sizes), one output pixel per tile (rows split into
+# column ranges), and a few rows per tile with a ragged last tile, so tile boundaries (and col2im
+# overlaps across them) are checked.
+TILES = {"one-tile": None, "pixel-tiles": 1, "ragged-tiles": 2500}
 
 
 @pytest.mark.parametrize("tiles", TILES)

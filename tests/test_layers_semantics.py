@@ -178,3 +178,20 @@ def test_loader_batches_are_transposed_to_the_internal_layout_exactly(xp, n):
     np.testing.assert_array_equal(backend.to_numpy(F.chwn_contiguous(strided)),
                                   backend.to_numpy(strided).transpose(1, 2, 3, 0))
     assert xp.shares_memory(F.chwn_contiguous(F.nchw(xc)), xc)     # already internal: no copy
+
+
+@pytest.mark.parametrize("ho,wo,pixel_bytes,tile_bytes", [
+    (32, 32, 10, 1000),       # 3 rows per tile, ragged last tile
+    (8, 8, 4096, 10_000),     # a row (32 KB) split into 4 column ranges
+    (5, 7, 1, 1 << 30),       # everything in one tile
+    (4, 3, 1000, 1),          # one pixel per tile
+])
+def test_conv_tiles_cover_the_output_exactly_once(monkeypatch, ho, wo, pixel_bytes, tile_bytes):
+    from cnn_cifar.nn import functional as F
+    monkeypatch.setattr(F, "_TILE_BYTES", tile_bytes)
+    seen = np.zeros((ho, wo), dtype=int)
+    for t in F.conv_tiles(ho, wo, pixel_bytes):
+        assert t.rows == 1 or (t.x0, t.x1) == (0, wo)        # several rows only with every column
+        assert t.rows * (t.x1 - t.x0) * pixel_bytes <= max(tile_bytes, pixel_bytes)
+        seen[t.y0:t.y0 + t.rows, t.x0:t.x1] += 1
+    assert (seen == 1).all()

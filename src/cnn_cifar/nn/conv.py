@@ -81,11 +81,11 @@ class Conv2d(Module):
         w2 = self.weight.data.reshape(g, o // g, -1)
         y = xp.empty((o, ho, wo, n), dtype=x.dtype)
 
-        def work(run: list[tuple[int, int]]) -> None:
-            for y0, r in run:
-                cols = F.im2col(xpad, kh, kw, sh, sw, dh, dw, wo, y0, r)     # (C*kh*kw, r*wo*N)
-                xp.matmul(w2, cols.reshape(g, -1, cols.shape[1]), out=y[:, y0:y0 + r].reshape(g, o // g, -1))
-        F.run_tiles(work, F.row_tiles(ho, c * kh * kw * wo * n * xc.itemsize))
+        def work(run: list[F.Tile]) -> None:
+            for t in run:
+                cols = F.im2col(xpad, kh, kw, sh, sw, dh, dw, t)               # (C*kh*kw, pixels*N)
+                xp.matmul(w2, cols.reshape(g, -1, cols.shape[1]), out=t.of(y).reshape(g, o // g, -1))
+        F.run_tiles(work, F.conv_tiles(ho, wo, c * kh * kw * n * xc.itemsize))
         if self.bias is not None:
             y += self.bias.data[:, None, None, None]
         self._cache = (xc, ho, wo) if grad_enabled() else None
@@ -107,16 +107,16 @@ class Conv2d(Module):
         dypad = F.padded(F.chwn(dy), qh, qw)
         dx = xp.empty((c, h, w, n), dtype=dy.dtype)
 
-        def work(run: list[tuple[int, int]]) -> Any:                     # returns this run's dW part
+        def work(run: list[F.Tile]) -> Any:                                # returns this run's dW part
             gw = xp.zeros((g, og * kh * kw, cg), dtype=dy.dtype)
-            for y0, r in run:
-                dcols = F.im2col(dypad, kh, kw, 1, 1, dh, dw, w, y0, r, role="dcols")
-                dcols_g = dcols.reshape(g, og * kh * kw, -1)             # (g, og*kh*kw, r*w*N)
-                x_g = xc[:, y0:y0 + r].reshape(g, cg, -1)                # (g, cg, r*w*N)
+            for t in run:
+                dcols = F.im2col(dypad, kh, kw, 1, 1, dh, dw, t, role="dcols")
+                dcols_g = dcols.reshape(g, og * kh * kw, -1)             # (g, og*kh*kw, pixels*N)
+                x_g = t.of(xc).reshape(g, cg, -1)                        # (g, cg, pixels*N)
                 gw += xp.matmul(dcols_g, x_g.transpose(0, 2, 1))
-                xp.matmul(wt, dcols_g, out=dx[:, y0:y0 + r].reshape(g, cg, -1))
+                xp.matmul(wt, dcols_g, out=t.of(dx).reshape(g, cg, -1))
             return gw
-        gw = sum(F.run_tiles(work, F.row_tiles(h, o * kh * kw * w * n * dy.itemsize)))
+        gw = sum(F.run_tiles(work, F.conv_tiles(h, w, o * kh * kw * n * dy.itemsize)))
         gw = gw.reshape(g, og, kh, kw, cg)[:, :, ::-1, ::-1].transpose(0, 1, 4, 2, 3)
         self.weight.grad += gw.reshape(self.weight.grad.shape)
         return F.nchw(dx)
@@ -143,20 +143,20 @@ class Conv2d(Module):
         w2 = self.weight.data.reshape(g, og, -1)
         dxpad = xp.zeros(xpad.shape, dtype=dy.dtype) if self.needs_input_grad else None
 
-        def work(run: list[tuple[int, int]]) -> Any:                     # returns this run's dW part
+        def work(run: list[F.Tile]) -> Any:                                # returns this run's dW part
             gw = xp.zeros((g, og, cg * kh * kw), dtype=dy.dtype)
-            for y0, r in run:
-                dy_g = dyc[:, y0:y0 + r].reshape(g, og, -1)               # (g, og, r*wo*N)
-                cols = F.im2col(xpad, kh, kw, sh, sw, dh, dw, wo, y0, r)
+            for t in run:
+                dy_g = t.of(dyc).reshape(g, og, -1)                       # (g, og, pixels*N)
+                cols = F.im2col(xpad, kh, kw, sh, sw, dh, dw, t)
                 gw += xp.matmul(dy_g, cols.reshape(g, cg * kh * kw, -1).transpose(0, 2, 1))
                 if dxpad is not None:
                     dcols = F.scratch(xp, "dcols", (c * kh * kw, cols.shape[1]), dy.dtype)
                     xp.matmul(w2.transpose(0, 2, 1), dy_g, out=dcols.reshape(g, cg * kh * kw, -1))
-                    F.col2im_add(dcols, dxpad, kh, kw, sh, sw, dh, dw, wo, y0, r)
+                    F.col2im_add(dcols, dxpad, kh, kw, sh, sw, dh, dw, t)
             return gw
-        # Runs may go in parallel unless their col2im scatters overlap (a kernel taller than the stride).
-        disjoint = dxpad is None or (kh - 1) * dh < sh
-        gw = sum(F.run_tiles(work, F.row_tiles(ho, c * kh * kw * wo * n * dy.itemsize), parallel=disjoint))
+        # Runs may go in parallel unless their col2im scatters overlap (a kernel larger than the stride).
+        disjoint = dxpad is None or ((kh - 1) * dh < sh and (kw - 1) * dw < sw)
+        gw = sum(F.run_tiles(work, F.conv_tiles(ho, wo, c * kh * kw * n * dy.itemsize), parallel=disjoint))
         self.weight.grad += gw.reshape(self.weight.grad.shape)
         if dxpad is None:
             return None

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor, wait
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 from .. import backend
 from ..backend import get_array_module
@@ -136,12 +136,12 @@ def out_size(size: int, k: int, s: int, p: int, d: int) -> int:
 
 
 def window(i: int, j: int, sh: int, sw: int, dh: int, dw: int, ho: int, wo: int,
-           y0: int = 0) -> tuple[slice, slice]:
+           y0: int = 0, x0: int = 0) -> tuple[slice, slice]:
     """The strided (H, W) slices of the padded input seen by kernel tap (i, j) for output rows
-    [y0, y0 + ho) and all wo output columns."""
-    top = y0 * sh + i * dh
+    [y0, y0 + ho) and output columns [x0, x0 + wo)."""
+    top, left = y0 * sh + i * dh, x0 * sw + j * dw
     return (slice(top, top + sh * (ho - 1) + 1, sh),
-            slice(j * dw, j * dw + sw * (wo - 1) + 1, sw))
+            slice(left, left + sw * (wo - 1) + 1, sw))
 
 
 def padded(xc: Any, ph: int, pw: int, value: float = 0.0) -> Any:
@@ -166,24 +166,40 @@ def padded(xc: Any, ph: int, pw: int, value: float = 0.0) -> Any:
     return buf
 
 
-# Convolutions build their column matrix one tile of output rows at a time, each tile about this many
-# bytes: small enough to stay in the cores' L2 caches between im2col writing it and the matmul reading
+# Convolutions build their column matrix one tile of output pixels at a time, each tile about this
+# many bytes: small enough to stay in a core's cache between im2col writing it and the matmul reading
 # it. One whole-batch matrix (75 MB for a ResNet stage-1 conv at batch 128) went through DRAM twice
 # and ran 1.5-3x slower. The loop runs over cache-sized tiles, not over pixels or samples.
 _TILE_BYTES = int(os.environ.get("CNN_CIFAR_TILE_BYTES", str(2 << 20)))
 
 
-def row_tiles(rows: int, row_bytes: int) -> list[tuple[int, int]]:
-    """(first row, row count) tiles covering ``rows`` output rows, each ~_TILE_BYTES of columns.
+class Tile(NamedTuple):
+    """Output rows [y0, y0 + rows) and columns [x0, x1) of a conv; several rows only with all columns."""
+    y0: int
+    rows: int
+    x0: int
+    x1: int
 
-    One tile on a GPU, where the whole matrix is best built and multiplied at once."""
+    def of(self, a: Any) -> Any:
+        """This tile of a (C, Ho, Wo, N) array as a (C, pixels*N) matrix (a view for contiguous a)."""
+        return a[:, self.y0:self.y0 + self.rows, self.x0:self.x1].reshape(a.shape[0], -1)
+
+
+def conv_tiles(ho: int, wo: int, pixel_bytes: int) -> list[Tile]:
+    """Tiles covering an ho x wo output whose column matrix takes ``pixel_bytes`` per output pixel:
+    whole rows grouped up to ~_TILE_BYTES, or a row split into column ranges if one row is larger
+    (a 500-image batch). One tile on a GPU, where the whole matrix is best built at once."""
     if backend.name != "numpy" or _TILE_BYTES <= 0:
-        return [(0, rows)]
-    step = max(1, _TILE_BYTES // max(1, row_bytes))
-    return [(y0, min(step, rows - y0)) for y0 in range(0, rows, step)]
+        return [Tile(0, ho, 0, wo)]
+    row_bytes = max(1, pixel_bytes * wo)
+    if row_bytes <= _TILE_BYTES:
+        step = _TILE_BYTES // row_bytes
+        return [Tile(y0, min(step, ho - y0), 0, wo) for y0 in range(0, ho, step)]
+    pieces = min(wo, -(-row_bytes // _TILE_BYTES))
+    return [Tile(y0, 1, wo * k // pieces, wo * (k + 1) // pieces) for y0 in range(ho) for k in range(pieces)]
 
 
-def run_tiles(work: Callable[[list[tuple[int, int]]], Any], tiles: list[tuple[int, int]],
+def run_tiles(work: Callable[[list[Tile]], Any], tiles: list[Tile],
               parallel: bool = True) -> list[Any]:
     """Call work(run) on runs of consecutive tiles and return the results, one per run.
 
@@ -209,37 +225,39 @@ def run_tiles(work: Callable[[list[tuple[int, int]]], Any], tiles: list[tuple[in
     return [first] + [f.result() for f in futures]
 
 
-def im2col(xpad: Any, kh: int, kw: int, sh: int, sw: int, dh: int, dw: int, wo: int,
-           y0: int, rows: int, role: str = "cols") -> Any:
-    """Padded (C, Hp, Wp, N) -> columns (C*kh*kw, rows*wo*N) for output rows [y0, y0 + rows).
+def im2col(xpad: Any, kh: int, kw: int, sh: int, sw: int, dh: int, dw: int, tile: Tile,
+           role: str = "cols") -> Any:
+    """Padded (C, Hp, Wp, N) -> columns (C*kh*kw, pixels*N) for the output pixels of ``tile``.
 
     kh*kw slice copies into the ``role`` scratch buffer (valid until the next im2col with that role
     in this thread).
     """
     xp = get_array_module(xpad)
     c, n = xpad.shape[0], xpad.shape[3]
-    cols = scratch(xp, role, (c, kh, kw, rows, wo, n), xpad.dtype)
+    rows, cols_w = tile.rows, tile.x1 - tile.x0
+    cols = scratch(xp, role, (c, kh, kw, rows, cols_w, n), xpad.dtype)
 
     def fill(c0: int, c1: int) -> None:
         for i in range(kh):
             for j in range(kw):
-                hs, ws = window(i, j, sh, sw, dh, dw, rows, wo, y0)
+                hs, ws = window(i, j, sh, sw, dh, dw, rows, cols_w, tile.y0, tile.x0)
                 cols[c0:c1, i, j] = xpad[c0:c1, hs, ws]
     by_channel(fill, c, cols.nbytes)
-    return cols.reshape(c * kh * kw, rows * wo * n)
+    return cols.reshape(c * kh * kw, -1)
 
 
-def col2im_add(cols: Any, xpad: Any, kh: int, kw: int, sh: int, sw: int, dh: int, dw: int, wo: int,
-               y0: int, rows: int) -> None:
-    """Add columns (C*kh*kw, rows*wo*N) of output rows [y0, y0 + rows) into padded (C, Hp, Wp, N),
+def col2im_add(cols: Any, xpad: Any, kh: int, kw: int, sh: int, sw: int, dh: int, dw: int,
+               tile: Tile) -> None:
+    """Add the columns (C*kh*kw, pixels*N) of ``tile``'s output pixels into padded (C, Hp, Wp, N),
     summing overlaps: the adjoint of im2col."""
     c, n = xpad.shape[0], xpad.shape[3]
-    cols = cols.reshape(c, kh, kw, rows, wo, n)
+    rows, cols_w = tile.rows, tile.x1 - tile.x0
+    cols = cols.reshape(c, kh, kw, rows, cols_w, n)
 
     def scatter(c0: int, c1: int) -> None:
         for i in range(kh):
             for j in range(kw):
-                hs, ws = window(i, j, sh, sw, dh, dw, rows, wo, y0)
+                hs, ws = window(i, j, sh, sw, dh, dw, rows, cols_w, tile.y0, tile.x0)
                 xpad[c0:c1, hs, ws] += cols[c0:c1, i, j]
     by_channel(scatter, c, cols.nbytes)
 
