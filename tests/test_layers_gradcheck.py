@@ -31,26 +31,31 @@ CONV_CASES = [
 TILES = {"one-tile": None, "pixel-tiles": 1, "ragged-tiles": 2500}
 
 
-@pytest.mark.parametrize("tiles", TILES)
-@pytest.mark.parametrize("case", CONV_CASES, ids=[f"conv{i}" for i in range(len(CONV_CASES))])
-def test_conv2d_gradients(xp, case, tiles, monkeypatch):
-    if TILES[tiles] is not None:
-        monkeypatch.setattr(F, "_TILE_BYTES", TILES[tiles])
+@pytest.fixture(params=list(TILES))
+def tiling(request, monkeypatch):
+    """Run the test under each column-tile size."""
+    if TILES[request.param] is not None:
+        monkeypatch.setattr(F, "_TILE_BYTES", TILES[request.param])
+    return request.param
+
+
+def _conv_and_input(case):
     n, c, h, w, o, k, s, p, d, g, b = case
     conv = nn.Conv2d(c, o, k, s, p, d, g, bias=b, rng=np.random.default_rng(1)).to(np.float64)
-    check_module(conv, _x((n, c, h, w)))
+    return conv, _x((n, c, h, w))
 
 
-@pytest.mark.parametrize("tiles", TILES)
 @pytest.mark.parametrize("case", CONV_CASES, ids=[f"conv{i}" for i in range(len(CONV_CASES))])
-def test_conv2d_weight_gradient_without_input_gradient(xp, case, tiles, monkeypatch):
+def test_conv2d_gradients(xp, case, tiling):
+    check_module(*_conv_and_input(case))
+
+
+@pytest.mark.parametrize("case", CONV_CASES, ids=[f"conv{i}" for i in range(len(CONV_CASES))])
+def test_conv2d_weight_gradient_without_input_gradient(xp, case, tiling):
     """needs_input_grad=False takes another path to dW (columns of x, not of dy); same result."""
-    if TILES[tiles] is not None:
-        monkeypatch.setattr(F, "_TILE_BYTES", TILES[tiles])
-    n, c, h, w, o, k, s, p, d, g, b = case
-    x, grads = _x((n, c, h, w)), []
+    grads = []
     for needs in (True, False):
-        conv = nn.Conv2d(c, o, k, s, p, d, g, bias=b, rng=np.random.default_rng(1)).to(np.float64)
+        conv, x = _conv_and_input(case)
         conv.needs_input_grad = needs
         y = conv(x)
         dx = conv.backward(_x(y.shape, seed=5))

@@ -84,6 +84,9 @@ def chwn(x: Any) -> Any:
     return x.transpose(1, 2, 3, 0)
 
 
+_T_BLOCK = 8          # samples per block in chwn_contiguous's two-pass transpose
+
+
 def chwn_contiguous(x: Any) -> Any:
     """(N, C, H, W) -> a C-contiguous (C, H, W, N) array: the free view for our own activations,
     else one transposing copy (images from a loader), split by channel across threads."""
@@ -114,9 +117,6 @@ def chwn_contiguous(x: Any) -> Any:
             dst[:, m:] = src[m:].T
     by_channel(fill, c, out.nbytes)
     return out
-
-
-_T_BLOCK = 8
 
 
 def nchw(x: Any) -> Any:
