@@ -1,4 +1,4 @@
-"""2-D convolution by im2col and matrix multiplies (per group, per cache-sized tile of output rows)."""
+"""2-D convolution by im2col and matrix multiplies (per group, per cache-sized tile of output pixels)."""
 from __future__ import annotations
 
 from typing import Any
@@ -21,8 +21,9 @@ def _pair(v: int | tuple[int, int], what: str) -> tuple[int, int]:
 class Conv2d(Module):
     """PyTorch-compatible Conv2d: weight (out, in/groups, kh, kw), optional bias (out,).
 
-    Forward builds the (C*kh*kw, Ho*Wo*N) column matrix with kh*kw slice copies and multiplies it
-    by the (out, C*kh*kw) weight matrix; columns are never kept (they are kh*kw times the input).
+    Forward builds the (C*kh*kw, Ho*Wo*N) column matrix with kh*kw slice copies, one cache-sized tile
+    of output pixels at a time (see functional.conv_tiles), and multiplies each tile by the
+    (out, C*kh*kw) weight matrix; columns are never kept (they are kh*kw times the input).
     Stride-1 backward takes both gradients from one column matrix of dy (see _backward_stride1);
     strided backward rebuilds the columns of x for dW and scatters the column gradient with col2im.
     """
