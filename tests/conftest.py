@@ -1,5 +1,10 @@
-"""Shared fixtures: backend parametrisation (CuPy skips with its reason when it cannot run)."""
+"""Shared fixtures and helpers: backend parametrisation (CuPy skips with its reason when it cannot run),
+small CIFAR datasets in the official format, and the one way tests launch a subprocess."""
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -28,12 +33,52 @@ def _numpy_by_default():
     backend.set_backend("numpy")
 
 
-# ------------------------------------------------------------------ a small CIFAR-10 in the official format
+# ------------------------------------------------------------------ subprocesses
 import pickle
 import tarfile
 from pathlib import Path
 
 import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+SRC = ROOT / "src"
+DEFAULT_TIMEOUT = 300.0
+
+
+def subprocess_env(**overrides: str) -> dict:
+    """The environment every test subprocess gets: NumPy backend forced, unbuffered output, src importable.
+    ``overrides`` replace or add variables (a value of None removes one)."""
+    env = dict(os.environ, CNN_CIFAR_BACKEND="numpy", PYTHONUNBUFFERED="1",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")])))
+    for k, v in overrides.items():
+        if v is None:
+            env.pop(k, None)
+        else:
+            env[k] = v
+    return env
+
+
+def run_python(*args: str, cwd: Path | None = None, timeout: float = DEFAULT_TIMEOUT,
+               env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run ``python *args`` with the test environment and a timeout; output captured as text."""
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=env if env is not None else subprocess_env(),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def run_cli(name: str, *args: str, cwd: Path, timeout: float = DEFAULT_TIMEOUT,
+            env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run ``src/<name>_cli.py *args`` as a user would (train, test or visualize)."""
+    return run_python(str(SRC / f"{name}_cli.py"), *args, cwd=cwd, timeout=timeout, env=env)
+
+
+def popen_cli(name: str, *args: str, cwd: Path, env: dict | None = None) -> subprocess.Popen:
+    """Start ``src/<name>_cli.py`` without waiting (for signal tests); stdout/stderr are pipes of text."""
+    return subprocess.Popen([sys.executable, str(SRC / f"{name}_cli.py"), *args], cwd=cwd,
+                            env=env if env is not None else subprocess_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+# ------------------------------------------------------------------ a small CIFAR-10 in the official format
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
@@ -85,3 +130,20 @@ def cifar_root(tmp_path_factory) -> Path:
 def cifar_tarball(tmp_path_factory, cifar_root) -> Path:
     out = tmp_path_factory.mktemp("tarball") / "cifar-10-python.tar.gz"
     return make_tarball(cifar_root, out)
+
+
+def write_fake_cifar100(root: Path, n_train: int = 300, n_test: int = 100) -> Path:
+    """root/cifar-100-python with train, test and meta in the official keys (fine and coarse labels)."""
+    rng = np.random.default_rng(1)
+    d = Path(root) / "cifar-100-python"
+    d.mkdir(parents=True)
+    for name, n in (("train", n_train), ("test", n_test)):
+        fine = rng.integers(0, 100, n)
+        with open(d / name, "wb") as f:
+            pickle.dump({"filenames": [f"{name}_{i}.png" for i in range(n)], "batch_label": f"{name} batch",
+                         "fine_labels": [int(v) for v in fine], "coarse_labels": [int(v) // 5 for v in fine],
+                         "data": rng.integers(0, 256, (n, 3072), dtype=np.uint8)}, f, protocol=2)
+    with open(d / "meta", "wb") as f:
+        pickle.dump({"fine_label_names": [f"fine{i}" for i in range(100)],
+                     "coarse_label_names": [f"coarse{i}" for i in range(20)]}, f, protocol=2)
+    return d

@@ -16,6 +16,7 @@ import pytest
 from cnn_cifar.data import (AugmentConfig, BatchLoader, DatasetError, cutout, load_dataset, md5sum, normalize,
                             random_crop, random_flip)
 from cnn_cifar.data.datasets import CIFAR10
+from conftest import run_cli, write_fake_cifar100
 
 
 def test_load_small_official_format(cifar_root):
@@ -214,23 +215,6 @@ def test_local_tarball_with_right_md5_needs_no_network(cifar_tarball, tmp_path):
     assert ds.x_test.shape[0] == 200
 
 
-def write_fake_cifar100(root: Path, n_train: int = 300, n_test: int = 100) -> Path:
-    """root/cifar-100-python with train, test and meta in the official keys (fine and coarse labels)."""
-    rng = np.random.default_rng(1)
-    d = root / "cifar-100-python"
-    d.mkdir(parents=True)
-    for name, n in (("train", n_train), ("test", n_test)):
-        fine = rng.integers(0, 100, n)
-        with open(d / name, "wb") as f:
-            pickle.dump({"filenames": [f"{name}_{i}.png" for i in range(n)], "batch_label": f"{name} batch",
-                         "fine_labels": [int(v) for v in fine], "coarse_labels": [int(v) // 5 for v in fine],
-                         "data": rng.integers(0, 256, (n, 3072), dtype=np.uint8)}, f, protocol=2)
-    with open(d / "meta", "wb") as f:
-        pickle.dump({"fine_label_names": [f"fine{i}" for i in range(100)],
-                     "coarse_label_names": [f"coarse{i}" for i in range(20)]}, f, protocol=2)
-    return d
-
-
 def test_cifar100_fine_labels(tmp_path):
     write_fake_cifar100(tmp_path)
     ds = load_dataset("cifar100", tmp_path, download=False)
@@ -247,17 +231,12 @@ def test_cifar100_fine_labels(tmp_path):
 @pytest.mark.slow
 def test_cifar100_train_and_test_cli(tmp_path):
     import json
-    import subprocess
-    import sys
     write_fake_cifar100(tmp_path)
-    src = Path(__file__).resolve().parents[1] / "src"
-    p = subprocess.run([sys.executable, str(src / "train_cli.py"), "--dataset", "cifar100", "--data", str(tmp_path),
-                        "--no-download", "--epochs", "1", "--batch-size", "32", "--quiet"], cwd=tmp_path,
-                       capture_output=True, text=True)
+    p = run_cli("train", "--dataset", "cifar100", "--data", str(tmp_path), "--no-download", "--epochs", "1",
+                "--batch-size", "32", "--quiet", cwd=tmp_path)
     assert p.returncode == 0, p.stderr
-    p = subprocess.run([sys.executable, str(src / "test_cli.py"), "--resume", "checkpoint/cnn_best.pkl", "--data",
-                        str(tmp_path), "--no-download", "--quiet", "--json", "r.json"], cwd=tmp_path,
-                       capture_output=True, text=True)
+    p = run_cli("test", "--resume", "checkpoint/cnn_best.pkl", "--data", str(tmp_path), "--no-download", "--quiet",
+                "--json", "r.json", cwd=tmp_path)
     assert p.returncode == 0, p.stderr
     res = json.loads((tmp_path / "r.json").read_text())
     assert res["dataset"] == "cifar100" and len(res["per_class"]) == 100 and res["n"] == 100
