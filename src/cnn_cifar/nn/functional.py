@@ -155,10 +155,13 @@ def padded(xc: Any, ph: int, pw: int, value: float = 0.0) -> Any:
     xp = get_array_module(xc)
     c, h, w, n = xc.shape
     pool = _workspace()
-    key = ("pad", (c, h + 2 * ph, w + 2 * pw, n), float(value), xp.__name__, xp.dtype(xc.dtype).str)
+    # Keyed by the padding as well as the padded shape: a 4x4 input padded by 3 and a 6x6 one padded by 2
+    # share a shape, but their borders differ, and only the border is never rewritten.
+    shape = (c, h + 2 * ph, w + 2 * pw, n)
+    key = ("pad", shape, (ph, pw), float(value), xp.__name__, xp.dtype(xc.dtype).str)
     buf = pool.get(key)
     if buf is None:
-        buf = pool[key] = xp.full(key[1], value, dtype=xc.dtype)
+        buf = pool[key] = xp.full(shape, value, dtype=xc.dtype)
 
     def fill(c0: int, c1: int) -> None:
         buf[c0:c1, ph:ph + h, pw:pw + w] = xc[c0:c1]
