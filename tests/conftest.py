@@ -25,6 +25,33 @@ def xp(request):
         backend.set_backend("numpy")
 
 
+# Column tiles: the default (one tile at test sizes), one output pixel per tile (rows split into column
+# ranges), and a few rows per tile with a ragged last tile, so tile boundaries (and col2im overlaps across
+# them) are exercised.
+TILES = {"one-tile": None, "pixel-tiles": 1, "ragged-tiles": 2500}
+
+
+@pytest.fixture(params=list(TILES))
+def tiling(request, monkeypatch):
+    """Run the test under each column-tile size."""
+    from cnn_cifar.nn import functional as F
+    if TILES[request.param] is not None:
+        monkeypatch.setattr(F, "_TILE_BYTES", TILES[request.param])
+    return request.param
+
+
+@pytest.fixture(params=["serial", "threaded"])
+def threads(request, monkeypatch):
+    """Run the test with the CPU's parallel paths off (test sizes are below their thresholds) and forced on:
+    every channel-parallel pass splits over 3 threads whatever its size, and conv tile runs go to the pool
+    whenever there are at least 6 tiles (combine with ``tiling`` to get them)."""
+    from cnn_cifar.nn import functional as F
+    if request.param == "threaded":
+        monkeypatch.setattr(F, "_PARALLEL_MIN_BYTES", 0)
+        monkeypatch.setattr(F, "_THREADS", 3)
+    return request.param
+
+
 @pytest.fixture(autouse=True)
 def _numpy_by_default():
     """Every test starts on NumPy unless it asks for the xp fixture."""

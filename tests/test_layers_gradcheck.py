@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 
 from cnn_cifar import backend, nn
-from cnn_cifar.nn import functional as F
 from gradcheck import check_module, numeric_grad, rel_error
 
 
@@ -22,21 +21,11 @@ CONV_CASES = [
     (2, 2, 5, 7, 3, (2, 3), (1, 2), (0, 1), 1, 1, True),   # rectangular kernel/stride/padding
     (5, 3, 4, 4, 2, 1, 2, 0, 1, 1, False),         # 1x1 stride-2 shortcut conv
     (1, 2, 6, 6, 4, 3, 3, 2, 1, 2, True),          # stride larger than 2, big padding, groups
+    (2, 3, 9, 8, 4, 3, 2, 1, 2, 1, True),          # strided and dilated: input gradient by col2im
+    (2, 2, 4, 5, 3, 3, 1, 3, 1, 1, True),          # stride 1, padding > dilation*(k-1): col2im, not flipped conv
+    (2, 2, 5, 5, 3, 3, 1, (1, 3), 1, 1, False),    # ... on one axis only
+    (2, 4, 7, 7, 4, (3, 2), 1, (2, 1), (2, 3), 2, True),   # stride 1, dilated, rectangular, groups: flipped conv
 ]
-
-
-# Column tiles: the default (one tile at these sizes), one output pixel per tile (rows split into
-# column ranges), and a few rows per tile with a ragged last tile, so tile boundaries (and col2im
-# overlaps across them) are checked.
-TILES = {"one-tile": None, "pixel-tiles": 1, "ragged-tiles": 2500}
-
-
-@pytest.fixture(params=list(TILES))
-def tiling(request, monkeypatch):
-    """Run the test under each column-tile size."""
-    if TILES[request.param] is not None:
-        monkeypatch.setattr(F, "_TILE_BYTES", TILES[request.param])
-    return request.param
 
 
 def _conv_and_input(case):
@@ -46,7 +35,7 @@ def _conv_and_input(case):
 
 
 @pytest.mark.parametrize("case", CONV_CASES, ids=[f"conv{i}" for i in range(len(CONV_CASES))])
-def test_conv2d_gradients(xp, case, tiling):
+def test_conv2d_gradients(xp, case, tiling, threads):
     check_module(*_conv_and_input(case))
 
 
@@ -71,7 +60,7 @@ def test_linear_gradients(xp, n, fin, fout):
 
 @pytest.mark.parametrize("training", [True, False])
 @pytest.mark.parametrize("shape", [(2, 3, 4, 5), (5, 2, 3, 3), (1, 4, 3, 2)])
-def test_batchnorm2d_gradients(xp, shape, training):
+def test_batchnorm2d_gradients(xp, shape, training, threads):
     bn = nn.BatchNorm2d(shape[1]).to(np.float64)
     rng = np.random.default_rng(3)
     bn.weight.data = backend.to_device(rng.uniform(0.5, 1.5, shape[1]))
@@ -102,9 +91,16 @@ POOL_CASES = [
     (nn.MaxPool2d, (2, 3, 6, 6), 2, None, 0),
     (nn.MaxPool2d, (1, 2, 7, 5), 3, 2, 1),
     (nn.MaxPool2d, (3, 2, 5, 5), 2, 1, 0),     # overlapping windows
+    (nn.MaxPool2d, (2, 2, 5, 7), 2, None, 0),  # disjoint windows that leave the last row/column uncovered
+    (nn.MaxPool2d, (2, 3, 8, 8), 2, 3, 0),     # stride > kernel: gaps between windows
+    (nn.MaxPool2d, (1, 2, 5, 5), 2, 2, 1),     # padded, disjoint, last padded row uncovered
+    (nn.MaxPool2d, (2, 2, 6, 7), (2, 3), (3, 2), (1, 0)),   # rectangular: disjoint on one axis only
     (nn.AvgPool2d, (2, 3, 6, 6), 2, None, 0),
     (nn.AvgPool2d, (1, 2, 7, 5), 3, 2, 1),
     (nn.AvgPool2d, (3, 2, 5, 5), 2, 1, 0),
+    (nn.AvgPool2d, (2, 2, 5, 7), 2, None, 0),
+    (nn.AvgPool2d, (2, 3, 8, 8), 2, 3, 0),
+    (nn.AvgPool2d, (2, 2, 6, 7), (2, 3), (3, 2), (1, 0)),
 ]
 
 
@@ -119,7 +115,7 @@ def test_global_avg_pool_gradients(xp, shape):
 
 
 @pytest.mark.parametrize("shape", [(3, 4), (2, 3, 4, 5)])
-def test_relu_gradients(xp, shape):
+def test_relu_gradients(xp, shape, threads):
     check_module(nn.ReLU(), _x(shape))
 
 
@@ -164,12 +160,12 @@ def test_softmax_cross_entropy_matches_definition(xp):
     assert abs(got - want) < 1e-12
 
 
+@pytest.mark.parametrize("training", [True, False])
 @pytest.mark.parametrize("cin,cout,stride,n", [(4, 4, 1, 2), (3, 6, 2, 3), (4, 4, 2, 1)])
-def test_basic_block_gradients(xp, cin, cout, stride, n):
+def test_basic_block_gradients(xp, cin, cout, stride, n, training):
+    """Batch 1 trains fine: after the stride-2 conv each BN still sees 3x3 = 9 values per channel."""
     block = nn.BasicBlock(cin, cout, stride, rng=np.random.default_rng(7)).to(np.float64)
-    block.train()
-    if n == 1:
-        block.eval()   # batch 1 at 1x1 spatial size would make BN statistics degenerate; eval is exact
+    block.train(training)
     check_module(block, _x((n, cin, 6, 6)))
 
 
