@@ -1,13 +1,16 @@
 """The backend shim: selection, env var, errors, host/device helpers."""
 from __future__ import annotations
 
-import subprocess
+import os
 import sys
+import types
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from cnn_cifar import backend
+from conftest import SRC, run_python, subprocess_env
 
 
 def test_numpy_backend_and_helpers():
@@ -24,15 +27,6 @@ def test_unknown_backend_is_value_error():
         backend.set_backend("tpu")
 
 
-def test_auto_picks_something_that_runs_and_says_why():
-    ok, reason = backend.cupy_available()
-    assert backend.set_backend("auto") == ("cupy" if ok else "numpy")
-    if not ok:
-        assert f"; auto: {reason.split(' (')[0]})" in backend.describe()
-    backend.set_backend("numpy")
-    assert "auto" not in backend.describe()
-
-
 def test_cupy_request_without_gpu_is_clear_error():
     ok, reason = backend.cupy_available()
     if ok:
@@ -40,13 +34,6 @@ def test_cupy_request_without_gpu_is_clear_error():
     with pytest.raises(backend.BackendError, match="backend 'cupy' requested but cannot run"):
         backend.set_backend("cupy")
     assert backend.name == "numpy"
-
-
-def test_env_var_selects_backend_at_import():
-    code = "from cnn_cifar import backend; print(backend.name)"
-    env = {"CNN_CIFAR_BACKEND": "numpy", "PYTHONPATH": "src", "PATH": ""}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "numpy"
 
 
 def test_only_backend_imports_cupy():
@@ -63,3 +50,166 @@ def test_layers_do_not_import_numpy_for_math():
     nn_dir = pathlib.Path(__file__).resolve().parents[1] / "src" / "cnn_cifar" / "nn"
     for name in ["activation.py", "dropout.py", "functional.py", "norm.py", "pooling.py", "loss.py"]:
         assert "import numpy" not in (nn_dir / name).read_text(), name
+
+
+# ------------------------------------------------------------------ selection with a stand-in CuPy
+NOT_IMPORTABLE = "CuPy is not importable (ModuleNotFoundError: No module named 'cupy')"
+NO_GPU = "CuPy imports but sees no GPU (CUDARuntimeError: cudaErrorNoDevice: no CUDA-capable device is detected)"
+
+
+def _fake_cupy(device_count: int | Exception = 1) -> types.ModuleType:
+    """Just enough of CuPy for backend.py: ndarray, get_array_module, asnumpy, cuda.runtime (device count and
+    properties) and cuda.Device (for describe())."""
+    mod = types.ModuleType("cupy")
+    mod.ndarray = type("ndarray", (), {})
+    mod.get_array_module = lambda *arrays: mod
+    mod.asnumpy = np.asarray
+
+    def get_device_count():
+        if isinstance(device_count, Exception):
+            raise device_count
+        return device_count
+
+    runtime = types.SimpleNamespace(getDeviceCount=get_device_count,
+                                    getDeviceProperties=lambda i: {"name": b"Fake GPU 9000"})
+    mod.cuda = types.SimpleNamespace(runtime=runtime, Device=lambda: types.SimpleNamespace(id=0))
+    return mod
+
+
+@pytest.fixture
+def isolated(monkeypatch):
+    """Let a test switch the backend module's globals freely: they are put back afterwards (including
+    _cupy, which set_backend('numpy') leaves pointing at the last CuPy module used)."""
+    for attr in ("xp", "name", "_cupy", "_auto_note"):
+        monkeypatch.setattr(backend, attr, getattr(backend, attr))
+    monkeypatch.setattr(backend, "_cupy", None)
+    return monkeypatch
+
+
+def test_auto_picks_cupy_when_the_probe_succeeds(isolated):
+    """auto with a working CuPy: the backend is cupy, xp is that module, device arrays are recognised and
+    describe() names the GPU; cupy_available() reports (True, 'ok')."""
+    fake = _fake_cupy()
+    isolated.setattr(backend, "_probe_cupy", lambda: (fake, "ok"))
+    assert backend.cupy_available() == (True, "ok")
+    assert backend.set_backend("auto") == "cupy"
+    assert backend.name == "cupy" and backend.xp is fake
+    assert backend.is_device_array(fake.ndarray()) and not backend.is_device_array(np.zeros(1))
+    assert backend.describe() == "backend: cupy on GPU 0 (Fake GPU 9000)"
+    assert backend.set_backend("numpy") == "numpy" and backend.xp is np
+    assert backend.describe() == f"backend: numpy {np.__version__} (CPU)"
+
+
+@pytest.mark.parametrize("reason, short", [(NOT_IMPORTABLE, "CuPy is not importable"),
+                                           (NO_GPU, "CuPy imports but sees no GPU")])
+def test_auto_falls_back_to_numpy_and_says_why(reason, short, isolated):
+    """auto with a failing probe: NumPy, and describe() carries the reason (without its parenthesised
+    detail); an explicit numpy afterwards drops the note."""
+    isolated.setattr(backend, "_probe_cupy", lambda: (None, reason))
+    assert backend.cupy_available() == (False, reason)
+    assert backend.set_backend("auto") == "numpy"
+    assert backend.xp is np
+    assert backend.describe() == f"backend: numpy {np.__version__} (CPU; auto: {short})"
+    backend.set_backend("numpy")
+    assert backend.describe() == f"backend: numpy {np.__version__} (CPU)"
+
+
+@pytest.mark.parametrize("reason", [NOT_IMPORTABLE, NO_GPU])
+def test_cupy_request_fails_with_the_probe_reason(reason, isolated):
+    """An explicit cupy request that cannot run raises BackendError with the full reason, and the active
+    backend stays NumPy."""
+    isolated.setattr(backend, "_probe_cupy", lambda: (None, reason))
+    with pytest.raises(backend.BackendError) as info:
+        backend.set_backend("cupy")
+    assert str(info.value) == f"backend 'cupy' requested but cannot run: {reason}"
+    assert backend.name == "numpy" and backend.xp is np
+
+
+def test_choice_is_case_insensitive_and_empty_means_auto(isolated):
+    """'CuPy' selects cupy; '' and None mean auto."""
+    fake = _fake_cupy()
+    isolated.setattr(backend, "_probe_cupy", lambda: (fake, "ok"))
+    assert backend.set_backend("CuPy") == "cupy"
+    backend.set_backend("numpy")
+    assert backend.set_backend("") == "cupy"
+    backend.set_backend("numpy")
+    assert backend.set_backend(None) == "cupy"
+
+
+@pytest.mark.parametrize("module, expected", [
+    (None, "CuPy is not importable (ModuleNotFoundError: import of cupy halted"),
+    (_fake_cupy(0), "CuPy imports but sees no GPU (device count 0)"),
+    (_fake_cupy(RuntimeError("cudaErrorNoDevice")), "CuPy imports but sees no GPU (RuntimeError: cudaErrorNoDevice)"),
+    (_fake_cupy(1), "ok"),
+], ids=["import-fails", "zero-devices", "device-query-fails", "one-device"])
+def test_probe_reasons(module, expected, monkeypatch):
+    """The real probe with a stand-in 'cupy' in sys.modules (None makes the import fail): each outcome gives
+    its reason, and only a visible device returns the module."""
+    monkeypatch.setitem(sys.modules, "cupy", module)
+    mod, reason = backend._probe_cupy()
+    assert reason.startswith(expected), reason
+    assert (mod is module) if expected == "ok" else (mod is None)
+
+
+# ------------------------------------------------------------------ CNN_CIFAR_BACKEND at import
+FAKE_CUPY = """\"\"\"A stand-in CuPy for tests: enough for cnn_cifar.backend's probe and set_backend.\"\"\"
+import os as _os
+import numpy as _np
+
+
+class ndarray:
+    pass
+
+
+def get_array_module(*arrays):
+    return _np
+
+
+def asnumpy(a):
+    return _np.asarray(a)
+
+
+class _Runtime:
+    @staticmethod
+    def getDeviceCount():
+        return int(_os.environ.get("FAKE_CUPY_DEVICES", "1"))
+
+
+class cuda:
+    runtime = _Runtime
+"""
+
+
+@pytest.fixture(scope="module")
+def fake_cupy_dir(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("fake_cupy")
+    (d / "cupy").mkdir()
+    (d / "cupy" / "__init__.py").write_text(FAKE_CUPY)
+    return d
+
+
+PROBE = ("import sys; from cnn_cifar import backend; "
+         "print(backend.name, backend.xp.__name__, 'cupy' in sys.modules, "
+         "getattr(backend.xp, '__file__', '').startswith(sys.argv[1]))")
+
+
+@pytest.mark.parametrize("value, devices, expected", [
+    (None, "1", "numpy numpy False False"),        # unset: NumPy, and CuPy is not even imported
+    ("", "1", "numpy numpy False False"),
+    ("numpy", "1", "numpy numpy False False"),
+    ("auto", "1", "cupy cupy True True"),
+    (" AUTO ", "1", "cupy cupy True True"),
+    ("cupy", "1", "cupy cupy True True"),
+    ("tpu", "1", "numpy numpy False False"),       # a bogus value falls back to NumPy at import
+    ("cupy", "0", "numpy numpy True False"),       # cupy asked for but no GPU: NumPy at import, no crash
+    ("auto", "0", "numpy numpy True False"),
+], ids=["unset", "empty", "numpy", "auto", "AUTO-spaces", "cupy", "bogus", "cupy-no-gpu", "auto-no-gpu"])
+def test_env_var_selects_backend_at_import(value, devices, expected, fake_cupy_dir):
+    """In a fresh interpreter whose path finds a stand-in 'cupy' (one visible GPU, or none) before anything
+    else, the backend chosen at import follows CNN_CIFAR_BACKEND. Unset means NumPy (not auto: with a GPU
+    visible, auto would pick cupy, so this catches a changed default), auto and cupy pick the stand-in."""
+    env = subprocess_env(CNN_CIFAR_BACKEND=value, FAKE_CUPY_DEVICES=devices,
+                         PYTHONPATH=os.pathsep.join([str(fake_cupy_dir), str(SRC)]))
+    out = run_python("-c", PROBE, str(fake_cupy_dir), env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == expected
