@@ -1,41 +1,154 @@
-"""The entry points as a user runs them: subprocesses on a small dataset in the official format."""
+"""The entry points. Error paths run in-process through ``main(argv)`` (fast, same code as the scripts);
+training and evaluation as a user runs them are subprocesses started by conftest's helpers (``slow``)."""
 from __future__ import annotations
 
 import json
 import os
 import pickle
+import re
 import signal
 import subprocess
-import sys
-import time
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-SRC = ROOT / "src"
+from cnn_cifar.cli import test as test_cli
+from cnn_cifar.cli import train as train_cli
+from cnn_cifar.training import load_checkpoint
+from conftest import popen_cli, run_cli
 
-
-def cli(name: str, *args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    env = dict(os.environ, CNN_CIFAR_BACKEND="numpy", PYTHONUNBUFFERED="1")
-    return subprocess.run([sys.executable, str(SRC / f"{name}_cli.py"), *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+WAIT = 180.0      # seconds a signal test waits for a line before it gives up (kills the child and fails)
 
 
 def train(tmp_path: Path, cifar_root: Path, *extra: str, ckdir: str = "ck") -> subprocess.CompletedProcess:
-    return cli("train", "--model", "cnn", "--data", str(cifar_root), "--no-download", "--checkpoint-dir", ckdir,
-               "--log-dir", "log", "--quiet", *extra, cwd=tmp_path)
+    """train_cli.py as a subprocess (slow tests only)."""
+    return run_cli("train", "--model", "cnn", "--data", str(cifar_root), "--no-download", "--checkpoint-dir", ckdir,
+                   "--log-dir", "log", "--quiet", *extra, cwd=tmp_path)
 
 
 def one_line_error(p: subprocess.CompletedProcess, code: int, pattern: str) -> None:
-    import re
     assert p.returncode == code, (p.returncode, p.stdout[-2000:], p.stderr[-2000:])
     assert "Traceback" not in p.stderr, p.stderr
     last = p.stderr.strip().splitlines()[-1]
     assert re.search(pattern, last), last
 
 
+# ------------------------------------------------------------------ in-process: main(argv) and its exit code
+@pytest.fixture
+def inproc(tmp_path, monkeypatch, capsys):
+    """Run a CLI's main() in tmp_path on NumPy; returns a CompletedProcess-like result (argparse's
+    SystemExit becomes the return code, as it would for the script)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CNN_CIFAR_BACKEND", "numpy")
+
+    def call(main, *argv: str) -> subprocess.CompletedProcess:
+        capsys.readouterr()
+        try:
+            rc = main(list(argv))
+        except SystemExit as exc:
+            rc = exc.code
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(list(argv), rc, out, err)
+    return call
+
+
+def train_args(cifar_root: Path, *extra: str) -> list[str]:
+    return ["--model", "cnn", "--data", str(cifar_root), "--no-download", "--checkpoint-dir", "ck", "--log-dir", "log",
+            "--quiet", "--limit-train", "128", "--limit-test", "64", "--batch-size", "32", "--no-prefetch", *extra]
+
+
+@pytest.mark.parametrize("flags,pattern", [
+    (["--epochs", "0"], r"argument --epochs: must be a positive integer, got 0"),
+    (["--batch-size", "-4"], r"argument --batch-size: must be a positive integer, got -4"),
+    (["--lr", "0"], r"argument --lr: must be a positive number, got 0"),
+    (["--lr", "nan"], r"argument --lr: must be a positive number"),
+    (["--model", "vgg"], r"argument --model: invalid choice: 'vgg'"),
+    (["--dropout-rate", "1.5"], r"argument --dropout-rate: must be in \[0, 1\)"),
+    (["--min-dropout", "0.5", "--max-dropout", "0.3"], r"--min-dropout 0.5 is above --max-dropout 0.3"),
+    (["--min-lr", "0.05"], r"--min-lr 0.05 is above --lr 0.02"),       # cnn's default lr is 0.02
+])
+def test_bad_flags_are_argparse_errors(inproc, cifar_root, flags, pattern):
+    p = inproc(train_cli.main, *train_args(cifar_root, "--epochs", "1"), *flags)
+    one_line_error(p, 2, pattern)
+    assert not Path("ck").exists()                   # refused before anything was written
+
+
+def test_missing_data_is_one_line(inproc, tmp_path):
+    p = inproc(train_cli.main, "--model", "cnn", "--data", str(tmp_path / "nowhere"), "--no-download", "--epochs", "1")
+    one_line_error(p, 1, r"error: cifar10 not found: .*data_batch_1 is missing")
+
+
+def test_cupy_without_a_gpu_is_one_line(inproc, cifar_root):
+    from cnn_cifar import backend
+    if backend.cupy_available()[0]:
+        pytest.skip("a GPU is present, so --backend cupy is valid here")
+    p = inproc(train_cli.main, *train_args(cifar_root, "--epochs", "1", "--backend", "cupy"))
+    one_line_error(p, 1, r"error: backend 'cupy' requested but cannot run")
+
+
+def test_truncated_batch_is_one_line(inproc, tmp_path, cifar_root):
+    import shutil
+    shutil.copytree(cifar_root, tmp_path / "d")
+    f = tmp_path / "d" / "cifar-10-batches-py" / "data_batch_2"
+    f.write_bytes(f.read_bytes()[:1000])
+    p = inproc(train_cli.main, "--data", str(tmp_path / "d"), "--no-download", "--epochs", "1")
+    one_line_error(p, 1, r"error: corrupt or truncated dataset file .*data_batch_2")
+
+
+def test_test_cli_refusals(inproc, tmp_path, cifar_root):
+    from cnn_cifar.training import save_checkpoint
+    save_checkpoint(tmp_path / "r.pkl", {"model": "resnet20", "state_dict": {}, "epoch": 1})
+    p = inproc(test_cli.main, "--model", "cnn", "--resume", "r.pkl", "--data", str(cifar_root))
+    one_line_error(p, 1, r"holds a 'resnet20' model, not 'cnn'")
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'pwned'}",))
+    (tmp_path / "evil.pkl").write_bytes(pickle.dumps(Evil()))
+    p = inproc(test_cli.main, "--model", "cnn", "--resume", "evil.pkl", "--data", str(cifar_root))
+    one_line_error(p, 1, r"refusing to load evil.pkl")
+    assert not (tmp_path / "pwned").exists()
+    (tmp_path / "x.pkl").write_bytes(pickle.dumps({"a": 1}))
+    one_line_error(inproc(test_cli.main, "--resume", "x.pkl"), 1, "is not a cnn-cifar-10 checkpoint")
+    save_checkpoint(tmp_path / "w.pkl", {"model": "cnn", "state_dict": {"conv1.weight": np.zeros(3)}, "epoch": 1,
+                                         "model_config": {"num_classes": 10}})
+    p = inproc(test_cli.main, "--resume", "w.pkl", "--data", str(cifar_root), "--no-download", "--quiet")
+    one_line_error(p, 1, r"w.pkl does not fit model 'cnn': .*missing keys")
+    p = inproc(train_cli.main, *train_args(cifar_root, "--resume", "r.pkl", "--epochs", "2"))
+    one_line_error(p, 1, r"holds a 'resnet20' model, not 'cnn'")
+    assert not (tmp_path / "ck").exists()
+
+
+def test_nan_loss_via_cli_keeps_checkpoints(inproc, tmp_path, cifar_root):
+    assert inproc(train_cli.main, *train_args(cifar_root, "--epochs", "1")).returncode == 0
+    ck, log = tmp_path / "ck", tmp_path / "log" / "cnn.log"
+    names = ("cnn_best.pkl", "cnn_last.pkl", "cnn_history.csv", "cnn_history.jsonl")
+    before = {n: (ck / n).read_bytes() for n in names}
+    log_before = log.read_bytes()
+    p = inproc(train_cli.main, *train_args(cifar_root, "--resume", "ck/cnn_last.pkl", "--epochs", "2", "--lr", "1e30",
+                                           "--warmup-epochs", "0"))
+    one_line_error(p, 1, r"error: loss became (nan|inf) at epoch 2, step \d+; training stopped")
+    assert sorted(f.name for f in ck.iterdir()) == sorted(names)        # no temp file, nothing new
+    for n in names:
+        assert (ck / n).read_bytes() == before[n], f"{n} changed after the NaN stop"
+    assert log.read_bytes() == log_before
+    assert load_checkpoint(ck / "cnn_last.pkl", "cnn")["epoch"] == 1
+
+
+def test_help_and_an_argparse_error_through_the_script(tmp_path):
+    """The one cheap subprocess: the real entry script starts, lists its groups and refuses a bad flag."""
+    p = run_cli("train", "--help", cwd=tmp_path, timeout=120)
+    assert p.returncode == 0, p.stderr
+    for group in ("optimizer", "learning-rate scheduling", "dynamic dropout", "data and augmentation",
+                  "checkpoints and output", "advanced"):
+        assert group in p.stdout
+    one_line_error(run_cli("train", "--epochs", "0", cwd=tmp_path, timeout=120), 2,
+                   r"argument --epochs: must be a positive integer, got 0")
+
+
+# ------------------------------------------------------------------ subprocesses: as a user runs them
 @pytest.mark.slow
 def test_train_resume_and_test_end_to_end(tmp_path, cifar_root):
     p = train(tmp_path, cifar_root, "--epochs", "2")
@@ -49,8 +162,8 @@ def test_train_resume_and_test_end_to_end(tmp_path, cifar_root):
     rows = [json.loads(line) for line in (ck / "cnn_history.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2, 3]
     best = max(rows, key=lambda r: r["test_acc"])
-    t = cli("test", "--model", "cnn", "--resume", "ck/cnn_best.pkl", "--data", str(cifar_root), "--no-download",
-            "--quiet", "--json", "res.json", cwd=tmp_path)
+    t = run_cli("test", "--model", "cnn", "--resume", "ck/cnn_best.pkl", "--data", str(cifar_root), "--no-download",
+                "--quiet", "--json", "res.json", cwd=tmp_path)
     assert t.returncode == 0, t.stderr
     res = json.loads((tmp_path / "res.json").read_text())
     assert res["accuracy"] == best["test_acc"]              # same number the training loop reported
@@ -68,98 +181,112 @@ def test_cli_resume_is_bitwise_identical_to_a_straight_run(tmp_path, cifar_root)
     assert train(tmp_path, cifar_root, "--epochs", "2", *sched, ckdir="split").returncode == 0
     p = train(tmp_path, cifar_root, "--resume", "split/cnn_last.pkl", "--epochs", "4", ckdir="split")
     assert p.returncode == 0, p.stderr
-    load = lambda d: pickle.load(open(tmp_path / d / "cnn_last.pkl", "rb"))["state_dict"]  # noqa: E731
+    load = lambda d: load_checkpoint(tmp_path / d / "cnn_last.pkl", "cnn")["state_dict"]  # noqa: E731
     a, b = load("straight"), load("split")
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
 
 
+class Child:
+    """A running CLI whose stdout/stderr are drained by reader threads, so waiting for a line has a deadline
+    and can never block on a pipe. Use as a context manager: the child is killed if the test fails."""
+
+    def __init__(self, proc: subprocess.Popen):
+        self.proc = proc
+        self.text = {"stdout": "", "stderr": ""}
+        self.eof = {"stdout": False, "stderr": False}
+        self.cond = threading.Condition()
+        self.threads = [threading.Thread(target=self._drain, args=(name, getattr(proc, name)), daemon=True)
+                        for name in self.text]
+        for t in self.threads:
+            t.start()
+
+    def _drain(self, name: str, stream) -> None:
+        fd = stream.fileno()
+        while True:
+            chunk = os.read(fd, 65536)
+            with self.cond:
+                if not chunk:
+                    self.eof[name] = True
+                    self.cond.notify_all()
+                    return
+                self.text[name] += chunk.decode("utf-8", "replace")
+                self.cond.notify_all()
+
+    def wait_for(self, name: str, needle: str, timeout: float = WAIT) -> None:
+        """Block until ``needle`` appears in the stream, failing if it closes or the deadline passes first."""
+        with self.cond:
+            self.cond.wait_for(lambda: needle in self.text[name] or self.eof[name], timeout)
+            found = needle in self.text[name]
+        if not found:
+            self.proc.kill()
+            pytest.fail(f"{needle!r} never appeared on {name}; stdout={self.text['stdout'][-1500:]!r} "
+                        f"stderr={self.text['stderr'][-1500:]!r}")
+
+    def finish(self, timeout: float = WAIT) -> tuple[int, str, str]:
+        try:
+            rc = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            pytest.fail(f"the child did not exit within {timeout}s; stderr={self.text['stderr'][-1500:]!r}")
+        for t in self.threads:
+            t.join(30)
+        with self.cond:
+            return rc, self.text["stdout"], self.text["stderr"]
+
+    def __enter__(self) -> "Child":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(30)
+        for s in (self.proc.stdout, self.proc.stderr):
+            s.close()
+
+
 @pytest.mark.slow
 def test_ctrl_c_saves_last_and_exits_with_a_message(tmp_path, cifar_root):
-    env = dict(os.environ, CNN_CIFAR_BACKEND="numpy", PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen([sys.executable, str(SRC / "train_cli.py"), "--model", "cnn", "--data", str(cifar_root),
-                             "--no-download", "--checkpoint-dir", "ck", "--log-dir", "log", "--quiet", "--epochs",
-                             "500"], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    for line in proc.stdout:
-        if line.startswith("epoch   1/500") or time.time() > deadline:
-            break
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err
+    proc = popen_cli("train", "--model", "cnn", "--data", str(cifar_root), "--no-download", "--checkpoint-dir", "ck",
+                     "--log-dir", "log", "--quiet", "--epochs", "500", cwd=tmp_path)
+    with Child(proc) as child:
+        child.wait_for("stdout", "epoch   1/500")          # epoch 1 is done and saved
+        proc.send_signal(signal.SIGINT)
+        rc, out, err = child.finish()
+    assert rc == 130, err
     assert "Traceback" not in err
-    assert "stopped: interrupted at epoch" in err.strip().splitlines()[-1]
-    ck = pickle.load(open(tmp_path / "ck" / "cnn_last.pkl", "rb"))
+    last = err.strip().splitlines()[-1]
+    m = re.fullmatch(r"stopped: interrupted at epoch (\d+), step (\d+); state saved to ck/cnn_last.pkl "
+                     r"\(continue with --resume ck/cnn_last.pkl\)", last)
+    assert m, last
+    ck = load_checkpoint(tmp_path / "ck" / "cnn_last.pkl", "cnn")
     assert ck["epoch"] >= 1
+    assert (ck["epoch"] + 1, ck["step"]) == (int(m[1]), int(m[2]))     # the file holds what the message says
+    assert len(ck["history"]) == ck["epoch"]
 
 
-def test_bad_flags_are_argparse_errors(tmp_path, cifar_root):
-    for flags, pattern in ((["--epochs", "0"], r"argument --epochs: must be a positive integer, got 0"),
-                           (["--batch-size", "-4"], r"argument --batch-size: must be a positive integer, got -4"),
-                           (["--lr", "0"], r"argument --lr: must be a positive number, got 0"),
-                           (["--lr", "nan"], r"argument --lr: must be a positive number"),
-                           (["--model", "vgg"], r"argument --model: invalid choice: 'vgg'"),
-                           (["--dropout-rate", "1.5"], r"argument --dropout-rate: must be in \[0, 1\)"),
-                           (["--min-dropout", "0.5", "--max-dropout", "0.3"], r"--min-dropout 0.5 is above")):
-        one_line_error(train(tmp_path, cifar_root, *flags), 2, pattern)
-
-
-def test_missing_data_is_one_line(tmp_path, cifar_root):
-    p = cli("train", "--model", "cnn", "--data", str(tmp_path / "nowhere"), "--no-download", "--epochs", "1",
-            cwd=tmp_path)
-    one_line_error(p, 1, r"error: cifar10 not found: .*data_batch_1 is missing")
-
-
-def test_cupy_without_a_gpu_is_one_line(tmp_path, cifar_root):
-    from cnn_cifar import backend
-    if backend.cupy_available()[0]:
-        pytest.skip("a GPU is present, so --backend cupy is valid here")
-    p = train(tmp_path, cifar_root, "--epochs", "1", "--backend", "cupy")
-    one_line_error(p, 1, r"error: backend 'cupy' requested but cannot run")
-
-
-def test_truncated_batch_is_one_line(tmp_path, cifar_root):
-    import shutil
-    shutil.copytree(cifar_root, tmp_path / "d")
-    f = tmp_path / "d" / "cifar-10-batches-py" / "data_batch_2"
-    f.write_bytes(f.read_bytes()[:1000])
-    p = cli("train", "--data", str(tmp_path / "d"), "--no-download", "--epochs", "1", cwd=tmp_path)
-    one_line_error(p, 1, r"error: corrupt or truncated dataset file .*data_batch_2")
-
-
-def test_test_cli_refusals(tmp_path, cifar_root):
-    from cnn_cifar.training import save_checkpoint
-    save_checkpoint(tmp_path / "r.pkl", {"model": "resnet20", "state_dict": {}, "epoch": 1})
-    p = cli("test", "--model", "cnn", "--resume", "r.pkl", "--data", str(cifar_root), cwd=tmp_path)
-    one_line_error(p, 1, r"holds a 'resnet20' model, not 'cnn'")
-
-    class Evil:
-        def __reduce__(self):
-            return (os.system, (f"touch {tmp_path / 'pwned'}",))
-    (tmp_path / "evil.pkl").write_bytes(pickle.dumps(Evil()))
-    p = cli("test", "--model", "cnn", "--resume", "evil.pkl", "--data", str(cifar_root), cwd=tmp_path)
-    one_line_error(p, 1, r"refusing to load evil.pkl")
-    assert not (tmp_path / "pwned").exists()
-    (tmp_path / "x.pkl").write_bytes(pickle.dumps({"a": 1}))
-    one_line_error(cli("test", "--resume", "x.pkl", cwd=tmp_path), 1, "is not a cnn-cifar-10 checkpoint")
-    save_checkpoint(tmp_path / "w.pkl", {"model": "cnn", "state_dict": {"conv1.weight": np.zeros(3)}, "epoch": 1,
-                                         "model_config": {"num_classes": 10}})
-    p = cli("test", "--resume", "w.pkl", "--data", str(cifar_root), "--no-download", "--quiet", cwd=tmp_path)
-    one_line_error(p, 1, r"w.pkl does not fit model 'cnn': .*missing keys")
-    p = train(tmp_path, cifar_root, "--resume", "r.pkl", "--model", "cnn", "--epochs", "2")
-    one_line_error(p, 1, r"holds a 'resnet20' model, not 'cnn'")
-
-
-def test_nan_loss_via_cli_keeps_checkpoints(tmp_path, cifar_root):
-    assert train(tmp_path, cifar_root, "--epochs", "1").returncode == 0
-    best = (tmp_path / "ck" / "cnn_best.pkl").read_bytes()
-    p = train(tmp_path, cifar_root, "--resume", "ck/cnn_last.pkl", "--epochs", "2", "--lr", "1e30",
-              "--warmup-epochs", "0")
-    one_line_error(p, 1, r"error: loss became (nan|inf) at epoch 2, step \d+; training stopped")
-    assert (tmp_path / "ck" / "cnn_best.pkl").read_bytes() == best
-
-
-def test_help_lists_option_groups(tmp_path):
-    out = cli("train", "--help", cwd=tmp_path).stdout
-    for group in ("optimizer", "learning-rate scheduling", "dynamic dropout", "data and augmentation",
-                  "checkpoints and output", "advanced"):
-        assert group in out
+@pytest.mark.slow
+def test_second_ctrl_c_aborts_without_touching_the_checkpoints(tmp_path, cifar_root):
+    """Deterministic: the second SIGINT is sent only after the first one's message was seen, while a single
+    ResNet-20 step on 500 images (seconds) is still running, so the loop cannot have stopped and saved yet."""
+    common = ["--model", "resnet20", "--data", str(cifar_root), "--no-download", "--checkpoint-dir", "ck",
+              "--log-dir", "log", "--no-prefetch", "--limit-test", "16"]
+    p = run_cli("train", *common, "--quiet", "--epochs", "1", "--limit-train", "16", "--batch-size", "16",
+                cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    ck = tmp_path / "ck"
+    before = {f.name: f.read_bytes() for f in ck.iterdir()}
+    assert "resnet20_last.pkl" in before
+    proc = popen_cli("train", *common, "--resume", "ck/resnet20_last.pkl", "--epochs", "3", "--limit-train", "500",
+                     "--batch-size", "500", cwd=tmp_path)      # not --quiet: the bar shows the loop has started
+    with Child(proc) as child:
+        child.wait_for("stderr", "epoch 2/3")                  # the bar is drawn inside fit(), under the guard
+        proc.send_signal(signal.SIGINT)
+        child.wait_for("stderr", "Ctrl-C: stopping after this step")
+        proc.send_signal(signal.SIGINT)
+        rc, out, err = child.finish()
+    assert rc == 130, err[-3000:]
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("aborted: second Ctrl-C"), err[-1500:]
+    assert "stopped:" not in err
+    assert {f.name: f.read_bytes() for f in ck.iterdir()} == before     # nothing saved, no temp file left
+    assert load_checkpoint(ck / "resnet20_last.pkl", "resnet20")["epoch"] == 1

@@ -1,20 +1,18 @@
-"""Plots and summary from a synthetic history and evaluation; bad history files."""
+"""Plots and summary from a synthetic history and evaluation; bad history files. visualize_cli runs
+in-process through main(argv) except for one run of the real script; the train/test --plot run is slow."""
 from __future__ import annotations
 
 import json
 import struct
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from cnn_cifar.cli import visualize as visualize_cli
 from cnn_cifar.training import write_history
 from cnn_cifar.viz import HistoryError, read_history, summary_text
-
-SRC = Path(__file__).resolve().parents[1] / "src"
-CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+from conftest import CLASSES, run_cli
 
 
 def history(n=12):
@@ -41,13 +39,13 @@ def png_size(path: Path) -> tuple[int, int]:
     return struct.unpack(">II", head[16:24])
 
 
-def test_every_file_from_cli(tmp_path):
+def test_every_file_from_cli(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
     write_history(tmp_path / "ck", "cnn", history())
     (tmp_path / "eval.json").write_text(json.dumps(evaluation()))
-    p = subprocess.run([sys.executable, str(SRC / "visualize_cli.py"), "--run-dir", "ck", "--eval-json", "eval.json",
-                        "--out", "viz"], cwd=tmp_path, capture_output=True, text=True)
-    assert p.returncode == 0, p.stderr
+    assert visualize_cli.main(["--run-dir", "ck", "--eval-json", "eval.json", "--out", "viz"]) == 0
     out = tmp_path / "viz"
+    assert capsys.readouterr().out.count("wrote viz/") == 5
     for name in ("training_progress", "comparison", "per_class_accuracy", "confusion_matrix"):
         f = out / f"cnn_{name}.png"
         w, h = png_size(f)
@@ -75,9 +73,8 @@ def test_csv_and_jsonl_read_the_same(tmp_path):
 def test_several_runs_overlay(tmp_path):
     for d, n in (("a", 5), ("b", 8)):
         write_history(tmp_path / d, "cnn", history(n))
-    p = subprocess.run([sys.executable, str(SRC / "visualize_cli.py"), "--history", "a/cnn_history.csv",
-                        "b/cnn_history.jsonl", "--labels", "short", "long", "--out", "cmp"], cwd=tmp_path,
-                       capture_output=True, text=True)
+    p = run_cli("visualize", "--history", "a/cnn_history.csv", "b/cnn_history.jsonl", "--labels", "short", "long",
+                "--out", "cmp", cwd=tmp_path, timeout=120)       # the real script, once
     assert p.returncode == 0, p.stderr
     png_size(tmp_path / "cmp" / "runs_comparison.png")
     assert (tmp_path / "cmp" / "long_training_summary.txt").read_text().startswith("model: long")
@@ -87,27 +84,28 @@ def test_several_runs_overlay(tmp_path):
                                              ("epoch,loss\n1,2\n", "lacks one of"),
                                              ('{"epoch": 1, "train_loss": \n', "malformed history file"),
                                              ("epoch,train_loss,train_acc,test_loss,test_acc\n1,x,1,1,1\n", "row 1")])
-def test_bad_history_is_one_line_error(tmp_path, content, pattern):
+def test_bad_history_is_one_line_error(tmp_path, monkeypatch, capsys, content, pattern):
+    monkeypatch.chdir(tmp_path)
     path = tmp_path / ("h.jsonl" if content and content.startswith("{") else "h.csv")
     if content is not None:
         path.write_text(content)
     with pytest.raises(HistoryError, match=pattern):
         read_history(path)
-    p = subprocess.run([sys.executable, str(SRC / "visualize_cli.py"), "--history", str(path)], cwd=tmp_path,
-                       capture_output=True, text=True)
-    assert p.returncode == 1 and "Traceback" not in p.stderr
-    assert pattern.split()[0] in p.stderr.strip().splitlines()[-1]
+    assert visualize_cli.main(["--history", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert err.startswith("error: ") and pattern in err
+    assert not (tmp_path / "viz").exists()
 
 
+@pytest.mark.slow
 def test_train_and_test_cli_plot_flags(tmp_path, cifar_root):
-    env_cmd = [sys.executable, str(SRC / "train_cli.py"), "--data", str(cifar_root), "--no-download", "--epochs", "2",
-               "--checkpoint-dir", "ck", "--log-dir", "log", "--quiet", "--plot"]
-    p = subprocess.run(env_cmd, cwd=tmp_path, capture_output=True, text=True)
+    p = run_cli("train", "--data", str(cifar_root), "--no-download", "--epochs", "2", "--checkpoint-dir", "ck",
+                "--log-dir", "log", "--quiet", "--plot", cwd=tmp_path)
     assert p.returncode == 0, p.stderr
     png_size(tmp_path / "viz" / "cnn" / "cnn_training_progress.png")
-    p = subprocess.run([sys.executable, str(SRC / "test_cli.py"), "--resume", "ck/cnn_best.pkl", "--data",
-                        str(cifar_root), "--no-download", "--quiet", "--plot"], cwd=tmp_path, capture_output=True,
-                       text=True)
+    p = run_cli("test", "--resume", "ck/cnn_best.pkl", "--data", str(cifar_root), "--no-download", "--quiet", "--plot",
+                cwd=tmp_path)
     assert p.returncode == 0, p.stderr
     png_size(tmp_path / "viz" / "cnn" / "cnn_confusion_matrix.png")
     png_size(tmp_path / "viz" / "cnn" / "cnn_per_class_accuracy.png")

@@ -1,0 +1,425 @@
+"""What each CLI setting does, checked in-process: ``train_cli.main([...])`` / ``test_cli.main([...])`` on a
+small slice of the fake CIFAR-10 (128 train / 64 test images, batches of 32), then the checkpoint, history
+or recorded objects say what the flag did. Settings resolution is unit-tested against README's table."""
+from __future__ import annotations
+
+import json
+import re
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cnn_cifar import backend, nn
+from cnn_cifar.cli import test as test_cli
+from cnn_cifar.cli import train as train_cli
+from cnn_cifar.data.datasets import CIFAR10
+from cnn_cifar.models import list_models
+from cnn_cifar.optim import LRSchedule
+from cnn_cifar.training import load_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE = ["--no-download", "--limit-train", "128", "--limit-test", "64", "--epochs", "1", "--batch-size", "32",
+        "--no-prefetch", "--checkpoint-dir", "ck", "--log-dir", "log"]
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path, monkeypatch):
+    """Every run writes under tmp_path (checkpoints, logs, viz/) and uses NumPy with one BLAS thread.
+    (Speed only: on a 2-core machine the Linear layers' 2-thread OpenBLAS matmuls after the conv tiles
+    sporadically take ~20 ms each, making a 4-epoch run here 0.2-1.9 s instead of 0.1-0.3 s.)"""
+    from threadpoolctl import threadpool_limits
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CNN_CIFAR_BACKEND", "numpy")
+    with threadpool_limits(1, user_api="blas"):
+        yield
+
+
+def train(cifar_root: Path, *extra: str, quiet: bool = True) -> int:
+    """train_cli.main on the small slice; later flags in ``extra`` override BASE (argparse keeps the last)."""
+    before = signal.getsignal(signal.SIGINT)
+    rc = train_cli.main(["--data", str(cifar_root), *BASE, *(["--quiet"] if quiet else []), *extra])
+    assert signal.getsignal(signal.SIGINT) is before, "the SIGINT handler was not restored"
+    return rc
+
+
+def last(ckdir: str = "ck", model: str = "cnn") -> dict:
+    return load_checkpoint(Path(ckdir) / f"{model}_last.pkl", model)
+
+
+def weights(sd: dict) -> dict:
+    return {k: backend.to_numpy(v).copy() for k, v in sd.items()}
+
+
+def same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture
+def loaders(monkeypatch):
+    """Every BatchLoader the CLI builds, in order (train first, then test)."""
+    import cnn_cifar.data
+    made = []
+
+    class Recording(cnn_cifar.data.BatchLoader):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            made.append(self)
+    monkeypatch.setattr(cnn_cifar.data, "BatchLoader", Recording)
+    return made
+
+
+# ------------------------------------------------------------------ (a) settings resolution
+def parse(*argv: str):
+    return train_cli.build_parser().parse_args(list(argv))
+
+
+def readme_defaults() -> dict[str, dict]:
+    """README's "Per-model defaults" table turned into effective-setting values, per column."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Per-model defaults", 1)[1].split("\n## ", 1)[0]
+    rows = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 3 and cells[0] and not set(cells[1]) <= set("-"):
+            rows[cells[0]] = cells[1:]
+    out = {}
+    for col, fam in enumerate(("cnn", "resnet")):
+        r = {k: v[col] for k, v in rows.items()}
+        e = {"optimizer": r["optimizer"].split(",")[0].strip().lower(),
+             "momentum": float(re.search(r"momentum ([\d.]+)", r["optimizer"])[1]),
+             "nesterov": "Nesterov" in r["optimizer"],
+             "lr": float(r["learning rate"]), "weight_decay": float(r["weight decay (L2)"]),
+             "batch_size": int(r["batch size"]), "epochs": int(r["epochs"])}
+        m = re.fullmatch(r"(\w+), ([\d.]+) warmup epochs?", r["schedule"])
+        e["lr_schedule"], e["warmup_epochs"] = m[1], float(m[2])
+        m = re.fullmatch(r"([\d.]+) → ([\d.]+), (linear|cosine) decay", r["dropout"])
+        if m:
+            e.update(dropout_rate=float(m[1]), min_dropout=float(m[2]), dropout_schedule=f"{m[3]}_decay")
+        else:
+            m = re.fullmatch(r"none \(([\d.]+)\)", r["dropout"])
+            e.update(dropout_rate=float(m[1]), dropout_schedule="none")
+        e["crop_padding"] = int(re.search(r"random crop \(pad (\d+)\)", r["augmentation"])[1])
+        e["no_flip"] = "horizontal flip" not in r["augmentation"]
+        e["no_augment"] = False
+        out[fam] = e
+    return out
+
+
+def test_readme_table_parses():
+    t = readme_defaults()
+    assert set(t) == {"cnn", "resnet"} and len(t["cnn"]) == 15
+    assert t["cnn"]["lr"] != t["resnet"]["lr"]
+
+
+@pytest.mark.parametrize("model", list_models())
+def test_defaults_match_the_readme_table(model):
+    want = readme_defaults()["cnn" if model == "cnn" else "resnet"]
+    eff = train_cli.resolve(parse("--model", model))
+    assert eff["model"] == model
+    assert {k: eff[k] for k in want} == want
+
+
+def test_defaults_pinned():
+    """The full resolved defaults, written out: an edit of MODEL_DEFAULTS shows up here."""
+    cnn = train_cli.resolve(parse())
+    assert {k: cnn[k] for k in train_cli.RUN_KEYS} == dict(
+        model="cnn", optimizer="sgd", lr=0.02, momentum=0.9, nesterov=False, weight_decay=5e-4, batch_size=64,
+        epochs=200, lr_schedule="cosine", warmup_epochs=10.0, min_lr=0.0, dropout_schedule="linear_decay",
+        dropout_rate=0.6, min_dropout=0.2, max_dropout=0.7, dataset="cifar10", data="data", seed=0, beta1=0.9,
+        beta2=0.999, lr_decay_factor=0.1, lr_decay_steps=None, label_smoothing=0.0, crop_padding=4, cutout=0,
+        no_augment=False, no_flip=False, limit_train=None, limit_test=None)
+    res = train_cli.resolve(parse("--model", "resnet56"))
+    assert {k: res[k] for k in train_cli.MODEL_DEFAULTS["cnn"]} == dict(
+        optimizer="sgd", lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4, batch_size=128, epochs=200,
+        lr_schedule="cosine", warmup_epochs=1.0, min_lr=0.0, dropout_schedule="none", dropout_rate=0.0,
+        min_dropout=0.0, max_dropout=0.5)
+    assert (cnn["checkpoint_dir"], cnn["log_dir"]) == (res["checkpoint_dir"], res["log_dir"]) == ("checkpoint", "log")
+
+
+def test_user_flags_override_model_defaults():
+    eff = train_cli.resolve(parse("--model", "resnet20", "--lr", "0.05", "--no-nesterov", "--batch-size", "32",
+                                  "--dropout-rate", "0.3", "--no-flip", "--seed", "7"))
+    assert (eff["lr"], eff["nesterov"], eff["batch_size"], eff["dropout_rate"], eff["no_flip"], eff["seed"]) == \
+        (0.05, False, 32, 0.3, True, 7)
+    assert (eff["momentum"], eff["warmup_epochs"], eff["epochs"]) == (0.9, 1.0, 200)      # the rest: resnet's
+    assert train_cli.resolve(parse("--nesterov"))["nesterov"] is True                      # cnn's default is off
+
+
+SAVED = {"model": "resnet20", "lr": 0.3, "nesterov": False, "batch_size": 16, "epochs": 7, "dropout_rate": 0.1,
+         "no_flip": True, "limit_train": 100, "seed": 3, "checkpoint_dir": "elsewhere", "log_dir": "old-log",
+         "backend": "cupy"}
+
+
+def test_checkpoint_settings_win_over_model_defaults_on_resume():
+    eff = train_cli.resolve(parse("--resume", "r.pkl"), dict(SAVED))
+    assert eff["model"] == "resnet20"
+    assert (eff["lr"], eff["nesterov"], eff["batch_size"], eff["epochs"], eff["dropout_rate"], eff["no_flip"],
+            eff["limit_train"], eff["seed"]) == (0.3, False, 16, 7, 0.1, True, 100, 3)
+    assert (eff["momentum"], eff["warmup_epochs"], eff["dropout_schedule"]) == (0.9, 1.0, "none")  # resnet's
+    # where files go and which backend runs are not run settings: not taken from the checkpoint
+    assert (eff["checkpoint_dir"], eff["log_dir"]) == ("checkpoint", "log")
+    assert eff["backend"] == "numpy"                       # from $CNN_CIFAR_BACKEND (set above), not "cupy"
+
+
+def test_flags_given_again_win_over_the_checkpoint():
+    eff = train_cli.resolve(parse("--resume", "r.pkl", "--lr", "0.01", "--nesterov", "--epochs", "9",
+                                  "--checkpoint-dir", "new"), dict(SAVED))
+    assert (eff["lr"], eff["nesterov"], eff["epochs"], eff["checkpoint_dir"]) == (0.01, True, 9, "new")
+    assert (eff["batch_size"], eff["dropout_rate"]) == (16, 0.1)          # not given again: the checkpoint's
+
+
+def test_resume_through_the_cli_keeps_then_overrides_settings(cifar_root):
+    assert train(cifar_root, "--lr", "0.05", "--momentum", "0.5", "--weight-decay", "0.001", "--warmup-epochs", "0",
+                 "--lr-schedule", "none") == 0
+    assert train(cifar_root, "--resume", "ck/cnn_last.pkl", "--epochs", "2") == 0
+    ck = last()
+    assert (ck["args"]["lr"], ck["args"]["momentum"], ck["args"]["weight_decay"]) == (0.05, 0.5, 0.001)
+    assert ck["optimizer"]["hyper"] == {"momentum": 0.5, "nesterov": False, "weight_decay": 0.001}
+    assert [r["lr"] for r in ck["history"]] == [0.05, 0.05]
+    assert train(cifar_root, "--resume", "ck/cnn_last.pkl", "--epochs", "3", "--momentum", "0.8") == 0
+    ck = last()
+    assert ck["args"]["momentum"] == 0.8 and ck["optimizer"]["hyper"]["momentum"] == 0.8
+    assert ck["args"]["lr"] == 0.05 and len(ck["history"]) == 3
+
+
+def test_resume_with_no_epochs_left_does_nothing(cifar_root, capsys):
+    assert train(cifar_root, "--epochs", "2") == 0
+    before = Path("ck/cnn_last.pkl").read_bytes()
+    assert train(cifar_root, "--resume", "ck/cnn_last.pkl", "--epochs", "2") == 0
+    assert "nothing to do: the checkpoint already has 2 of 2 epochs" in capsys.readouterr().out
+    assert Path("ck/cnn_last.pkl").read_bytes() == before
+
+
+# ------------------------------------------------------------------ (b) a non-quiet epoch
+def test_non_quiet_epoch_prints_settings_summary_and_progress_bars(cifar_root, capsys, monkeypatch):
+    import tqdm.auto
+
+    class EveryStep(tqdm.auto.tqdm):
+        """Redraw on every update, so the postfix set at each step is rendered (tqdm otherwise waits 0.1 s)."""
+
+        def __init__(self, *a, **k):
+            k.update(mininterval=0, miniters=1)
+            super().__init__(*a, **k)
+    monkeypatch.setattr(tqdm.auto, "tqdm", EveryStep)
+    assert train(cifar_root, quiet=False) == 0
+    out, err = capsys.readouterr()
+    assert "effective settings:" in out
+    for k in train_cli.RUN_KEYS:
+        assert re.search(rf"^  {k.replace('_', '-')}\s+\S", out, re.M), k
+    assert re.search(r"^  lr\s+0\.02$", out, re.M) and re.search(r"^  batch-size\s+32$", out, re.M)
+    assert re.search(r"^  dropout-schedule\s+linear_decay$", out, re.M)
+    assert re.search(r"^epoch   1/1  train loss \d+\.\d{4} acc +\d+\.\d\d%  test loss \d+\.\d{4} acc +\d+\.\d\d%  "
+                     r"lr 0\.\d{6}  dropout 0\.600 +\d+\.\ds", out, re.M), out
+    assert "training cnn (" in out and "128 train / 64 test images, 4 steps per epoch" in out
+    assert "epoch 1/1:" in err and "test:" in err
+    for field in (r"loss=\d+\.\d{4}\b", r"acc=\d+\.\d\d%", r"img_s=\d+\b"):    # the postfix of every step
+        assert len(re.findall(field, err)) >= 3, (field, err[-2000:])
+    assert "Traceback" not in err
+
+
+def test_quiet_prints_no_table_and_no_bars(cifar_root, capsys):
+    assert train(cifar_root) == 0
+    out, err = capsys.readouterr()
+    assert "effective settings:" not in out and "epoch   1/1  train loss" in out
+    assert "epoch 1/1:" not in err and "loss=" not in err
+
+
+# ------------------------------------------------------------------ (c) flags reaching the run
+def test_seed_fixes_initial_and_final_weights(cifar_root, monkeypatch):
+    inits = []
+    real = train_cli.build_model
+
+    def build_model(*a, **k):
+        m = real(*a, **k)
+        inits.append(weights(m.state_dict()))
+        return m
+    monkeypatch.setattr(train_cli, "build_model", build_model)
+    for ck, seed in (("a", "1"), ("b", "1"), ("c", "2")):
+        assert train(cifar_root, "--seed", seed, "--checkpoint-dir", ck) == 0
+    a, b, c = (weights(last(d)["state_dict"]) for d in "abc")
+    assert same(inits[0], inits[1]) and not same(inits[0], inits[2])
+    assert same(a, b) and not same(a, c)
+    assert not same(a, inits[0])                       # it did train
+    A, B, C = (last(d) for d in "abc")
+    assert (A["args"]["seed"], C["args"]["seed"]) == (1, 2)
+    for stream in ("data", "dropout"):        # shuffling/augmentation and dropout follow the seed too
+        assert A["rng"][stream] == B["rng"][stream] and A["rng"][stream] != C["rng"][stream], stream
+
+
+def test_adam_and_its_betas(cifar_root):
+    assert train(cifar_root, "--optimizer", "adam", "--lr", "0.001", "--beta1", "0.8", "--beta2", "0.99",
+                 "--weight-decay", "0") == 0
+    ck = last()
+    assert ck["optimizer"]["type"] == "Adam"
+    assert ck["optimizer"]["hyper"]["betas"] == [0.8, 0.99] and ck["optimizer"]["hyper"]["weight_decay"] == 0.0
+    assert set(ck["optimizer"]["state"]) == {"m", "v"} and ck["optimizer"]["steps"] == 4
+    assert (ck["args"]["optimizer"], ck["args"]["beta1"], ck["args"]["beta2"]) == ("adam", 0.8, 0.99)
+
+
+@pytest.mark.parametrize("model,flags,hyper", [
+    ("cnn", [], {"momentum": 0.9, "nesterov": False, "weight_decay": 5e-4}),
+    ("cnn", ["--momentum", "0.5", "--nesterov", "--weight-decay", "0.001"],
+     {"momentum": 0.5, "nesterov": True, "weight_decay": 0.001}),
+    ("resnet8", [], {"momentum": 0.9, "nesterov": True, "weight_decay": 5e-4}),
+    ("resnet8", ["--no-nesterov", "--weight-decay", "0"], {"momentum": 0.9, "nesterov": False, "weight_decay": 0.0}),
+    ("resnet8", ["--momentum", "0"], {"momentum": 0.0, "nesterov": False, "weight_decay": 5e-4}),  # no momentum: no Nesterov
+])
+def test_sgd_flags_reach_the_optimizer(cifar_root, model, flags, hyper):
+    assert train(cifar_root, "--model", model, *flags) == 0
+    ck = last(model=model)
+    assert ck["optimizer"]["type"] == "SGD" and ck["optimizer"]["hyper"] == hyper
+
+
+def test_label_smoothing_reaches_the_loss(cifar_root):
+    from cnn_cifar.data import BatchLoader, load_dataset
+    from cnn_cifar.models import build_model
+    from cnn_cifar.training import evaluate
+    assert train(cifar_root, "--checkpoint-dir", "plain") == 0
+    assert train(cifar_root, "--label-smoothing", "0.3", "--checkpoint-dir", "smooth") == 0
+    plain, smooth = last("plain"), last("smooth")
+    assert (plain["args"]["label_smoothing"], smooth["args"]["label_smoothing"]) == (0.0, 0.3)
+    assert smooth["history"][0]["train_loss"] != plain["history"][0]["train_loss"]
+    # the recorded test loss is the smoothed loss of the saved model on the first 64 test images
+    ds = load_dataset("cifar10", cifar_root, download=False)
+    net = build_model("cnn")
+    net.load_state_dict(smooth["state_dict"])
+    loader = BatchLoader(ds.x_test[:64], ds.y_test[:64], 64, CIFAR10.mean, CIFAR10.std, prefetch=False)
+    assert evaluate(net, loader, nn.SoftmaxCrossEntropy(0.3), 10)["loss"] == \
+        pytest.approx(smooth["history"][0]["test_loss"], rel=1e-5)
+    assert evaluate(net, loader, nn.SoftmaxCrossEntropy(0.0), 10)["loss"] != \
+        pytest.approx(smooth["history"][0]["test_loss"], rel=1e-3)
+
+
+def test_min_lr_is_the_floor_of_the_schedule(cifar_root):
+    assert train(cifar_root, "--lr", "0.02", "--min-lr", "0.005", "--warmup-epochs", "0", "--lr-schedule", "cosine") == 0
+    ck = last()
+    assert ck["args"]["min_lr"] == 0.005 and ck["schedule"]["lr"]["min_lr"] == 0.005
+    assert ck["history"][0]["lr"] == pytest.approx(0.005, rel=1e-12)      # the end of a 1-epoch cosine
+
+
+@pytest.mark.parametrize("flags,msg", [(["--min-lr", "0.5", "--lr", "0.1"], "--min-lr 0.5 is above --lr 0.1"),
+                                       (["--min-lr", "0.03"], "--min-lr 0.03 is above --lr 0.02")])
+def test_min_lr_above_lr_is_an_argparse_error(cifar_root, capsys, flags, msg):
+    with pytest.raises(SystemExit) as exc:
+        train(cifar_root, *flags)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1] == f"train_cli.py: error: {msg}"
+    assert not Path("ck").exists()
+
+
+@pytest.mark.parametrize("flags,cfg", [([], (4, True, 0)), (["--crop-padding", "2", "--no-flip"], (2, False, 0)),
+                                       (["--cutout", "8"], (4, True, 8)),
+                                       (["--no-augment", "--cutout", "8", "--crop-padding", "2"], (0, False, 0))])
+def test_augmentation_flags_reach_the_loader(cifar_root, loaders, flags, cfg):
+    assert train(cifar_root, *flags) == 0
+    tr, te = loaders
+    a = tr.augment_cfg
+    assert (a.crop_padding, a.flip, a.cutout) == cfg
+    assert tr.shuffle and not te.shuffle
+    assert (te.augment_cfg.crop_padding, te.augment_cfg.flip, te.augment_cfg.cutout) == (0, False, 0)
+    args = last()["args"]
+    assert args["no_augment"] == ("--no-augment" in flags) and args["no_flip"] == ("--no-flip" in flags)
+    assert args["crop_padding"] == (2 if "--crop-padding" in flags else 4)
+
+
+def test_no_augment_behaves_like_no_crop_and_no_flip(cifar_root):
+    assert train(cifar_root, "--checkpoint-dir", "default") == 0
+    assert train(cifar_root, "--no-augment", "--checkpoint-dir", "none") == 0
+    assert train(cifar_root, "--crop-padding", "0", "--no-flip", "--checkpoint-dir", "off") == 0
+    d, n, o = (weights(last(x)["state_dict"]) for x in ("default", "none", "off"))
+    assert same(n, o) and not same(n, d)
+
+
+def test_no_prefetch_reaches_both_loaders_and_changes_nothing_else(cifar_root, loaders):
+    assert train(cifar_root, "--checkpoint-dir", "serial") == 0               # BASE has --no-prefetch
+    argv = [a for a in BASE if a != "--no-prefetch"]
+    assert train_cli.main(["--data", str(cifar_root), *argv, "--quiet", "--checkpoint-dir", "threaded"]) == 0
+    assert [ld.prefetch for ld in loaders] == [False, False, True, True]
+    assert same(weights(last("serial")["state_dict"]), weights(last("threaded")["state_dict"]))
+
+
+@pytest.mark.parametrize("n_train,n_test,bs,steps", [(100, 50, 32, 3), (20, 64, 32, 1)])
+def test_limit_train_and_limit_test(cifar_root, loaders, capsys, n_train, n_test, bs, steps):
+    assert train(cifar_root, "--limit-train", str(n_train), "--limit-test", str(n_test)) == 0
+    assert f"{n_train} train / {n_test} test images, {steps} steps per epoch" in capsys.readouterr().out
+    tr, te = loaders
+    assert (len(tr.x), len(te.x), tr.batch_size) == (n_train, n_test, min(bs, n_train))
+    ck = last()
+    assert ck["optimizer"]["steps"] == steps and (ck["args"]["limit_train"], ck["args"]["limit_test"]) == (n_train, n_test)
+    assert test_cli.main(["--resume", "ck/cnn_last.pkl", "--data", str(cifar_root), "--no-download", "--quiet",
+                          "--limit-test", str(n_test), "--json", "r.json"]) == 0
+    res = json.loads(Path("r.json").read_text())
+    assert res["n"] == n_test and res["accuracy"] == ck["history"][0]["test_acc"]
+
+
+def test_one_training_image_is_refused(cifar_root, capsys):
+    assert train(cifar_root, "--limit-train", "1") == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "error: need at least 2 training images, have 1"
+
+
+def test_test_cli_batch_size_does_not_change_the_result(cifar_root, loaders):
+    assert train(cifar_root) == 0
+    res = []
+    for bs in ("7", "64"):
+        assert test_cli.main(["--resume", "ck/cnn_last.pkl", "--data", str(cifar_root), "--no-download", "--quiet",
+                              "--limit-test", "64", "--batch-size", bs, "--json", f"r{bs}.json"]) == 0
+        res.append(json.loads(Path(f"r{bs}.json").read_text()))
+    a, b = res
+    assert [ld.batch_size for ld in loaders[2:]] == [7, 64]                # the flag reached the loader
+    assert a["n"] == b["n"] == 64
+    assert a["accuracy"] == b["accuracy"] == last()["history"][0]["test_acc"]
+    assert a["confusion_matrix"] == b["confusion_matrix"] and a["topk"] == b["topk"]
+    assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+
+
+def test_train_plot_flag(cifar_root, tmp_path):
+    assert train(cifar_root) == 0
+    assert not (tmp_path / "viz").exists()                                 # no --plot: no figures
+    assert train(cifar_root, "--plot", "--checkpoint-dir", "ck2") == 0
+    assert sorted(p.name for p in (tmp_path / "viz" / "cnn").iterdir()) == ["cnn_training_progress.png"]
+
+
+def test_test_cli_plot_and_out(cifar_root, tmp_path):
+    assert train(cifar_root) == 0
+    argv = ["--resume", "ck/cnn_best.pkl", "--data", str(cifar_root), "--no-download", "--quiet", "--limit-test", "64",
+            "--plot"]
+    assert test_cli.main([*argv, "--out", "figs"]) == 0
+    assert sorted(p.name for p in (tmp_path / "figs").iterdir()) == ["cnn_confusion_matrix.png",
+                                                                     "cnn_per_class_accuracy.png"]
+    assert not (tmp_path / "viz" / "cnn" / "cnn_confusion_matrix.png").exists()
+    assert test_cli.main(argv) == 0                                         # without --out: viz/<model>
+    assert (tmp_path / "viz" / "cnn" / "cnn_confusion_matrix.png").is_file()
+
+
+@pytest.mark.parametrize("kind", ["cosine", "linear"])
+def test_schedule_stretches_to_a_new_epochs_on_resume(cifar_root, monkeypatch, capsys, kind):
+    """Train 2 of 4 epochs (a real SIGINT after epoch 2's files are written), resume with --epochs 6: from
+    epoch 3 on, the lr follows the 6-epoch schedule."""
+    import cnn_cifar.training.trainer as trainer_mod
+    real = trainer_mod.write_history
+
+    def write_then_ctrl_c(d, model, rows):
+        out = real(d, model, rows)
+        if len(rows) == 2:
+            signal.raise_signal(signal.SIGINT)      # handled by the CLI's guard: stop after this epoch
+        return out
+    monkeypatch.setattr(trainer_mod, "write_history", write_then_ctrl_c)
+    flags = ["--lr-schedule", kind, "--lr", "0.05", "--min-lr", "0.001", "--warmup-epochs", "1",
+             "--dropout-schedule", "none", "--limit-train", "64", "--limit-test", "32"]     # 2 steps an epoch
+    assert train(cifar_root, *flags, "--epochs", "4") == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("stopped: interrupted at epoch 3, step 0;")
+    monkeypatch.setattr(trainer_mod, "write_history", real)
+    ck = last()
+    assert ck["epoch"] == 2 and ck["schedule"]["lr"]["total_epochs"] == 4
+    assert train(cifar_root, "--resume", "ck/cnn_last.pkl", "--epochs", "6") == 0
+    ck = last()
+    s4, s6 = (LRSchedule(kind, 0.05, n, 1.0, 0.001) for n in (4, 6))
+    lrs = [r["lr"] for r in ck["history"]]
+    assert len(lrs) == 6 and ck["schedule"]["lr"]["total_epochs"] == 6 and ck["args"]["epochs"] == 6
+    assert lrs[:2] == pytest.approx([s4(1.0), s4(2.0)], rel=1e-12)
+    assert lrs[2:] == pytest.approx([s6(3.0), s6(4.0), s6(5.0), s6(6.0)], rel=1e-12)
+    assert abs(s6(3.0) - s4(3.0)) > 0.005                                    # the two schedules differ there
+    assert lrs[-1] == pytest.approx(0.001, rel=1e-12)                        # ends at --min-lr
