@@ -34,9 +34,9 @@ TILES = {"one-tile": None, "pixel-tiles": 1, "ragged-tiles": 2500}
 @pytest.fixture(params=list(TILES))
 def tiling(request, monkeypatch):
     """Run the test under each column-tile size."""
-    from cnn_cifar.nn import functional as F
+    from cnn_cifar.nn import im2col
     if TILES[request.param] is not None:
-        monkeypatch.setattr(F, "_TILE_BYTES", TILES[request.param])
+        monkeypatch.setattr(im2col, "TILE_BYTES", TILES[request.param])
     return request.param
 
 
@@ -45,10 +45,10 @@ def threads(request, monkeypatch):
     """Run the test with the CPU's parallel paths off (test sizes are below their thresholds) and forced on:
     every channel-parallel pass splits over 3 threads whatever its size, and conv tile runs go to the pool
     whenever there are at least 6 tiles (combine with ``tiling`` to get them)."""
-    from cnn_cifar.nn import functional as F
+    from cnn_cifar import runtime
     if request.param == "threaded":
-        monkeypatch.setattr(F, "_PARALLEL_MIN_BYTES", 0)
-        monkeypatch.setattr(F, "_THREADS", 3)
+        monkeypatch.setattr(runtime, "PARALLEL_MIN_BYTES", 0)
+        monkeypatch.setattr(runtime, "THREADS", 3)
     return request.param
 
 

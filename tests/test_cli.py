@@ -134,7 +134,7 @@ def test_nan_loss_via_cli_keeps_checkpoints(inproc, tmp_path, cifar_root):
     for n in names:
         assert (ck / n).read_bytes() == before[n], f"{n} changed after the NaN stop"
     assert log.read_bytes() == log_before
-    assert load_checkpoint(ck / "cnn_last.pkl", "cnn")["epoch"] == 1
+    assert load_checkpoint(ck / "cnn_last.pkl", "cnn").epoch == 1
 
 
 def test_help_and_an_argparse_error_through_the_script(tmp_path):
@@ -181,7 +181,7 @@ def test_cli_resume_is_bitwise_identical_to_a_straight_run(tmp_path, cifar_root)
     assert train(tmp_path, cifar_root, "--epochs", "2", *sched, ckdir="split").returncode == 0
     p = train(tmp_path, cifar_root, "--resume", "split/cnn_last.pkl", "--epochs", "4", ckdir="split")
     assert p.returncode == 0, p.stderr
-    load = lambda d: load_checkpoint(tmp_path / d / "cnn_last.pkl", "cnn")["state_dict"]  # noqa: E731
+    load = lambda d: load_checkpoint(tmp_path / d / "cnn_last.pkl", "cnn").state_dict  # noqa: E731
     a, b = load("straight"), load("split")
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
 
@@ -259,9 +259,9 @@ def test_ctrl_c_saves_last_and_exits_with_a_message(tmp_path, cifar_root):
                      r"\(continue with --resume ck/cnn_last.pkl\)", last)
     assert m, last
     ck = load_checkpoint(tmp_path / "ck" / "cnn_last.pkl", "cnn")
-    assert ck["epoch"] >= 1
-    assert (ck["epoch"] + 1, ck["step"]) == (int(m[1]), int(m[2]))     # the file holds what the message says
-    assert len(ck["history"]) == ck["epoch"]
+    assert ck.epoch >= 1
+    assert (ck.epoch + 1, ck.step) == (int(m[1]), int(m[2]))     # the file holds what the message says
+    assert len(ck.history) == ck.epoch
 
 
 @pytest.mark.slow
@@ -289,4 +289,4 @@ def test_second_ctrl_c_aborts_without_touching_the_checkpoints(tmp_path, cifar_r
     assert err.strip().splitlines()[-1].startswith("aborted: second Ctrl-C"), err[-1500:]
     assert "stopped:" not in err
     assert {f.name: f.read_bytes() for f in ck.iterdir()} == before     # nothing saved, no temp file left
-    assert load_checkpoint(ck / "resnet20_last.pkl", "resnet20")["epoch"] == 1
+    assert load_checkpoint(ck / "resnet20_last.pkl", "resnet20").epoch == 1

@@ -18,6 +18,8 @@ from cnn_cifar.data.datasets import CIFAR10
 from cnn_cifar.models import list_models
 from cnn_cifar.optim import LRSchedule
 from cnn_cifar.training import load_checkpoint
+from cnn_cifar.training.config import RECIPE_FIELDS, RESTORED
+from cnn_cifar.training.config import resolve as resolve_config
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = ["--no-download", "--limit-train", "128", "--limit-test", "64", "--epochs", "1", "--batch-size", "32",
@@ -44,7 +46,7 @@ def train(cifar_root: Path, *extra: str, quiet: bool = True) -> int:
     return rc
 
 
-def last(ckdir: str = "ck", model: str = "cnn") -> dict:
+def last(ckdir: str = "ck", model: str = "cnn"):
     return load_checkpoint(Path(ckdir) / f"{model}_last.pkl", model)
 
 
@@ -66,13 +68,20 @@ def loaders(monkeypatch):
         def __init__(self, *a, **k):
             super().__init__(*a, **k)
             made.append(self)
-    monkeypatch.setattr(cnn_cifar.data, "BatchLoader", Recording)
+    import cnn_cifar.training.evaluation
+    for module in (train_cli, cnn_cifar.training.evaluation):      # train_cli's loaders, then test_cli's
+        monkeypatch.setattr(module, "BatchLoader", Recording)
     return made
 
 
 # ------------------------------------------------------------------ (a) settings resolution
 def parse(*argv: str):
     return train_cli.build_parser().parse_args(list(argv))
+
+
+def resolve(args, saved: dict | None = None) -> dict:
+    """The settings train_cli resolves from parsed flags (and a checkpoint's saved settings), as a dict."""
+    return resolve_config(vars(args), saved).to_dict()
 
 
 def readme_defaults() -> dict[str, dict]:
@@ -116,22 +125,22 @@ def test_readme_table_parses():
 @pytest.mark.parametrize("model", list_models())
 def test_defaults_match_the_readme_table(model):
     want = readme_defaults()["cnn" if model == "cnn" else "resnet"]
-    eff = train_cli.resolve(parse("--model", model))
+    eff = resolve(parse("--model", model))
     assert eff["model"] == model
     assert {k: eff[k] for k in want} == want
 
 
 def test_defaults_pinned():
-    """The full resolved defaults, written out: an edit of MODEL_DEFAULTS shows up here."""
-    cnn = train_cli.resolve(parse())
-    assert {k: cnn[k] for k in train_cli.RUN_KEYS} == dict(
+    """The full resolved defaults, written out: an edit of a registered Recipe shows up here."""
+    cnn = resolve(parse())
+    assert {k: cnn[k] for k in RESTORED} == dict(
         model="cnn", optimizer="sgd", lr=0.02, momentum=0.9, nesterov=False, weight_decay=5e-4, batch_size=64,
         epochs=200, lr_schedule="cosine", warmup_epochs=10.0, min_lr=0.0, dropout_schedule="linear_decay",
         dropout_rate=0.6, min_dropout=0.2, max_dropout=0.7, dataset="cifar10", data="data", seed=0, beta1=0.9,
         beta2=0.999, lr_decay_factor=0.1, lr_decay_steps=None, label_smoothing=0.0, crop_padding=4, cutout=0,
         no_augment=False, no_flip=False, limit_train=None, limit_test=None)
-    res = train_cli.resolve(parse("--model", "resnet56"))
-    assert {k: res[k] for k in train_cli.MODEL_DEFAULTS["cnn"]} == dict(
+    res = resolve(parse("--model", "resnet56"))
+    assert {k: res[k] for k in RECIPE_FIELDS} == dict(
         optimizer="sgd", lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4, batch_size=128, epochs=200,
         lr_schedule="cosine", warmup_epochs=1.0, min_lr=0.0, dropout_schedule="none", dropout_rate=0.0,
         min_dropout=0.0, max_dropout=0.5)
@@ -139,12 +148,12 @@ def test_defaults_pinned():
 
 
 def test_user_flags_override_model_defaults():
-    eff = train_cli.resolve(parse("--model", "resnet20", "--lr", "0.05", "--no-nesterov", "--batch-size", "32",
+    eff = resolve(parse("--model", "resnet20", "--lr", "0.05", "--no-nesterov", "--batch-size", "32",
                                   "--dropout-rate", "0.3", "--no-flip", "--seed", "7"))
     assert (eff["lr"], eff["nesterov"], eff["batch_size"], eff["dropout_rate"], eff["no_flip"], eff["seed"]) == \
         (0.05, False, 32, 0.3, True, 7)
     assert (eff["momentum"], eff["warmup_epochs"], eff["epochs"]) == (0.9, 1.0, 200)      # the rest: resnet's
-    assert train_cli.resolve(parse("--nesterov"))["nesterov"] is True                      # cnn's default is off
+    assert resolve(parse("--nesterov"))["nesterov"] is True                      # cnn's default is off
 
 
 SAVED = {"model": "resnet20", "lr": 0.3, "nesterov": False, "batch_size": 16, "epochs": 7, "dropout_rate": 0.1,
@@ -153,7 +162,7 @@ SAVED = {"model": "resnet20", "lr": 0.3, "nesterov": False, "batch_size": 16, "e
 
 
 def test_checkpoint_settings_win_over_model_defaults_on_resume():
-    eff = train_cli.resolve(parse("--resume", "r.pkl"), dict(SAVED))
+    eff = resolve(parse("--resume", "r.pkl"), dict(SAVED))
     assert eff["model"] == "resnet20"
     assert (eff["lr"], eff["nesterov"], eff["batch_size"], eff["epochs"], eff["dropout_rate"], eff["no_flip"],
             eff["limit_train"], eff["seed"]) == (0.3, False, 16, 7, 0.1, True, 100, 3)
@@ -164,7 +173,7 @@ def test_checkpoint_settings_win_over_model_defaults_on_resume():
 
 
 def test_flags_given_again_win_over_the_checkpoint():
-    eff = train_cli.resolve(parse("--resume", "r.pkl", "--lr", "0.01", "--nesterov", "--epochs", "9",
+    eff = resolve(parse("--resume", "r.pkl", "--lr", "0.01", "--nesterov", "--epochs", "9",
                                   "--checkpoint-dir", "new"), dict(SAVED))
     assert (eff["lr"], eff["nesterov"], eff["epochs"], eff["checkpoint_dir"]) == (0.01, True, 9, "new")
     assert (eff["batch_size"], eff["dropout_rate"]) == (16, 0.1)          # not given again: the checkpoint's
@@ -175,13 +184,13 @@ def test_resume_through_the_cli_keeps_then_overrides_settings(cifar_root):
                  "--lr-schedule", "none") == 0
     assert train(cifar_root, "--resume", "ck/cnn_last.pkl", "--epochs", "2") == 0
     ck = last()
-    assert (ck["args"]["lr"], ck["args"]["momentum"], ck["args"]["weight_decay"]) == (0.05, 0.5, 0.001)
-    assert ck["optimizer"]["hyper"] == {"momentum": 0.5, "nesterov": False, "weight_decay": 0.001}
-    assert [r["lr"] for r in ck["history"]] == [0.05, 0.05]
+    assert (ck.args["lr"], ck.args["momentum"], ck.args["weight_decay"]) == (0.05, 0.5, 0.001)
+    assert ck.optimizer["hyper"] == {"momentum": 0.5, "nesterov": False, "weight_decay": 0.001}
+    assert [r["lr"] for r in ck.history] == [0.05, 0.05]
     assert train(cifar_root, "--resume", "ck/cnn_last.pkl", "--epochs", "3", "--momentum", "0.8") == 0
     ck = last()
-    assert ck["args"]["momentum"] == 0.8 and ck["optimizer"]["hyper"]["momentum"] == 0.8
-    assert ck["args"]["lr"] == 0.05 and len(ck["history"]) == 3
+    assert ck.args["momentum"] == 0.8 and ck.optimizer["hyper"]["momentum"] == 0.8
+    assert ck.args["lr"] == 0.05 and len(ck.history) == 3
 
 
 def test_resume_with_no_epochs_left_does_nothing(cifar_root, capsys):
@@ -202,11 +211,14 @@ def test_non_quiet_epoch_prints_settings_summary_and_progress_bars(cifar_root, c
         def __init__(self, *a, **k):
             k.update(mininterval=0, miniters=1)
             super().__init__(*a, **k)
-    monkeypatch.setattr(tqdm.auto, "tqdm", EveryStep)
+    import cnn_cifar.training.evaluation
+    import cnn_cifar.training.hooks
+    for module in (cnn_cifar.training.hooks, cnn_cifar.training.evaluation):    # the training and test bars
+        monkeypatch.setattr(module, "tqdm", EveryStep)
     assert train(cifar_root, quiet=False) == 0
     out, err = capsys.readouterr()
     assert "effective settings:" in out
-    for k in train_cli.RUN_KEYS:
+    for k in RESTORED:
         assert re.search(rf"^  {k.replace('_', '-')}\s+\S", out, re.M), k
     assert re.search(r"^  lr\s+0\.02$", out, re.M) and re.search(r"^  batch-size\s+32$", out, re.M)
     assert re.search(r"^  dropout-schedule\s+linear_decay$", out, re.M)
@@ -238,24 +250,24 @@ def test_seed_fixes_initial_and_final_weights(cifar_root, monkeypatch):
     monkeypatch.setattr(train_cli, "build_model", build_model)
     for ck, seed in (("a", "1"), ("b", "1"), ("c", "2")):
         assert train(cifar_root, "--seed", seed, "--checkpoint-dir", ck) == 0
-    a, b, c = (weights(last(d)["state_dict"]) for d in "abc")
+    a, b, c = (weights(last(d).state_dict) for d in "abc")
     assert same(inits[0], inits[1]) and not same(inits[0], inits[2])
     assert same(a, b) and not same(a, c)
     assert not same(a, inits[0])                       # it did train
     A, B, C = (last(d) for d in "abc")
-    assert (A["args"]["seed"], C["args"]["seed"]) == (1, 2)
+    assert (A.args["seed"], C.args["seed"]) == (1, 2)
     for stream in ("data", "dropout"):        # shuffling/augmentation and dropout follow the seed too
-        assert A["rng"][stream] == B["rng"][stream] and A["rng"][stream] != C["rng"][stream], stream
+        assert A.rng[stream] == B.rng[stream] and A.rng[stream] != C.rng[stream], stream
 
 
 def test_adam_and_its_betas(cifar_root):
     assert train(cifar_root, "--optimizer", "adam", "--lr", "0.001", "--beta1", "0.8", "--beta2", "0.99",
                  "--weight-decay", "0") == 0
     ck = last()
-    assert ck["optimizer"]["type"] == "Adam"
-    assert ck["optimizer"]["hyper"]["betas"] == [0.8, 0.99] and ck["optimizer"]["hyper"]["weight_decay"] == 0.0
-    assert set(ck["optimizer"]["state"]) == {"m", "v"} and ck["optimizer"]["steps"] == 4
-    assert (ck["args"]["optimizer"], ck["args"]["beta1"], ck["args"]["beta2"]) == ("adam", 0.8, 0.99)
+    assert ck.optimizer["type"] == "Adam"
+    assert ck.optimizer["hyper"]["betas"] == [0.8, 0.99] and ck.optimizer["hyper"]["weight_decay"] == 0.0
+    assert set(ck.optimizer["state"]) == {"m", "v"} and ck.optimizer["steps"] == 4
+    assert (ck.args["optimizer"], ck.args["beta1"], ck.args["beta2"]) == ("adam", 0.8, 0.99)
 
 
 @pytest.mark.parametrize("model,flags,hyper", [
@@ -269,7 +281,7 @@ def test_adam_and_its_betas(cifar_root):
 def test_sgd_flags_reach_the_optimizer(cifar_root, model, flags, hyper):
     assert train(cifar_root, "--model", model, *flags) == 0
     ck = last(model=model)
-    assert ck["optimizer"]["type"] == "SGD" and ck["optimizer"]["hyper"] == hyper
+    assert ck.optimizer["type"] == "SGD" and ck.optimizer["hyper"] == hyper
 
 
 def test_label_smoothing_reaches_the_loss(cifar_root):
@@ -279,24 +291,24 @@ def test_label_smoothing_reaches_the_loss(cifar_root):
     assert train(cifar_root, "--checkpoint-dir", "plain") == 0
     assert train(cifar_root, "--label-smoothing", "0.3", "--checkpoint-dir", "smooth") == 0
     plain, smooth = last("plain"), last("smooth")
-    assert (plain["args"]["label_smoothing"], smooth["args"]["label_smoothing"]) == (0.0, 0.3)
-    assert smooth["history"][0]["train_loss"] != plain["history"][0]["train_loss"]
+    assert (plain.args["label_smoothing"], smooth.args["label_smoothing"]) == (0.0, 0.3)
+    assert smooth.history[0]["train_loss"] != plain.history[0]["train_loss"]
     # the recorded test loss is the smoothed loss of the saved model on the first 64 test images
     ds = load_dataset("cifar10", cifar_root, download=False)
     net = build_model("cnn")
-    net.load_state_dict(smooth["state_dict"])
+    net.load_state_dict(smooth.state_dict)
     loader = BatchLoader(ds.x_test[:64], ds.y_test[:64], 64, CIFAR10.mean, CIFAR10.std, prefetch=False)
     assert evaluate(net, loader, nn.SoftmaxCrossEntropy(0.3), 10)["loss"] == \
-        pytest.approx(smooth["history"][0]["test_loss"], rel=1e-5)
+        pytest.approx(smooth.history[0]["test_loss"], rel=1e-5)
     assert evaluate(net, loader, nn.SoftmaxCrossEntropy(0.0), 10)["loss"] != \
-        pytest.approx(smooth["history"][0]["test_loss"], rel=1e-3)
+        pytest.approx(smooth.history[0]["test_loss"], rel=1e-3)
 
 
 def test_min_lr_is_the_floor_of_the_schedule(cifar_root):
     assert train(cifar_root, "--lr", "0.02", "--min-lr", "0.005", "--warmup-epochs", "0", "--lr-schedule", "cosine") == 0
     ck = last()
-    assert ck["args"]["min_lr"] == 0.005 and ck["schedule"]["lr"]["min_lr"] == 0.005
-    assert ck["history"][0]["lr"] == pytest.approx(0.005, rel=1e-12)      # the end of a 1-epoch cosine
+    assert ck.args["min_lr"] == 0.005 and ck.schedule["lr"]["min_lr"] == 0.005
+    assert ck.history[0]["lr"] == pytest.approx(0.005, rel=1e-12)      # the end of a 1-epoch cosine
 
 
 @pytest.mark.parametrize("flags,msg", [(["--min-lr", "0.5", "--lr", "0.1"], "--min-lr 0.5 is above --lr 0.1"),
@@ -320,7 +332,7 @@ def test_augmentation_flags_reach_the_loader(cifar_root, loaders, flags, cfg):
     assert (a.crop_padding, a.flip, a.cutout) == cfg
     assert tr.shuffle and not te.shuffle
     assert (te.augment_cfg.crop_padding, te.augment_cfg.flip, te.augment_cfg.cutout) == (0, False, 0)
-    args = last()["args"]
+    args = last().args
     assert args["no_augment"] == ("--no-augment" in flags) and args["no_flip"] == ("--no-flip" in flags)
     assert args["crop_padding"] == (2 if "--crop-padding" in flags else 4)
 
@@ -329,7 +341,7 @@ def test_no_augment_behaves_like_no_crop_and_no_flip(cifar_root):
     assert train(cifar_root, "--checkpoint-dir", "default") == 0
     assert train(cifar_root, "--no-augment", "--checkpoint-dir", "none") == 0
     assert train(cifar_root, "--crop-padding", "0", "--no-flip", "--checkpoint-dir", "off") == 0
-    d, n, o = (weights(last(x)["state_dict"]) for x in ("default", "none", "off"))
+    d, n, o = (weights(last(x).state_dict) for x in ("default", "none", "off"))
     assert same(n, o) and not same(n, d)
 
 
@@ -338,7 +350,7 @@ def test_no_prefetch_reaches_both_loaders_and_changes_nothing_else(cifar_root, l
     argv = [a for a in BASE if a != "--no-prefetch"]
     assert train_cli.main(["--data", str(cifar_root), *argv, "--quiet", "--checkpoint-dir", "threaded"]) == 0
     assert [ld.prefetch for ld in loaders] == [False, False, True, True]
-    assert same(weights(last("serial")["state_dict"]), weights(last("threaded")["state_dict"]))
+    assert same(weights(last("serial").state_dict), weights(last("threaded").state_dict))
 
 
 @pytest.mark.parametrize("n_train,n_test,bs,steps", [(100, 50, 32, 3), (20, 64, 32, 1)])
@@ -348,11 +360,11 @@ def test_limit_train_and_limit_test(cifar_root, loaders, capsys, n_train, n_test
     tr, te = loaders
     assert (len(tr.x), len(te.x), tr.batch_size) == (n_train, n_test, min(bs, n_train))
     ck = last()
-    assert ck["optimizer"]["steps"] == steps and (ck["args"]["limit_train"], ck["args"]["limit_test"]) == (n_train, n_test)
+    assert ck.optimizer["steps"] == steps and (ck.args["limit_train"], ck.args["limit_test"]) == (n_train, n_test)
     assert test_cli.main(["--resume", "ck/cnn_last.pkl", "--data", str(cifar_root), "--no-download", "--quiet",
                           "--limit-test", str(n_test), "--json", "r.json"]) == 0
     res = json.loads(Path("r.json").read_text())
-    assert res["n"] == n_test and res["accuracy"] == ck["history"][0]["test_acc"]
+    assert res["n"] == n_test and res["accuracy"] == ck.history[0]["test_acc"]
 
 
 def test_one_training_image_is_refused(cifar_root, capsys):
@@ -370,7 +382,7 @@ def test_test_cli_batch_size_does_not_change_the_result(cifar_root, loaders):
     a, b = res
     assert [ld.batch_size for ld in loaders[2:]] == [7, 64]                # the flag reached the loader
     assert a["n"] == b["n"] == 64
-    assert a["accuracy"] == b["accuracy"] == last()["history"][0]["test_acc"]
+    assert a["accuracy"] == b["accuracy"] == last().history[0]["test_acc"]
     assert a["confusion_matrix"] == b["confusion_matrix"] and a["topk"] == b["topk"]
     assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
 
@@ -398,7 +410,7 @@ def test_test_cli_plot_and_out(cifar_root, tmp_path):
 def test_schedule_stretches_to_a_new_epochs_on_resume(cifar_root, monkeypatch, capsys, kind):
     """Train 2 of 4 epochs (a real SIGINT after epoch 2's files are written), resume with --epochs 6: from
     epoch 3 on, the lr follows the 6-epoch schedule."""
-    import cnn_cifar.training.trainer as trainer_mod
+    import cnn_cifar.training.hooks as trainer_mod        # where the history is written each epoch
     real = trainer_mod.write_history
 
     def write_then_ctrl_c(d, model, rows):
@@ -413,13 +425,28 @@ def test_schedule_stretches_to_a_new_epochs_on_resume(cifar_root, monkeypatch, c
     assert capsys.readouterr().err.strip().splitlines()[-1].startswith("stopped: interrupted at epoch 3, step 0;")
     monkeypatch.setattr(trainer_mod, "write_history", real)
     ck = last()
-    assert ck["epoch"] == 2 and ck["schedule"]["lr"]["total_epochs"] == 4
+    assert ck.epoch == 2 and ck.schedule["lr"]["total_epochs"] == 4
     assert train(cifar_root, "--resume", "ck/cnn_last.pkl", "--epochs", "6") == 0
     ck = last()
     s4, s6 = (LRSchedule(kind, 0.05, n, 1.0, 0.001) for n in (4, 6))
-    lrs = [r["lr"] for r in ck["history"]]
-    assert len(lrs) == 6 and ck["schedule"]["lr"]["total_epochs"] == 6 and ck["args"]["epochs"] == 6
+    lrs = [r["lr"] for r in ck.history]
+    assert len(lrs) == 6 and ck.schedule["lr"]["total_epochs"] == 6 and ck.args["epochs"] == 6
     assert lrs[:2] == pytest.approx([s4(1.0), s4(2.0)], rel=1e-12)
     assert lrs[2:] == pytest.approx([s6(3.0), s6(4.0), s6(5.0), s6(6.0)], rel=1e-12)
     assert abs(s6(3.0) - s4(3.0)) > 0.005                                    # the two schedules differ there
     assert lrs[-1] == pytest.approx(0.001, rel=1e-12)                        # ends at --min-lr
+
+
+def test_nesterov_without_momentum():
+    """A recipe's Nesterov is dropped with --momentum 0 (and recorded so); asking for both is an error."""
+    eff = resolve(parse("--model", "resnet20", "--momentum", "0"))
+    assert (eff["momentum"], eff["nesterov"]) == (0.0, False)
+    with pytest.raises(SystemExit) as exc:
+        train_cli.main(["--momentum", "0", "--nesterov", "--epochs", "1"])
+    assert exc.value.code == 2
+
+
+def test_help_shows_each_registered_recipe_value():
+    text = " ".join(train_cli.build_parser().format_help().split())
+    assert "peak learning rate [cnn: 0.02; resnet8/14/20/32/44/56/110: 0.1]" in text
+    assert "initial rate [cnn: 0.6; resnet8/14/20/32/44/56/110: 0.0]" in text

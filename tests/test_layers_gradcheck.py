@@ -34,9 +34,17 @@ def _conv_and_input(case):
     return conv, _x((n, c, h, w))
 
 
+# Tilings crossed with the CPU's threaded paths: serial under every tiling; threaded with one tile (the
+# channel-parallel passes) and with ragged tiles (tile runs on worker threads as well).
+CONV_MODES = [("one-tile", "serial"), ("pixel-tiles", "serial"), ("ragged-tiles", "serial"),
+              ("one-tile", "threaded"), ("ragged-tiles", "threaded")]
+
+
 @pytest.mark.parametrize("case", CONV_CASES, ids=[f"conv{i}" for i in range(len(CONV_CASES))])
+@pytest.mark.parametrize("tiling,threads", CONV_MODES, ids=[f"{t}-{m}" for t, m in CONV_MODES], indirect=True)
 def test_conv2d_gradients(xp, case, tiling, threads):
-    check_module(*_conv_and_input(case))
+    """Every input and weight entry up to 300 (sampled beyond): tile and padding edges are hit either way."""
+    check_module(*_conv_and_input(case), max_points=300)
 
 
 @pytest.mark.parametrize("case", CONV_CASES, ids=[f"conv{i}" for i in range(len(CONV_CASES))])

@@ -80,11 +80,12 @@ def test_dropout_expectation_and_eval_identity(xp):
 
 def test_set_dropout_reaches_every_dropout_layer():
     m = build_model("cnn")
-    assert m.dropout_rate() == 0.6
-    m.set_dropout(0.25)
-    assert m.dropout.p == 0.25 and m.dropout_rate() == 0.25
+    assert nn.dropout_rate(m) == 0.6
+    nn.set_dropout(m, 0.25)
+    assert m.dropout.p == 0.25 and nn.dropout_rate(m) == 0.25
     with pytest.raises(ValueError, match="p must be in"):
-        m.set_dropout(1.0)
+        nn.set_dropout(m, 1.0)
+    assert nn.dropout_rate(build_model("resnet8")) == 0.0 and nn.dropout_rate(nn.Linear(2, 2)) is None
 
 
 def test_state_dict_round_trip_gives_identical_outputs(xp):
@@ -151,7 +152,7 @@ def test_no_grad_keeps_nothing():
     m = build_model("cnn")
     with nn.no_grad():
         m(np.zeros((2, 3, 32, 32), np.float32))
-    assert m.conv1._cache is None and m.fc1._x is None
+    assert not any(layer.has_saved for layer in m.modules())
 
 
 def test_inplace_relu_overwrites_its_input_and_has_the_same_gradient(xp):
@@ -169,7 +170,7 @@ def test_inplace_relu_overwrites_its_input_and_has_the_same_gradient(xp):
 @pytest.mark.parametrize("n", [1, 7, 8, 17, 64, 129])
 def test_loader_batches_are_transposed_to_the_internal_layout_exactly(xp, n):
     """A loader's NCHW batch becomes a contiguous (C, H, W, N) copy; our own activations are passed through."""
-    from cnn_cifar.nn import functional as F
+    from cnn_cifar.nn import layout as F
     x = backend.to_device(np.random.default_rng(n).standard_normal((n, 3, 6, 5)).astype(np.float32))
     xc = F.chwn_contiguous(x)
     assert xc.flags.c_contiguous and xc.shape == (3, 6, 5, n)
@@ -187,10 +188,10 @@ def test_loader_batches_are_transposed_to_the_internal_layout_exactly(xp, n):
     (4, 3, 1000, 1),          # one pixel per tile
 ])
 def test_conv_tiles_cover_the_output_exactly_once(monkeypatch, ho, wo, pixel_bytes, tile_bytes):
-    from cnn_cifar.nn import functional as F
-    monkeypatch.setattr(F, "_TILE_BYTES", tile_bytes)
+    from cnn_cifar.nn import im2col
+    monkeypatch.setattr(im2col, "TILE_BYTES", tile_bytes)
     seen = np.zeros((ho, wo), dtype=int)
-    for t in F.conv_tiles(ho, wo, pixel_bytes):
+    for t in im2col.tiles(ho, wo, pixel_bytes, np.empty(0)):
         assert t.rows == 1 or (t.x0, t.x1) == (0, wo)        # several rows only with every column
         assert t.rows * (t.x1 - t.x0) * pixel_bytes <= max(tile_bytes, pixel_bytes)
         seen[t.y0:t.y0 + t.rows, t.x0:t.x1] += 1

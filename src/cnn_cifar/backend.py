@@ -1,17 +1,20 @@
 """The one place that chooses between NumPy (CPU) and CuPy (NVIDIA GPU).
 
-Every other module gets its array library from here (``backend.xp``) or from its
-inputs (``get_array_module(x)``), in the style of Chainer, so the same layer code
-runs on both. This is the only module that imports cupy.
+Layer code takes its array library from its inputs (``get_array_module(x)``), in the style of Chainer,
+so the same code runs on both; the active backend (``backend.xp``, ``backend.name``) is only the default
+for arrays created from nothing (new parameters, loader batches). This is the only module that imports
+cupy. Importing it changes nothing in the host process.
 """
 from __future__ import annotations
 
 import os
-from contextlib import contextmanager
 from types import ModuleType
 from typing import Any
 
 import numpy
+
+Array = Any
+"""A numpy.ndarray or a cupy.ndarray (type hints only: both backends' arrays are accepted)."""
 
 ENV_VAR = "CNN_CIFAR_BACKEND"
 CHOICES = ("auto", "numpy", "cupy")
@@ -47,77 +50,10 @@ def cupy_available() -> tuple[bool, str]:
     return mod is not None, reason
 
 
-_allocator_tuned = False
-
-
-def tune_host_allocator() -> bool:
-    """Ask glibc to keep freed memory for reuse instead of returning it to the OS.
-
-    Training allocates and frees activation-sized arrays (megabytes) every step. By default glibc
-    serves large blocks with fresh mmap pages and trims the heap, so each step pays a page fault per
-    4 KiB touched (about 15% of a ResNet-32 step here). With mmap off and trimming disabled, freed
-    blocks are reused; peak memory is unchanged. Set CNN_CIFAR_MALLOC_TUNING=0 to leave glibc alone.
-    Returns True if the settings were applied.
-    """
-    global _allocator_tuned
-    if _allocator_tuned or os.environ.get("CNN_CIFAR_MALLOC_TUNING", "1") == "0":
-        return _allocator_tuned
-    try:
-        import ctypes
-        libc = ctypes.CDLL("libc.so.6")
-        m_trim_threshold, m_top_pad, m_mmap_max = -1, -2, -4
-        ok = (libc.mallopt(m_mmap_max, 0) == 1
-              and libc.mallopt(m_trim_threshold, 2 ** 31 - 1) == 1
-              and libc.mallopt(m_top_pad, 64 << 20) == 1)
-    except (OSError, AttributeError):   # not glibc (macOS, musl): nothing to do
-        ok = False
-    _allocator_tuned = ok
-    return ok
-
-
-_blas_libs: list | None = None
-
-
-def _blas_controllers() -> list:
-    """threadpoolctl handles on the BLAS libraries NumPy loaded ([] if threadpoolctl is missing)."""
-    global _blas_libs
-    if _blas_libs is None:
-        try:
-            from threadpoolctl import ThreadpoolController
-            _blas_libs = list(ThreadpoolController().select(user_api="blas").lib_controllers)
-        except Exception:                 # threadpoolctl missing or unable to inspect this process
-            _blas_libs = []
-    return _blas_libs
-
-
-def can_pin_blas() -> bool:
-    """Whether single_threaded_blas() can actually limit NumPy's BLAS."""
-    return bool(_blas_controllers())
-
-
-@contextmanager
-def single_threaded_blas():
-    """Inside, NumPy's BLAS runs each call on its calling thread; the thread counts are restored after.
-
-    For code that parallelises over its own threads (one cache-sized tile per core), where BLAS's own
-    threads would oversubscribe the cores. Switching costs a few microseconds.
-    """
-    libs = _blas_controllers()
-    saved = [lib.num_threads for lib in libs]
-    for lib in libs:
-        lib.set_num_threads(1)
-    try:
-        yield
-    finally:
-        for lib, n in zip(libs, saved):
-            lib.set_num_threads(n)
-
-
 def _use_numpy(auto_note: str = "") -> str:
-    """Make NumPy the active backend (with the host allocator tuned); ``auto_note`` says why not CuPy."""
+    """Make NumPy the active backend; ``auto_note`` says why not CuPy."""
     global xp, name, _auto_note
     xp, name, _auto_note = numpy, "numpy", auto_note
-    tune_host_allocator()
     return name
 
 
@@ -153,19 +89,19 @@ def describe() -> str:
     return f"backend: numpy {numpy.__version__} (CPU{note})"
 
 
-def get_array_module(*arrays: Any) -> ModuleType:
+def get_array_module(*arrays: Array) -> ModuleType:
     """The array module (numpy or cupy) that owns the given arrays."""
     if _cupy is not None:
         return _cupy.get_array_module(*arrays)
     return numpy
 
 
-def is_device_array(a: Any) -> bool:
+def is_device_array(a: Array) -> bool:
     """True for a CuPy array."""
     return _cupy is not None and isinstance(a, _cupy.ndarray)
 
 
-def to_device(a: Any, dtype: Any = None) -> Any:
+def to_device(a: Any, dtype: Any = None) -> Array:
     """Move a host array to the active backend (no copy when already there)."""
     out = xp.asarray(a)
     if dtype is not None and out.dtype != dtype:
@@ -173,7 +109,7 @@ def to_device(a: Any, dtype: Any = None) -> Any:
     return out
 
 
-def to_numpy(a: Any) -> numpy.ndarray:
+def to_numpy(a: Array) -> numpy.ndarray:
     """A host NumPy array for any backend array (or scalar)."""
     if is_device_array(a):
         return _cupy.asnumpy(a)

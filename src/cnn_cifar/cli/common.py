@@ -7,7 +7,7 @@ import os
 import sys
 from typing import Callable
 
-from .. import backend
+from .. import backend, runtime
 from ..data import DatasetError
 from ..training import CheckpointError, NonFiniteLoss, TrainingInterrupted
 
@@ -57,7 +57,9 @@ def add_backend_arg(p: argparse.ArgumentParser) -> None:
 
 
 def select_backend(choice: str, quiet: bool = False) -> None:
+    """Switch to the chosen backend and apply the runtime tuning a training or evaluation process wants."""
     backend.set_backend(choice)
+    runtime.enable()
     if not quiet:
         print(backend.describe(), flush=True)
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import nn
-from ..models import build_model, list_models
+from ..models import list_models
+from ..training import evaluate_checkpoint
 from . import common as C
 
 
@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def format_report(res: dict) -> str:
     classes = [c["class"] for c in res["per_class"]]
-    w = max(8, max(len(c) for c in classes))
+    w = max(len("macro avg"), max(len(c) for c in classes))
     lines = [f"model {res['model']} ({res['checkpoint']}, epoch {res['epoch']}) on {res['dataset']} "
              f"test set: {res['n']} images",
              f"accuracy: {100 * res['accuracy']:.2f}%   loss: {res['loss']:.4f}",
@@ -59,41 +59,10 @@ def format_report(res: dict) -> str:
     return "\n".join(lines)
 
 
-def evaluate_checkpoint(path: str, data: str = "data", backend_choice: str = "auto", model: str | None = None,
-                        dataset: str | None = None, batch_size: int = 500, limit: int | None = None,
-                        download: bool = True, progress: bool = False) -> dict:
-    """Load a checkpoint into its model and evaluate it on the test set; returns the result dict."""
-    from ..data import BatchLoader, load_dataset
-    from ..training import CheckpointError, classification_report, evaluate, load_checkpoint
-
-    ck = load_checkpoint(path, expected_model=model)
-    name = ck["model"]
-    C.select_backend(backend_choice, quiet=not progress)
-    dataset = dataset or ck.get("dataset") or "cifar10"
-    ds = load_dataset(dataset, data, download=download, progress=progress)
-    cfg = ck.get("model_config", {})
-    num_classes = int(cfg.get("num_classes", ds.spec.num_classes))
-    if num_classes != ds.spec.num_classes:
-        raise CheckpointError(f"{path} predicts {num_classes} classes but {dataset} has {ds.spec.num_classes}")
-    net = build_model(name, num_classes=num_classes, dropout=cfg.get("dropout", 0.0))
-    try:
-        net.load_state_dict(ck["state_dict"])
-    except ValueError as exc:
-        raise CheckpointError(f"{path} does not fit model '{name}': {exc}") from None
-    x, y = ds.x_test[:limit], ds.y_test[:limit]
-    loader = BatchLoader(x, y, batch_size, ds.spec.mean, ds.spec.std)
-    ev = evaluate(net, loader, nn.SoftmaxCrossEntropy(), num_classes, progress=progress)
-    report = classification_report(ev["confusion_matrix"], ds.classes)
-    return {"model": name, "checkpoint": str(path), "epoch": int(ck["epoch"]), "dataset": dataset,
-            "n": ev["n"], "accuracy": ev["accuracy"], "loss": ev["loss"],
-            "topk": {str(k): v for k, v in ev["topk"].items()},
-            "per_class": report["per_class"], "macro": report["macro"],
-            "confusion_matrix": ev["confusion_matrix"].tolist(), "classes": ds.classes}
-
-
 def _main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    res = evaluate_checkpoint(args.resume, args.data, args.backend, model=args.model, dataset=args.dataset,
+    C.select_backend(args.backend, quiet=args.quiet)
+    res = evaluate_checkpoint(args.resume, args.data, model=args.model, dataset=args.dataset,
                               batch_size=args.batch_size, limit=args.limit_test, download=not args.no_download,
                               progress=not args.quiet)
     print(format_report(res))
@@ -102,7 +71,7 @@ def _main(argv: list[str] | None = None) -> int:
         Path(args.json).write_text(json.dumps(res, indent=1))
         print(f"wrote {args.json}")
     if args.plot:
-        from ..viz import plot_evaluation
+        from ..viz import plot_evaluation      # matplotlib is imported only when plots are asked for
         out = Path(args.out) if args.out else Path("viz") / res["model"]
         for p in plot_evaluation(res, out, res["model"]):
             print(f"wrote {p}")

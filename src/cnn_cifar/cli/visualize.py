@@ -6,6 +6,8 @@ import json
 import sys
 from pathlib import Path
 
+from ..training import evaluate_checkpoint
+from ..viz import plot_comparison, plot_evaluation, plot_runs, plot_training_progress, read_history, write_summary
 from . import common as C
 
 
@@ -42,8 +44,6 @@ def _find_histories(args: argparse.Namespace) -> list[Path]:
 
 
 def _main(argv: list[str] | None = None) -> int:
-    from ..viz import (plot_comparison, plot_evaluation, plot_runs, plot_training_progress, read_history,
-                       write_summary)
     parser = build_parser()
     args = parser.parse_args(argv)
     paths = _find_histories(args)
@@ -76,8 +76,8 @@ def _main(argv: list[str] | None = None) -> int:
             except (OSError, json.JSONDecodeError) as exc:
                 raise ValueError(f"cannot read evaluation results {args.eval_json}: {exc}") from None
         else:
-            from .test import evaluate_checkpoint
-            res = evaluate_checkpoint(args.checkpoint, args.data, args.backend, download=not args.no_download)
+            C.select_backend(args.backend, quiet=True)
+            res = evaluate_checkpoint(args.checkpoint, args.data, download=not args.no_download)
         name = name or res["model"]
         out = Path(args.out) if args.out else Path("viz") / name
         written += plot_evaluation(res, out, name)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 import pickle
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +27,6 @@ class DatasetSpec:
     num_classes: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
-    extra: dict = field(default_factory=dict)
 
 
 CIFAR10 = DatasetSpec(

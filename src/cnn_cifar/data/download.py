@@ -14,6 +14,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
 
 class DatasetError(RuntimeError):
     """A dataset is missing, corrupt, or could not be fetched (the message names the file)."""
@@ -30,8 +32,6 @@ def md5sum(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 def download(url: str, dest: str | os.PathLike, md5: str | None = None, progress: bool = True,
              timeout: float = 60.0) -> Path:
     """Fetch url to dest (via dest.part), checking md5 if given. Returns dest."""
-    from tqdm.auto import tqdm
-
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
@@ -94,12 +94,21 @@ def extract(archive: str | os.PathLike, root: str | os.PathLike, folder: str) ->
         if not src.is_dir():
             raise DatasetError(f"archive {archive} does not contain the folder {folder}/")
         dst = root / folder
-        if dst.exists():
-            shutil.rmtree(dst)
-        os.replace(src, dst)
+        old = tmp.with_name(tmp.name + ".previous")    # beside tmp: no archive member can be there
+        try:
+            if dst.exists():             # set the old copy aside (same filesystem: a rename), never delete first
+                os.replace(dst, old)
+            os.replace(src, dst)
+        except BaseException as exc:
+            if old.exists() and not dst.exists():
+                os.replace(old, dst)     # put the old copy back: a failed update loses nothing
+            if isinstance(exc, OSError):
+                raise DatasetError(f"could not move the extracted {folder}/ into {root}: {exc}") from None
+            raise
         return dst
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(tmp.with_name(tmp.name + ".previous"), ignore_errors=True)
 
 
 def download_and_extract(url: str, root: str | os.PathLike, md5: str, folder: str, progress: bool = True) -> Path:

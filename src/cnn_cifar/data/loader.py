@@ -4,11 +4,12 @@ from __future__ import annotations
 import queue
 import threading
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Iterator
 
 import numpy as np
 
 from .. import backend
+from ..backend import Array
 from . import augment
 
 
@@ -66,14 +67,14 @@ class BatchLoader:
                 augment.cutout(xf, cfg.cutout, self.rng)
             yield xf, yb
 
-    def __iter__(self) -> Iterator[tuple[Any, Any]]:
+    def __iter__(self) -> Iterator[tuple[Array, Array]]:
         if not self.prefetch:
             for xb, yb in self._host_batches():
                 yield backend.to_device(xb), backend.to_device(yb)
             return
         yield from self._threaded()
 
-    def _threaded(self) -> Iterator[tuple[Any, Any]]:
+    def _threaded(self) -> Iterator[tuple[Array, Array]]:
         q: queue.Queue = queue.Queue(maxsize=2)
         stop = threading.Event()
         done = object()

@@ -1,9 +1,8 @@
 """What the models share: layers applied in a fixed order, backward in reverse."""
 from __future__ import annotations
 
-from typing import Any
-
 from .. import nn
+from ..backend import Array
 
 
 class ChainModel(nn.Module):
@@ -12,12 +11,12 @@ class ChainModel(nn.Module):
 
     _order: list[nn.Module]
 
-    def forward(self, x: Any) -> Any:
+    def forward(self, x: Array) -> Array:
         for m in self._order:
             x = m.forward(x)
         return x
 
-    def backward(self, dy: Any) -> Any:
+    def backward(self, dy: Array) -> Array | None:
         for m in reversed(self._order):
             dy = m.backward(dy)
         return dy

@@ -1,12 +1,13 @@
 """ResNet-(6n+2) for CIFAR (He et al. 2016) with 1x1-conv shortcuts where the shape changes."""
 from __future__ import annotations
 
-from typing import Any
+from functools import partial
 
 import numpy as np
 
 from .. import nn
 from .base import ChainModel
+from .registry import Recipe, register
 
 
 class ResNet(ChainModel):
@@ -14,7 +15,7 @@ class ResNet(ChainModel):
     pool -> Dropout -> Linear(64 -> classes)."""
 
     def __init__(self, depth: int = 32, num_classes: int = 10, dropout: float = 0.0,
-                 seed: int | None = 0, dtype: Any = np.float32):
+                 seed: int | None = 0, dtype: type = np.float32):
         super().__init__()
         if depth < 8 or (depth - 2) % 6:
             raise ValueError(f"ResNet depth must be 6n+2 with n >= 1 (8, 14, 20, 32, ...), got {depth}")
@@ -38,3 +39,11 @@ class ResNet(ChainModel):
         self.fc = nn.Linear(64, num_classes, rng=rng, dtype=dtype)
         self._order = [self.conv1, self.bn1, self.relu, self.layer1, self.layer2, self.layer3,
                        self.pool, self.dropout, self.fc]
+
+
+# The ResNet paper's SGD recipe, with cosine decay instead of step decay and one warmup epoch.
+RESNET_RECIPE = Recipe(optimizer="sgd", lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4, batch_size=128,
+                       epochs=200, lr_schedule="cosine", warmup_epochs=1.0, min_lr=0.0,
+                       dropout_schedule="none", dropout_rate=0.0, min_dropout=0.0, max_dropout=0.5)
+for _depth in (8, 14, 20, 32, 44, 56, 110):
+    register(f"resnet{_depth}", partial(ResNet, _depth), RESNET_RECIPE, f"ResNet-{_depth} for CIFAR")

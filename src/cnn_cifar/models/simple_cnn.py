@@ -1,12 +1,11 @@
 """SimpleCNN: the small baseline network of design.md (232,314 parameters for 10 classes)."""
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
 from .. import nn
 from .base import ChainModel
+from .registry import Recipe, register
 
 
 class SimpleCNN(ChainModel):
@@ -14,7 +13,7 @@ class SimpleCNN(ChainModel):
     -> Dropout -> Linear(128->classes)."""
 
     def __init__(self, num_classes: int = 10, dropout: float = 0.6, seed: int | None = 0,
-                 dtype: Any = np.float32):
+                 dtype: type = np.float32):
         super().__init__()
         rng = np.random.default_rng(seed)
         self.conv1 = nn.Conv2d(3, 8, 3, rng=rng, dtype=dtype)
@@ -30,3 +29,10 @@ class SimpleCNN(ChainModel):
         self.fc2 = nn.Linear(128, num_classes, rng=rng, dtype=dtype)
         self._order = [self.conv1, self.bn1, self.relu1, self.pool, self.flatten,
                        self.fc1, self.bn2, self.relu2, self.dropout, self.fc2]
+
+
+register("cnn", SimpleCNN, Recipe(
+    optimizer="sgd", lr=0.02, momentum=0.9, nesterov=False, weight_decay=5e-4, batch_size=64, epochs=200,
+    lr_schedule="cosine", warmup_epochs=10.0, min_lr=0.0,
+    dropout_schedule="linear_decay", dropout_rate=0.6, min_dropout=0.2, max_dropout=0.7),
+    "SimpleCNN, the small baseline of design.md")

@@ -1,7 +1,7 @@
 """Hand-written layers with explicit forward and backward, PyTorch-style names and layouts."""
 from .activation import ReLU
 from .conv import Conv2d
-from .dropout import Dropout, Dropout2d
+from .dropout import Dropout, Dropout2d, dropout_rate, set_dropout
 from .linear import Flatten, Linear
 from .loss import SoftmaxCrossEntropy
 from .module import Module, Parameter, Sequential, grad_enabled, no_grad
@@ -13,5 +13,5 @@ from . import random
 __all__ = [
     "AvgPool2d", "BasicBlock", "BatchNorm1d", "BatchNorm2d", "Conv2d", "Dropout", "Dropout2d",
     "Flatten", "GlobalAvgPool2d", "Linear", "MaxPool2d", "Module", "Parameter", "ReLU",
-    "Sequential", "SoftmaxCrossEntropy", "grad_enabled", "no_grad", "random",
+    "Sequential", "SoftmaxCrossEntropy", "dropout_rate", "grad_enabled", "no_grad", "random", "set_dropout",
 ]

@@ -1,43 +1,40 @@
 """Fully connected layer and Flatten."""
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
-from .. import backend
-from . import functional as F
+from ..backend import Array, get_array_module
 from . import init
-from .module import Module, Parameter, grad_enabled
+from .layout import chwn, nchw
+from .module import Module, Parameter
 
 
 class Linear(Module):
     """y = x W^T + b with PyTorch's weight layout (out_features, in_features)."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True,
-                 rng: np.random.Generator | None = None, dtype: Any = init.DEFAULT_DTYPE):
+                 rng: np.random.Generator | None = None, dtype: type = init.DEFAULT_DTYPE):
         super().__init__()
         if in_features <= 0 or out_features <= 0:
             raise ValueError(f"Linear needs positive sizes, got ({in_features}, {out_features})")
         self.in_features, self.out_features = in_features, out_features
         self.weight = Parameter(init.kaiming_normal((out_features, in_features), in_features, rng, dtype))
         self.bias = Parameter(init.zeros((out_features,), dtype)) if bias else None
-        self._x: Any = None
 
     def extra_repr(self) -> str:
         return f"{self.in_features}, {self.out_features}, bias={self.bias is not None}"
 
-    def forward(self, x: Any) -> Any:
+    def forward(self, x: Array) -> Array:
         if x.ndim != 2 or x.shape[1] != self.in_features:
             raise ValueError(f"{self.label} expects input (N, {self.in_features}), got shape {tuple(x.shape)}")
         y = x @ self.weight.data.T
         if self.bias is not None:
             y += self.bias.data
-        self._x = x if grad_enabled() else None
+        self.save_for_backward(x)
         return y
 
-    def backward(self, dy: Any) -> Any:
-        x, self._x = self._x, None
+    def backward(self, dy: Array) -> Array:
+        x, = self.saved()
         self.weight.grad += dy.T @ x
         if self.bias is not None:
             self.bias.grad += dy.sum(axis=0)
@@ -47,21 +44,18 @@ class Linear(Module):
 class Flatten(Module):
     """(N, ...) -> (N, prod(...)) in C order, as torch.flatten(x, 1)."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        self._shape: tuple | None = None
-
-    def forward(self, x: Any) -> Any:
-        self._shape = tuple(x.shape)
+    def forward(self, x: Array) -> Array:
+        self.save_for_backward(tuple(x.shape))
         if x.ndim == 4:
             # (C, H, W, N) memory reshaped to (C*H*W, N) already has torch's (c, h, w) feature order;
             # its transpose is the (N, C*H*W) result, free for our own activations (Linear's matmul
             # takes the transposed operand as is).
-            return F.chwn(x).reshape(-1, x.shape[0]).T
-        return backend.get_array_module(x).ascontiguousarray(x).reshape(x.shape[0], -1)
+            return chwn(x).reshape(-1, x.shape[0]).T
+        return get_array_module(x).ascontiguousarray(x).reshape(x.shape[0], -1)
 
-    def backward(self, dy: Any) -> Any:
-        if len(self._shape) == 4:
-            n, c, h, w = self._shape
-            return F.nchw(dy.T.reshape(c, h, w, n))
-        return dy.reshape(self._shape)
+    def backward(self, dy: Array) -> Array:
+        shape, = self.saved()
+        if len(shape) == 4:
+            n, c, h, w = shape
+            return nchw(dy.T.reshape(c, h, w, n))
+        return dy.reshape(shape)

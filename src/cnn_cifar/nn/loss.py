@@ -1,25 +1,31 @@
 """Softmax cross-entropy with optional label smoothing, computed with log-sum-exp."""
 from __future__ import annotations
 
-from typing import Any
+from ..backend import Array, get_array_module
+from .module import Module, grad_enabled
 
-from .. import backend
 
+class SoftmaxCrossEntropy(Module):
+    """``loss = criterion(logits, targets)`` gives the mean loss (a float); ``criterion.backward()`` dlogits.
 
-class SoftmaxCrossEntropy:
-    """``loss = criterion(logits, targets)`` gives the mean loss; ``criterion.backward()`` dlogits."""
+    Like PyTorch's CrossEntropyLoss with ``label_smoothing``: the target distribution is (1 - eps) on the
+    label plus eps/K everywhere. The gradient is computed and kept only when gradients are enabled.
+    """
 
     def __init__(self, label_smoothing: float = 0.0):
+        super().__init__()
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
         self.label_smoothing = float(label_smoothing)
-        self._grad: Any = None
 
-    def __call__(self, logits: Any, targets: Any) -> float:
+    def extra_repr(self) -> str:
+        return f"label_smoothing={self.label_smoothing}" if self.label_smoothing else ""
+
+    def __call__(self, logits: Array, targets: Array) -> float:  # type: ignore[override]
         return self.forward(logits, targets)
 
-    def forward(self, logits: Any, targets: Any) -> float:
-        xp = backend.get_array_module(logits)
+    def forward(self, logits: Array, targets: Array) -> float:  # type: ignore[override]
+        xp = get_array_module(logits)
         if logits.ndim != 2 or targets.shape != (logits.shape[0],):
             raise ValueError(f"SoftmaxCrossEntropy expects logits (N, K) and targets (N,), got "
                              f"{tuple(logits.shape)} and {tuple(targets.shape)}")
@@ -32,13 +38,17 @@ class SoftmaxCrossEntropy:
         eps = self.label_smoothing
         nll = -logp[rows, targets]
         loss = (1 - eps) * nll - eps * logp.mean(axis=1) if eps else nll
-        grad = ez / s                                       # softmax
-        grad[rows, targets] -= 1 - eps
-        if eps:
-            grad -= eps / k
-        grad *= 1.0 / n
-        self._grad = grad
+        if grad_enabled():
+            grad = ez / s                                       # softmax
+            grad[rows, targets] -= 1 - eps
+            if eps:
+                grad -= eps / k
+            grad *= 1.0 / n
+            self.save_for_backward(grad)
+        else:
+            self.save_for_backward()
         return float(loss.mean())
 
-    def backward(self) -> Any:
-        return self._grad
+    def backward(self) -> Array:  # type: ignore[override]
+        grad, = self.saved()
+        return grad

@@ -8,6 +8,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from .. import backend
+from ..backend import Array
 
 
 class Parameter:
@@ -15,7 +16,7 @@ class Parameter:
 
     __slots__ = ("data", "grad")
 
-    def __init__(self, data: Any):
+    def __init__(self, data: Array):
         self.data = data
         self.grad = backend.get_array_module(data).zeros_like(data)
 
@@ -50,11 +51,21 @@ def grad_enabled() -> bool:
     return _grad_enabled
 
 
+def _join(prefix: str, key: str) -> str:
+    """Dotted name of ``key`` under ``prefix`` (state-dict keys, module paths)."""
+    return f"{prefix}.{key}" if prefix else key
+
+
 class Module:
-    """Base class: a forward that caches what backward needs, and a backward that returns dx.
+    """Base class: a forward that saves what backward needs, and a backward that returns dx.
 
     Attributes that are Parameters or Modules are registered automatically (as in PyTorch);
     buffers (non-trained state such as BN running statistics) via ``register_buffer``.
+
+    What a layer keeps for backward goes through one mechanism: ``forward`` calls
+    ``save_for_backward(...)`` (which keeps nothing under ``no_grad``) and ``backward`` calls
+    ``saved()``, which hands the values back once and raises the same clear error for every layer when
+    there is nothing to hand back.
     """
 
     def __init__(self) -> None:
@@ -63,6 +74,7 @@ class Module:
         object.__setattr__(self, "_modules", OrderedDict())
         object.__setattr__(self, "training", True)
         object.__setattr__(self, "_path", "")
+        object.__setattr__(self, "_saved", None)
 
     # -- registration ---------------------------------------------------------------
     def __setattr__(self, key: str, value: Any) -> None:
@@ -70,7 +82,7 @@ class Module:
             self._parameters[key] = value
         elif isinstance(value, Module):
             self._modules[key] = value
-            value._set_path(f"{self._path}.{key}" if self._path else key)
+            value._set_path(_join(self._path, key))
         elif key in self._buffers:
             self._buffers[key] = value
             return
@@ -89,7 +101,7 @@ class Module:
     def _set_path(self, path: str) -> None:
         object.__setattr__(self, "_path", path)
         for key, child in self._modules.items():
-            child._set_path(f"{path}.{key}")
+            child._set_path(_join(path, key))
 
     @property
     def label(self) -> str:
@@ -97,14 +109,32 @@ class Module:
         return f"{type(self).__name__} '{self._path}'" if self._path else type(self).__name__
 
     # -- computation ----------------------------------------------------------------
-    def forward(self, x: Any) -> Any:
+    def forward(self, x: Array) -> Array:
         raise NotImplementedError
 
-    def backward(self, dy: Any) -> Any:
+    def backward(self, dy: Array) -> Array | None:
         raise NotImplementedError
 
-    def __call__(self, x: Any) -> Any:
+    def __call__(self, x: Array) -> Array:
         return self.forward(x)
+
+    def save_for_backward(self, *values: Any) -> None:
+        """Keep ``values`` for the next backward, or nothing when gradients are disabled (``no_grad``)."""
+        object.__setattr__(self, "_saved", values if _grad_enabled else None)
+
+    def saved(self) -> tuple:
+        """Take back what the last forward saved (once); a clear RuntimeError when there is nothing."""
+        values = self._saved
+        if values is None:
+            raise RuntimeError(f"{self.label}: backward called without a forward that kept what it needs "
+                               f"(run forward with gradients enabled, once per backward)")
+        object.__setattr__(self, "_saved", None)
+        return values
+
+    @property
+    def has_saved(self) -> bool:
+        """Whether a forward's saved values are waiting for backward."""
+        return self._saved is not None
 
     # -- traversal --------------------------------------------------------------------
     def children(self) -> Iterator["Module"]:
@@ -113,7 +143,7 @@ class Module:
     def named_modules(self, prefix: str = "") -> Iterator[tuple[str, "Module"]]:
         yield prefix, self
         for key, child in self._modules.items():
-            yield from child.named_modules(f"{prefix}.{key}" if prefix else key)
+            yield from child.named_modules(_join(prefix, key))
 
     def modules(self) -> Iterator["Module"]:
         for _, m in self.named_modules():
@@ -122,7 +152,7 @@ class Module:
     def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, Parameter]]:
         for name, mod in self.named_modules(prefix):
             for key, p in mod._parameters.items():
-                yield (f"{name}.{key}" if name else key), p
+                yield _join(name, key), p
 
     def parameters(self) -> Iterator[Parameter]:
         for _, p in self.named_parameters():
@@ -131,7 +161,7 @@ class Module:
     def named_buffers(self, prefix: str = "") -> Iterator[tuple[str, Any]]:
         for name, mod in self.named_modules(prefix):
             for key, b in mod._buffers.items():
-                yield (f"{name}.{key}" if name else key), b
+                yield _join(name, key), b
 
     def num_parameters(self) -> int:
         return sum(p.size for p in self.parameters())
@@ -148,19 +178,6 @@ class Module:
     def zero_grad(self) -> None:
         for p in self.parameters():
             p.grad[...] = 0
-
-    def set_dropout(self, p: float) -> None:
-        """Set the drop probability of every dropout layer (used by dropout schedules)."""
-        for m in self.modules():
-            if hasattr(m, "set_p"):
-                m.set_p(p)
-
-    def dropout_rate(self) -> float | None:
-        """The drop probability of the first dropout layer, or None if there is none."""
-        for m in self.modules():
-            if hasattr(m, "set_p"):
-                return float(m.p)
-        return None
 
     # -- dtype / device ---------------------------------------------------------------
     def to(self, dtype: Any = None) -> "Module":
@@ -180,9 +197,9 @@ class Module:
         out: OrderedDict[str, np.ndarray] = OrderedDict()
         for name, mod in self.named_modules():
             for key, p in mod._parameters.items():
-                out[f"{name}.{key}" if name else key] = backend.to_numpy(p.data).copy()
+                out[_join(name, key)] = backend.to_numpy(p.data).copy()
             for key, b in mod._buffers.items():
-                out[f"{name}.{key}" if name else key] = backend.to_numpy(b).copy()
+                out[_join(name, key)] = backend.to_numpy(b).copy()
         return out
 
     def load_state_dict(self, state: dict, strict: bool = True) -> None:
@@ -190,9 +207,9 @@ class Module:
         own: dict[str, tuple[Module, str, bool]] = {}
         for name, mod in self.named_modules():
             for key in mod._parameters:
-                own[f"{name}.{key}" if name else key] = (mod, key, True)
+                own[_join(name, key)] = (mod, key, True)
             for key in mod._buffers:
-                own[f"{name}.{key}" if name else key] = (mod, key, False)
+                own[_join(name, key)] = (mod, key, False)
         missing = [k for k in own if k not in state]
         unexpected = [k for k in state if k not in own]
         if strict and (missing or unexpected):
@@ -245,12 +262,12 @@ class Sequential(Module):
     def __getitem__(self, i: int) -> Module:
         return list(self._modules.values())[i]
 
-    def forward(self, x: Any) -> Any:
+    def forward(self, x: Array) -> Array:
         for m in self._modules.values():
             x = m.forward(x)
         return x
 
-    def backward(self, dy: Any) -> Any:
+    def backward(self, dy: Array) -> Array | None:
         for m in reversed(self._modules.values()):
             dy = m.backward(dy)
         return dy

@@ -1,11 +1,10 @@
 """Batch normalisation (PyTorch semantics: batch statistics in training, running ones in eval)."""
 from __future__ import annotations
 
-from typing import Any
-
-from .. import backend
-from . import functional as F
+from .. import backend, runtime
+from ..backend import Array, get_array_module
 from . import init
+from .layout import check_4d, nchw, rows
 from .module import Module, Parameter, grad_enabled
 
 
@@ -13,7 +12,7 @@ class _BatchNorm(Module):
     """Shared core: normalises a (C, M) matrix of channels by columns."""
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1,
-                 dtype: Any = init.DEFAULT_DTYPE):
+                 dtype: type = init.DEFAULT_DTYPE):
         super().__init__()
         if num_features <= 0:
             raise ValueError(f"{type(self).__name__} needs num_features > 0, got {num_features}")
@@ -23,14 +22,13 @@ class _BatchNorm(Module):
         self.register_buffer("running_mean", init.zeros((num_features,), dtype))
         self.register_buffer("running_var", init.ones((num_features,), dtype))
         self.register_buffer("num_batches_tracked", backend.xp.zeros((), dtype="int64"))
-        self._cache: tuple | None = None
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
 
-    def _forward_rows(self, x2: Any) -> Any:
-        """x2: (C, M) -> normalised (C, M); channel chunks run in parallel on the NumPy backend."""
-        xp = backend.get_array_module(x2)
+    def _forward_rows(self, x2: Array) -> Array:
+        """x2: (C, M) -> normalised (C, M); channel chunks run in parallel for large host arrays."""
+        xp = get_array_module(x2)
         c, m = x2.shape
         weight, bias = self.weight.data, self.bias.data
         y = xp.empty((c, m), dtype=x2.dtype)
@@ -47,13 +45,13 @@ class _BatchNorm(Module):
                 if xhat is not None:
                     xp.subtract(x2[c0:c1], self.running_mean[c0:c1, None], out=xhat[c0:c1])
                     xhat[c0:c1] *= invstd[c0:c1, None]
-            F.by_channel(apply_eval, c, x2.nbytes)
-            self._cache = (xhat, invstd, False) if keep else None
+            runtime.by_channel(apply_eval, x2)
+            self.save_for_backward(xhat, invstd, False)
             return y
         if m < 2:
             raise ValueError(f"{self.label}: training needs more than one value per channel, "
                              f"got input rows of shape {tuple(x2.shape)}")
-        xhat = xp.empty((c, m), dtype=x2.dtype)
+        xhat = xp.empty((c, m), dtype=x2.dtype)    # kept for backward; also the normalised values here
         mean = xp.empty(c, dtype=x2.dtype)
         var = xp.empty(c, dtype=x2.dtype)
         invstd = xp.empty(c, dtype=x2.dtype)
@@ -67,20 +65,17 @@ class _BatchNorm(Module):
             xh *= invstd[c0:c1, None]
             xp.multiply(xh, weight[c0:c1, None], out=y[c0:c1])
             y[c0:c1] += bias[c0:c1, None]
-        F.by_channel(apply_train, c, x2.nbytes)
+        runtime.by_channel(apply_train, x2)
         mom = self.momentum
         self.running_mean = (1 - mom) * self.running_mean + mom * mean
         self.running_var = (1 - mom) * self.running_var + mom * var * (m / (m - 1))
         self.num_batches_tracked = self.num_batches_tracked + 1
-        self._cache = (xhat, invstd, True) if keep else None
+        self.save_for_backward(xhat, invstd, True)
         return y
 
-    def _backward_rows(self, dy2: Any) -> Any:
-        if self._cache is None:
-            raise RuntimeError(f"{self.label}: backward called without a forward that kept its state")
-        xhat, invstd, training = self._cache
-        self._cache = None
-        xp = backend.get_array_module(dy2)
+    def _backward_rows(self, dy2: Array, saved: tuple) -> Array:
+        xhat, invstd, training = saved
+        xp = get_array_module(dy2)
         c, m = dy2.shape
         scale = self.weight.data * invstd
         dx = xp.empty((c, m), dtype=dy2.dtype)
@@ -96,7 +91,7 @@ class _BatchNorm(Module):
                 # dx = gamma*invstd/M * (M*dy - sum(dy) - xhat*sum(dy*xhat))
                 dx[c0:c1] -= sc * (dbeta[c0:c1, None] / m)
                 dx[c0:c1] -= xh * (sc * (dgamma[c0:c1, None] / m))
-        F.by_channel(apply, c, dy2.nbytes)
+        runtime.by_channel(apply, dy2)
         self.weight.grad += dgamma
         self.bias.grad += dbeta
         return dx
@@ -105,24 +100,25 @@ class _BatchNorm(Module):
 class BatchNorm2d(_BatchNorm):
     """Per-channel normalisation of (N, C, H, W) over N, H and W."""
 
-    def forward(self, x: Any) -> Any:
-        F.check_4d(self, x, self.num_features)
+    def forward(self, x: Array) -> Array:
+        check_4d(self, x, self.num_features)
         n, c, h, w = x.shape
-        y = self._forward_rows(F.rows(x))
-        return F.nchw(y.reshape(c, h, w, n))
+        y = self._forward_rows(rows(x))
+        return nchw(y.reshape(c, h, w, n))
 
-    def backward(self, dy: Any) -> Any:
+    def backward(self, dy: Array) -> Array:
+        saved = self.saved()
         n, c, h, w = dy.shape
-        return F.nchw(self._backward_rows(F.rows(dy)).reshape(c, h, w, n))
+        return nchw(self._backward_rows(rows(dy), saved).reshape(c, h, w, n))
 
 
 class BatchNorm1d(_BatchNorm):
     """Per-feature normalisation of (N, C) over N."""
 
-    def forward(self, x: Any) -> Any:
+    def forward(self, x: Array) -> Array:
         if x.ndim != 2 or x.shape[1] != self.num_features:
             raise ValueError(f"{self.label} expects input (N, {self.num_features}), got shape {tuple(x.shape)}")
         return self._forward_rows(x.T).T
 
-    def backward(self, dy: Any) -> Any:
-        return self._backward_rows(dy.T).T
+    def backward(self, dy: Array) -> Array:
+        return self._backward_rows(dy.T, self.saved()).T

@@ -15,7 +15,7 @@ def manual_seed(seed: int | None) -> None:
     _state["seed"] = seed
 
 
-def generator() -> Any:
+def generator() -> Any:   # numpy.random.Generator or cupy.random.Generator
     """The active backend's generator (created unseeded on first use or after a backend switch)."""
     if _state["gen"] is None or _state["backend"] != backend.name:
         manual_seed(_state["seed"])

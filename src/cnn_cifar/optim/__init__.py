@@ -1,6 +1,6 @@
 """Optimizers, learning-rate schedules and dropout schedules."""
-from .optimizers import SGD, Adam, Optimizer
+from .optimizers import OPTIMIZERS, SGD, Adam, Optimizer, build_optimizer
 from .schedules import DROPOUT_SCHEDULES, LR_SCHEDULES, DropoutSchedule, LRSchedule, lr_at
 
-__all__ = ["SGD", "Adam", "Optimizer", "DROPOUT_SCHEDULES", "LR_SCHEDULES", "DropoutSchedule", "LRSchedule",
+__all__ = ["OPTIMIZERS", "SGD", "Adam", "Optimizer", "build_optimizer", "DROPOUT_SCHEDULES", "LR_SCHEDULES", "DropoutSchedule", "LRSchedule",
            "lr_at"]

@@ -1,9 +1,10 @@
 """SGD and Adam. They see only parameters (data + grad) and keep their own per-parameter state."""
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Iterable
 
 from .. import backend
+from ..backend import Array
 from ..nn import Parameter
 
 
@@ -66,7 +67,7 @@ class SGD(Optimizer):
         if nesterov and momentum == 0:
             raise ValueError("SGD: Nesterov momentum needs momentum > 0")
         self.momentum, self.nesterov, self.weight_decay = float(momentum), bool(nesterov), float(weight_decay)
-        self.velocity: list[Any] = [None] * len(self.params)
+        self.velocity: list[Array | None] = [None] * len(self.params)
 
     def _hyper(self) -> dict:
         return {"momentum": self.momentum, "nesterov": self.nesterov, "weight_decay": self.weight_decay}
@@ -128,3 +129,17 @@ class Adam(Optimizer):
             denom = backend.get_array_module(v).sqrt(v / corr2)
             denom += self.eps
             p.data -= step_size * (m / denom)
+
+
+OPTIMIZERS = ("sgd", "adam")
+
+
+def build_optimizer(name: str, params: Iterable[Parameter], *, lr: float, momentum: float = 0.9,
+                    nesterov: bool = False, weight_decay: float = 0.0,
+                    betas: tuple[float, float] = (0.9, 0.999)) -> Optimizer:
+    """An optimizer by name (``sgd`` or ``adam``) with PyTorch's hyper-parameter names."""
+    if name == "sgd":
+        return SGD(params, lr, momentum, nesterov, weight_decay)
+    if name == "adam":
+        return Adam(params, lr, betas, weight_decay=weight_decay)
+    raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")

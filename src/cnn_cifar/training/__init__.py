@@ -1,11 +1,16 @@
-"""Training loop, evaluation, checkpoints, metrics and history files."""
-from .checkpoint import FORMAT, VERSION, CheckpointError, load_checkpoint, save_checkpoint
-from .history import FIELDS, history_paths, write_history
+"""Training: run settings, the loop and its hooks, one train step, evaluation, checkpoints, history, metrics."""
+from .checkpoint import FORMAT, VERSION, Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+from .config import RunConfig, resolve
+from .evaluation import evaluate, evaluate_checkpoint
+from .history import FIELDS, HistoryError, history_paths, read_history, write_history
+from .hooks import Hook, LogLine, ProgressBar, SaveCheckpoints, WriteHistory, format_row
+from .interrupt import StopFlag, TrainingInterrupted, interrupt_guard
 from .metrics import classification_report, confusion_matrix, topk_correct
-from .trainer import (NonFiniteLoss, StopFlag, Trainer, TrainingInterrupted, evaluate, format_row,
-                      interrupt_guard)
+from .step import NonFiniteLoss, train_step
+from .trainer import Trainer
 
-__all__ = ["FIELDS", "FORMAT", "VERSION", "CheckpointError", "NonFiniteLoss", "StopFlag", "Trainer",
-           "TrainingInterrupted", "classification_report", "confusion_matrix", "evaluate", "format_row",
-           "history_paths", "interrupt_guard", "load_checkpoint", "save_checkpoint", "topk_correct",
-           "write_history"]
+__all__ = ["FIELDS", "FORMAT", "VERSION", "Checkpoint", "CheckpointError", "HistoryError", "Hook", "LogLine",
+           "NonFiniteLoss", "ProgressBar", "RunConfig", "SaveCheckpoints", "StopFlag", "Trainer",
+           "TrainingInterrupted", "WriteHistory", "classification_report", "confusion_matrix", "evaluate",
+           "evaluate_checkpoint", "format_row", "history_paths", "interrupt_guard", "load_checkpoint",
+           "read_history", "resolve", "save_checkpoint", "topk_correct", "train_step", "write_history"]

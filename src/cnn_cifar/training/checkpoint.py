@@ -1,9 +1,10 @@
-"""One checkpoint format (a pickle of plain data and host NumPy arrays), saved atomically and loaded
-through the restricted unpickler."""
+"""The checkpoint: one type, one writer (atomic pickle of plain data and host NumPy arrays) and one
+reader (through the restricted unpickler)."""
 from __future__ import annotations
 
 import os
 import pickle
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,45 @@ class CheckpointError(RuntimeError):
     """A checkpoint is missing, corrupt, unsafe, or for another model (the message says which)."""
 
 
+@dataclass
+class Checkpoint:
+    """Everything a run saves: the model, and for ``--resume`` the optimizer, schedules, random streams,
+    position (epoch, and step inside it), history and run settings."""
+    model: str
+    state_dict: dict
+    epoch: int = 0                       # epochs completed
+    step: int = 0                        # steps completed inside the next epoch (after Ctrl-C)
+    model_config: dict = field(default_factory=dict)    # what build_model needs: name, num_classes, dropout
+    optimizer: dict | None = None
+    schedule: dict = field(default_factory=dict)        # lr and dropout schedules, current dropout_p
+    partial: dict | None = None          # running sums of an interrupted epoch
+    best_accuracy: float = -1.0
+    history: list = field(default_factory=list)
+    rng: dict = field(default_factory=dict)             # data stream, its epoch-start state, dropout stream
+    args: dict = field(default_factory=dict)            # the run settings (RunConfig.run_settings())
+    dataset: str | None = None
+    classes: list | None = None
+
+    @property
+    def num_classes(self) -> int | None:
+        n = self.model_config.get("num_classes")
+        return None if n is None else int(n)
+
+    def to_dict(self) -> dict:
+        return {"format": FORMAT, "version": VERSION, **_plain(asdict(self))}
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str = "checkpoint") -> "Checkpoint":
+        for key in ("model", "state_dict", "epoch"):
+            if key not in d:
+                raise CheckpointError(f"{source} is incomplete: no '{key}' entry")
+        known = {f.name for f in fields(cls)}
+        try:
+            return cls(**{k: v for k, v in d.items() if k in known})
+        except TypeError as exc:
+            raise CheckpointError(f"{source} is malformed: {exc}") from None
+
+
 def _plain(obj: Any) -> Any:
     """Turn OrderedDicts, tuples, Paths and NumPy scalars into plain builtins (arrays stay arrays)."""
     if isinstance(obj, dict):
@@ -33,32 +73,33 @@ def _plain(obj: Any) -> Any:
     return obj
 
 
-def save_checkpoint(path: str | os.PathLike, payload: dict) -> Path:
-    """Write payload (plus format/version) to path atomically: temp file in the same folder, fsync, rename."""
-    data = {"format": FORMAT, "version": VERSION, **_plain(payload)}
+def save_checkpoint(path: str | os.PathLike, checkpoint: Checkpoint | dict) -> Path:
+    """Write a checkpoint atomically: temp file in the same folder, fsync, rename. A dict is read as a
+    Checkpoint's fields first, so only what the reader accepts is ever written."""
+    if isinstance(checkpoint, dict):
+        checkpoint = Checkpoint.from_dict(checkpoint)
+    data = checkpoint.to_dict()
     return atomic_write(path, lambda f: pickle.dump(data, f, protocol=4))
 
 
-def load_checkpoint(path: str | os.PathLike, expected_model: str | None = None) -> dict:
+def load_checkpoint(path: str | os.PathLike, expected_model: str | None = None) -> Checkpoint:
     """Read a checkpoint; refuses unsafe pickles, foreign files and (if given) other models."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
         with open(path, "rb") as f:
-            ck = safe_pickle.load(f)
+            raw = safe_pickle.load(f)
     except safe_pickle.UnsafePickleError as exc:
         raise CheckpointError(f"refusing to load {path}: not a cnn-cifar-10 checkpoint ({exc})") from None
     except Exception as exc:  # truncated or not a pickle at all
         raise CheckpointError(f"{path} is not a readable checkpoint ({type(exc).__name__}: {exc})") from None
-    if not isinstance(ck, dict) or ck.get("format") != FORMAT:
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a cnn-cifar-10 checkpoint")
-    if ck.get("version") != VERSION:
-        raise CheckpointError(f"{path} has checkpoint version {ck.get('version')}, this tool reads {VERSION}")
-    for key in ("model", "state_dict", "epoch"):
-        if key not in ck:
-            raise CheckpointError(f"{path} is incomplete: no '{key}' entry")
-    if expected_model is not None and ck["model"] != expected_model:
-        raise CheckpointError(f"{path} holds a '{ck['model']}' model, not '{expected_model}' "
-                              f"(use --model {ck['model']})")
+    if raw.get("version") != VERSION:
+        raise CheckpointError(f"{path} has checkpoint version {raw.get('version')}, this tool reads {VERSION}")
+    ck = Checkpoint.from_dict(raw, source=str(path))
+    if expected_model is not None and ck.model != expected_model:
+        raise CheckpointError(f"{path} holds a '{ck.model}' model, not '{expected_model}' "
+                              f"(use --model {ck.model})")
     return ck

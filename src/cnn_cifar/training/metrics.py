@@ -1,9 +1,9 @@
 """Classification metrics from predictions: accuracy, top-k, confusion matrix, per-class report."""
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
+
+from ..backend import Array, get_array_module, to_numpy
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
@@ -12,12 +12,12 @@ def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -
     return np.bincount(idx, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
 
 
-def topk_correct(logits: Any, y: Any, ks: tuple[int, ...] = (1, 3, 5)) -> dict[int, int]:
+def topk_correct(logits: Array, y: Array, ks: tuple[int, ...] = (1, 3, 5)) -> dict[int, int]:
     """How many samples have their label among the k highest logits, for each k (on any backend)."""
-    from ..backend import get_array_module, to_numpy
     xp = get_array_module(logits)
     k_max = min(max(ks), logits.shape[1])
-    top = xp.argsort(-logits, axis=1)[:, :k_max]
+    # A stable sort ranks tied logits by class index, as argmax does, so top-1 equals accuracy on ties.
+    top = (xp.argsort(-logits, axis=1, kind="stable") if xp is np else xp.argsort(-logits, axis=1))[:, :k_max]
     hit = top == y[:, None]
     return {k: int(to_numpy(hit[:, :min(k, k_max)].any(axis=1).sum())) for k in ks}
 

@@ -1,6 +1,7 @@
-"""Plots of training histories and evaluation results."""
+"""Plots of training histories and evaluation results, and the training hook that refreshes them."""
+from .hooks import PlotProgress
 from .plots import (HistoryError, plot_comparison, plot_confusion, plot_evaluation, plot_per_class, plot_runs,
                     plot_training_progress, read_history, summary_text, write_summary)
 
-__all__ = ["HistoryError", "plot_comparison", "plot_confusion", "plot_evaluation", "plot_per_class", "plot_runs",
-           "plot_training_progress", "read_history", "summary_text", "write_summary"]
+__all__ = ["HistoryError", "PlotProgress", "plot_comparison", "plot_confusion", "plot_evaluation", "plot_per_class",
+           "plot_runs", "plot_training_progress", "read_history", "summary_text", "write_summary"]

@@ -1,56 +1,19 @@
-"""Training-curve and evaluation plots (matplotlib, Agg backend: no display needed)."""
+"""Training-curve and evaluation plots, drawn on matplotlib Figures that are not attached to pyplot:
+no display is needed and importing this module selects no matplotlib backend for the host process."""
 from __future__ import annotations
 
-import csv
-import json
 import os
 from pathlib import Path
 from typing import Sequence
 
 import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from ..training.history import HistoryError, read_history
 
-NUMERIC = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "dropout", "seconds")
-REQUIRED = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc")
 COLORS = {"train": "#1f77b4", "test": "#d62728", "lr": "#2ca02c", "dropout": "#9467bd", "gap": "#ff7f0e"}
-
-
-class HistoryError(ValueError):
-    """A history file is missing, empty or malformed (the message names it)."""
-
-
-def read_history(path: str | os.PathLike) -> list[dict]:
-    """Rows of a run's history from its CSV or JSONL file, numbers parsed, checked for the needed columns."""
-    path = Path(path)
-    if not path.is_file():
-        raise HistoryError(f"history file not found: {path}")
-    text = path.read_text()
-    if not text.strip():
-        raise HistoryError(f"history file is empty: {path}")
-    try:
-        if path.suffix == ".jsonl" or text.lstrip().startswith("{"):
-            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-        else:
-            rows = list(csv.DictReader(text.splitlines()))
-    except (json.JSONDecodeError, csv.Error) as exc:
-        raise HistoryError(f"malformed history file {path}: {exc}") from None
-    if not rows:
-        raise HistoryError(f"history file has no epochs: {path}")
-    out = []
-    for i, r in enumerate(rows, 1):
-        if not isinstance(r, dict) or any(k not in r for k in REQUIRED):
-            raise HistoryError(f"malformed history file {path}: row {i} lacks one of {', '.join(REQUIRED)}")
-        try:
-            row = {k: float(r[k]) for k in NUMERIC if k in r and r[k] not in (None, "")}
-        except (TypeError, ValueError) as exc:
-            raise HistoryError(f"malformed history file {path}: row {i}: {exc}") from None
-        row["epoch"] = int(row["epoch"])
-        out.append(row)
-    return out
 
 
 def _series(history: Sequence[dict], key: str) -> np.ndarray:
@@ -61,13 +24,18 @@ def _best_index(history: Sequence[dict]) -> int:
     return int(np.nanargmax(_series(history, "test_acc")))
 
 
-def _save(fig: plt.Figure, path: Path) -> Path:
+def _subplots(*args, figsize: tuple[float, float], **kw):
+    """A (figure, axes) pair like pyplot.subplots, on a Figure that pyplot does not track."""
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(*args, **kw)
+
+
+def _save(fig: Figure, path: Path) -> Path:
     for ax in fig.axes:
         if ax.get_xlabel() == "epoch":
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
     return path
 
 
@@ -75,7 +43,7 @@ def plot_training_progress(history: Sequence[dict], out_dir: str | os.PathLike, 
     """Loss, accuracy (train and test) and LR/dropout by epoch, best epoch marked."""
     ep = _series(history, "epoch")
     b = _best_index(history)
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
+    fig, axes = _subplots(1, 3, figsize=(16, 4.6))
     for ax, key, title in ((axes[0], "loss", "Loss"), (axes[1], "acc", "Accuracy (%)")):
         scale = 100.0 if key == "acc" else 1.0
         for split in ("train", "test"):
@@ -111,7 +79,7 @@ def plot_comparison(history: Sequence[dict], out_dir: str | os.PathLike, model: 
     ep = _series(history, "epoch")
     tr_a, te_a = 100 * _series(history, "train_acc"), 100 * _series(history, "test_acc")
     tr_l, te_l = _series(history, "train_loss"), _series(history, "test_loss")
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
+    fig, axes = _subplots(1, 3, figsize=(16, 4.6))
     axes[0].plot(ep, tr_a, color=COLORS["train"], label="train")
     axes[0].plot(ep, te_a, color=COLORS["test"], label="test")
     axes[0].fill_between(ep, tr_a, te_a, color=COLORS["gap"], alpha=0.15, label="gap")
@@ -142,8 +110,8 @@ def plot_comparison(history: Sequence[dict], out_dir: str | os.PathLike, model: 
 def plot_runs(histories: Sequence[Sequence[dict]], labels: Sequence[str], out_dir: str | os.PathLike,
               name: str = "runs") -> Path:
     """Several runs overlaid: test accuracy, train accuracy and losses."""
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.6))
-    cmap = plt.get_cmap("tab10")
+    fig, axes = _subplots(1, 2, figsize=(13, 4.6))
+    cmap = matplotlib.colormaps["tab10"]
     for i, (h, lab) in enumerate(zip(histories, labels)):
         ep = _series(h, "epoch")
         c = cmap(i % 10)
@@ -169,7 +137,7 @@ def plot_per_class(res: dict, out_dir: str | os.PathLike, model: str) -> Path:
     overall = 100 * res["accuracy"]
     if len(pc) > 20:
         order = sorted(pc, key=lambda c: c["accuracy"])
-        fig, ax = plt.subplots(figsize=(8, 0.16 * len(pc) + 1.5))
+        fig, ax = _subplots(figsize=(8, 0.16 * len(pc) + 1.5))
         y = np.arange(len(order))
         ax.barh(y, [100 * c["accuracy"] for c in order], color=COLORS["train"], label="accuracy (= recall)")
         ax.set_yticks(y, [c["class"] for c in order], fontsize=6)
@@ -182,7 +150,7 @@ def plot_per_class(res: dict, out_dir: str | os.PathLike, model: str) -> Path:
     else:
         names = [c["class"] for c in pc]
         x = np.arange(len(names))
-        fig, ax = plt.subplots(figsize=(12, 5))
+        fig, ax = _subplots(figsize=(12, 5))
         w = 0.27
         for i, (key, col, lab) in enumerate((("accuracy", "#1f77b4", "accuracy (= recall)"),
                                              ("precision", "#ff7f0e", "precision"), ("f1", "#9467bd", "F1"))):
@@ -208,7 +176,7 @@ def plot_confusion(res: dict, out_dir: str | os.PathLike, model: str) -> Path:
     k = len(names)
     norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
     size = min(max(7.0, 0.75 * k), 24.0)
-    fig, ax = plt.subplots(figsize=(size + 1.5, size))
+    fig, ax = _subplots(figsize=(size + 1.5, size))
     im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
     ax.set_xticks(range(k), names, rotation=45 if k <= 20 else 90, ha="right", fontsize=9 if k <= 20 else 5)

@@ -1,0 +1,92 @@
+"""The model registry: each entry is a builder and the training recipe tuned for it.
+
+A new model family is one ``register`` call beside its class: ``train_cli --model NAME`` then builds it
+and takes its recipe for every setting the user leaves out; ``test_cli`` rebuilds it from a checkpoint.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import numpy as np
+
+from ..nn import Module, dropout_rate
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """The training settings a model is tuned for (train_cli's defaults for it; flags override each)."""
+    optimizer: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-4
+    batch_size: int = 128
+    epochs: int = 200
+    lr_schedule: str = "cosine"
+    warmup_epochs: float = 0.0
+    min_lr: float = 0.0
+    dropout_schedule: str = "none"
+    dropout_rate: float = 0.0        # also the rate the model is built with when none is given
+    min_dropout: float = 0.0
+    max_dropout: float = 0.5
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+Builder = Callable[..., Module]
+"""builder(num_classes=..., dropout=..., seed=..., dtype=...) -> Module"""
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    build: Builder
+    recipe: Recipe
+    description: str = ""
+
+
+_REGISTRY: dict[str, ModelEntry] = {}
+
+
+def register(name: str, build: Builder, recipe: Recipe, description: str = "") -> ModelEntry:
+    """Add a model under ``name`` (a name may be registered once)."""
+    if name in _REGISTRY:
+        raise ValueError(f"model {name!r} is already registered")
+    entry = _REGISTRY[name] = ModelEntry(name, build, recipe, description)
+    return entry
+
+
+def unregister(name: str) -> None:
+    """Remove a model (for tests and plug-ins that register temporary models)."""
+    _REGISTRY.pop(name, None)
+
+
+def get_entry(name: str) -> ModelEntry:
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(_REGISTRY)}")
+    return _REGISTRY[name]
+
+
+def list_models() -> list[str]:
+    """Names accepted by build_model, in registration order."""
+    return list(_REGISTRY)
+
+
+def recipe(name: str) -> Recipe:
+    """The training recipe of a registered model."""
+    return get_entry(name).recipe
+
+
+def build_model(name: str, num_classes: int = 10, dropout: float | None = None, seed: int | None = 0,
+                dtype: type = np.float32) -> Module:
+    """Build a registered model; the same seed gives the same initial weights. Without ``dropout`` the
+    model gets its recipe's rate. ``model.config`` records what rebuilds it (name, classes, dropout)."""
+    entry = get_entry(name)
+    if num_classes < 2:
+        raise ValueError(f"num_classes must be at least 2, got {num_classes}")
+    model = entry.build(num_classes=num_classes, dropout=entry.recipe.dropout_rate if dropout is None else dropout,
+                        seed=seed, dtype=dtype)
+    model.config = {"name": name, "num_classes": num_classes, "dropout": float(dropout_rate(model) or 0.0)}
+    return model

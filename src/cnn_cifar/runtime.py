@@ -1,0 +1,231 @@
+"""The CPU runtime: worker threads, BLAS pinning, reusable buffers, and the host allocator.
+
+Nothing here runs at import. ``enable()`` switches the process-wide tuning on (the CLIs call it; a library
+user may too); everything else acts only on the NumPy arrays it is given. GPU arrays always take the
+plain single-threaded path, so layer code can call these helpers without asking which backend is active.
+
+Buffers. im2col columns and padded inputs are larger than an activation and live only inside one layer
+call. Allocating them fresh costs a page fault per 4 KiB (glibc serves large blocks with new mmap pages),
+so each thread keeps one growing buffer per role. A buffer is *borrowed* in a ``with`` block and returned
+at its end; borrowing a role that is already out raises ``BufferInUse`` instead of handing out memory that
+someone is still reading.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor, wait
+from contextlib import contextmanager
+from types import ModuleType
+from typing import Any, Callable, Iterator, Sequence, TypeVar
+
+import numpy
+
+from .backend import Array, get_array_module
+
+T = TypeVar("T")
+
+THREADS = max(1, min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1),
+                     int(os.environ.get("CNN_CIFAR_THREADS", "0")) or 64))
+"""Worker threads for channel-parallel passes and conv tile runs (CNN_CIFAR_THREADS, else the usable cores)."""
+PARALLEL_MIN_BYTES = 4 << 20
+"""Passes over smaller arrays run in the calling thread: below this, thread hand-off costs more than it saves."""
+
+_local = threading.local()
+_executor: ThreadPoolExecutor | None = None
+
+
+def is_host(a: Array) -> bool:
+    """True for a NumPy array: the array, not a global setting, decides which path runs."""
+    return isinstance(a, numpy.ndarray)
+
+
+# --------------------------------------------------------------------------------------------- threads
+def _pool() -> ThreadPoolExecutor:
+    global _executor
+    if _executor is None:
+        _executor = ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="cnn-cifar")
+    return _executor
+
+
+def _nested() -> bool:
+    """True inside a worker thread, or while this thread runs its share of a parallel section."""
+    return getattr(_local, "in_parallel", False) or threading.current_thread().name.startswith("cnn-cifar")
+
+
+def by_channel(fn: Callable[[int, int], None], a: Array, channels: int | None = None) -> None:
+    """Call fn(c0, c1) over chunks of range(channels) (default: a.shape[0]).
+
+    NumPy's copies and ufuncs release the GIL, so a memory-bound pass over a host array of at least
+    PARALLEL_MIN_BYTES splits into one chunk per core. Device arrays, small arrays and calls made from
+    inside a parallel section run in one call in the calling thread.
+    """
+    channels = a.shape[0] if channels is None else channels
+    chunks = min(THREADS, channels)
+    if chunks < 2 or a.nbytes < PARALLEL_MIN_BYTES or not is_host(a) or _nested():
+        fn(0, channels)
+        return
+    bounds = [channels * k // chunks for k in range(chunks + 1)]
+    futures = [_pool().submit(fn, bounds[k], bounds[k + 1]) for k in range(1, chunks)]
+    fn(bounds[0], bounds[1])
+    for f in futures:
+        f.result()
+
+
+def in_runs(work: Callable[[Sequence[T]], Any], items: Sequence[T], a: Array, parallel: bool = True) -> list[Any]:
+    """Call work(run) on runs of consecutive items and return the results, one per run.
+
+    For host arrays ``a``, with several cores and at least two items per core, the items are split into one
+    run per core, run concurrently with single-threaded BLAS: each core keeps its tile in its own cache.
+    Otherwise (device arrays, one core, few items, ``parallel=False`` when runs would write to the same
+    memory) there is one run, in this thread.
+    """
+    t = THREADS
+    if not parallel or t < 2 or len(items) < 2 * t or not is_host(a) or _nested() or not can_pin_blas():
+        return [work(items)]
+    bounds = [len(items) * k // t for k in range(t + 1)]
+    runs = [items[bounds[k]:bounds[k + 1]] for k in range(t)]
+    with single_threaded_blas():
+        _local.in_parallel = True
+        futures = [_pool().submit(work, run) for run in runs[1:]]
+        try:
+            first = work(runs[0])
+        finally:
+            _local.in_parallel = False
+            wait(futures)
+    return [first] + [f.result() for f in futures]
+
+
+# ------------------------------------------------------------------------------------------------ BLAS
+_blas_libs: list | None = None
+
+
+def _blas_controllers() -> list:
+    """threadpoolctl handles on the BLAS libraries NumPy loaded ([] if they cannot be inspected)."""
+    global _blas_libs
+    if _blas_libs is None:
+        try:
+            from threadpoolctl import ThreadpoolController
+            _blas_libs = list(ThreadpoolController().select(user_api="blas").lib_controllers)
+        except Exception:                 # threadpoolctl unable to inspect this process
+            _blas_libs = []
+    return _blas_libs
+
+
+def can_pin_blas() -> bool:
+    """Whether single_threaded_blas() can actually limit NumPy's BLAS."""
+    return bool(_blas_controllers())
+
+
+@contextmanager
+def single_threaded_blas() -> Iterator[None]:
+    """Inside, NumPy's BLAS runs each call on its calling thread; the thread counts are restored after."""
+    libs = _blas_controllers()
+    saved = [lib.num_threads for lib in libs]
+    for lib in libs:
+        lib.set_num_threads(1)
+    try:
+        yield
+    finally:
+        for lib, n in zip(libs, saved):
+            lib.set_num_threads(n)
+
+
+# --------------------------------------------------------------------------------------------- buffers
+class BufferInUse(RuntimeError):
+    """A workspace buffer was borrowed again before the earlier borrow was returned."""
+
+
+def _buffers() -> tuple[dict, set]:
+    pool = getattr(_local, "buffers", None)
+    if pool is None:
+        pool = _local.buffers = ({}, set())
+    return pool
+
+
+@contextmanager
+def workspace(xp: ModuleType, role: str, shape: tuple[int, ...], dtype: Any) -> Iterator[Array]:
+    """Borrow an uninitialised array of ``shape`` from this thread's reusable buffer for ``role``."""
+    bufs, out = _buffers()
+    key = (role, xp.__name__, xp.dtype(dtype).str)
+    if key in out:
+        raise BufferInUse(f"workspace buffer {role!r} is already borrowed in this thread")
+    n = 1
+    for d in shape:
+        n *= int(d)
+    buf = bufs.get(key)
+    if buf is None or buf.size < n:
+        buf = bufs[key] = xp.empty(n, dtype=dtype)
+    out.add(key)
+    try:
+        yield buf[:n].reshape(shape)
+    finally:
+        out.discard(key)
+
+
+@contextmanager
+def padded(xc: Array, ph: int, pw: int, value: float = 0.0) -> Iterator[Array]:
+    """Borrow (C, H, W, N) ``xc`` with its spatial axes padded by ``value``, in a reusable buffer.
+
+    The buffer is keyed by padded shape, padding and fill value, so its border is written once, when it is
+    created, and later borrows copy only the interior. Without padding, ``xc`` itself is lent.
+    """
+    if ph == 0 and pw == 0:
+        yield xc
+        return
+    xp = get_array_module(xc)
+    c, h, w, n = xc.shape
+    shape = (c, h + 2 * ph, w + 2 * pw, n)
+    key = ("pad", shape, (ph, pw), float(value), xp.__name__, xp.dtype(xc.dtype).str)
+    bufs, out = _buffers()
+    if key in out:
+        raise BufferInUse(f"padding buffer {shape} is already borrowed in this thread")
+    buf = bufs.get(key)
+    if buf is None:
+        buf = bufs[key] = xp.full(shape, value, dtype=xc.dtype)
+
+    def fill(c0: int, c1: int) -> None:
+        buf[c0:c1, ph:ph + h, pw:pw + w] = xc[c0:c1]
+    by_channel(fill, buf)
+    out.add(key)
+    try:
+        yield buf
+    finally:
+        out.discard(key)
+
+
+# ------------------------------------------------------------------------------------- host allocator
+_allocator_tuned = False
+
+
+def tune_host_allocator() -> bool:
+    """Ask glibc to keep freed memory for reuse instead of returning it to the OS.
+
+    Training allocates and frees activation-sized arrays (megabytes) every step. By default glibc serves
+    large blocks with fresh mmap pages and trims the heap, so each step pays a page fault per 4 KiB touched
+    (about 15% of a ResNet-32 step on 2 cores). With mmap off and trimming disabled, freed blocks are reused;
+    peak memory is unchanged. CNN_CIFAR_MALLOC_TUNING=0 leaves glibc alone. Returns True if applied.
+    """
+    global _allocator_tuned
+    if _allocator_tuned or os.environ.get("CNN_CIFAR_MALLOC_TUNING", "1") == "0":
+        return _allocator_tuned
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_top_pad, m_mmap_max = -1, -2, -4
+        ok = (libc.mallopt(m_mmap_max, 0) == 1
+              and libc.mallopt(m_trim_threshold, 2 ** 31 - 1) == 1
+              and libc.mallopt(m_top_pad, 64 << 20) == 1)
+    except (OSError, AttributeError):   # not glibc (macOS, musl): nothing to do
+        ok = False
+    _allocator_tuned = ok
+    return ok
+
+
+def enable() -> dict:
+    """Apply the process-wide CPU tuning a training or evaluation run wants (today: the host allocator).
+
+    Importing the library changes nothing in the host process; the CLIs call this once at start, and a
+    library user who trains on the CPU can call it too. Returns what was applied.
+    """
+    return {"host_allocator": tune_host_allocator()}

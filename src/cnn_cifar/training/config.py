@@ -1,0 +1,92 @@
+"""The settings of a training run, resolved once: what the user gave, else the checkpoint's, else the
+model's recipe, else the defaults below. Also builds what the settings describe (optimizer, schedules,
+augmentation), so the CLI only parses and wires."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Iterable
+
+from ..data import AugmentConfig
+from ..models import Recipe, recipe
+from ..nn import Parameter
+from ..optim import DropoutSchedule, LRSchedule, Optimizer, build_optimizer
+
+
+@dataclass(frozen=True)
+class RunConfig(Recipe):
+    """Every setting of a run: the recipe's fields (defaulting to the model's recipe, see ``resolve``), then
+    the run's own."""
+    model: str = "cnn"
+    dataset: str = "cifar10"
+    data: str = "data"
+    seed: int = 0
+    backend: str = "auto"
+    beta1: float = 0.9
+    beta2: float = 0.999
+    lr_decay_factor: float = 0.1
+    lr_decay_steps: float | None = None
+    label_smoothing: float = 0.0
+    no_augment: bool = False
+    crop_padding: int = 4
+    no_flip: bool = False
+    cutout: int = 0
+    limit_train: int | None = None
+    limit_test: int | None = None
+    checkpoint_dir: str = "checkpoint"
+    log_dir: str = "log"
+
+    def __post_init__(self) -> None:
+        if self.min_dropout > self.max_dropout:
+            raise ValueError(f"--min-dropout {self.min_dropout} is above --max-dropout {self.max_dropout}")
+        if self.min_lr > self.lr:
+            raise ValueError(f"--min-lr {self.min_lr} is above --lr {self.lr}")
+
+    def run_settings(self) -> dict:
+        """What a checkpoint records and ``--resume`` restores (where outputs go is not part of the run)."""
+        return {k: v for k, v in asdict(self).items() if k in RESTORED}
+
+    # -- what the settings build --------------------------------------------------------------
+    def build_optimizer(self, params: Iterable[Parameter]) -> Optimizer:
+        return build_optimizer(self.optimizer, params, lr=self.lr, momentum=self.momentum,
+                               nesterov=self.nesterov, weight_decay=self.weight_decay,
+                               betas=(self.beta1, self.beta2))
+
+    def make_lr_schedule(self) -> LRSchedule:
+        return LRSchedule(self.lr_schedule, self.lr, self.epochs, self.warmup_epochs, self.min_lr,
+                          self.lr_decay_factor, self.lr_decay_steps)
+
+    def make_dropout_schedule(self) -> DropoutSchedule:
+        return DropoutSchedule(self.dropout_schedule, self.dropout_rate, self.min_dropout, self.max_dropout,
+                               self.epochs)
+
+    def augmentation(self) -> AugmentConfig:
+        if self.no_augment:
+            return AugmentConfig.none()
+        return AugmentConfig(self.crop_padding, not self.no_flip, self.cutout)
+
+
+FIELDS = tuple(f.name for f in fields(RunConfig))
+RECIPE_FIELDS = tuple(f.name for f in fields(Recipe))
+NOT_RESTORED = ("backend", "checkpoint_dir", "log_dir")   # about this machine and its folders, not the run
+RESTORED = tuple(k for k in FIELDS if k not in NOT_RESTORED)
+
+
+def resolve(given: dict, saved: dict | None = None) -> RunConfig:
+    """Effective settings: ``given`` (the user's flags; None means not given), else ``saved`` (a checkpoint's
+    run settings, on resume), else the model's recipe, else RunConfig's defaults. Raises ValueError for an
+    unknown model or inconsistent settings."""
+    given = {k: v for k, v in given.items() if v is not None and k in FIELDS}
+    saved = {k: v for k, v in (saved or {}).items() if k in RESTORED}
+    model = given.get("model") or saved.get("model") or RunConfig.model
+    values = recipe(model).to_dict()
+    values.update(saved)
+    values.update(given)
+    values["model"] = model
+    if values["momentum"] == 0 and values["nesterov"]:
+        if given.get("nesterov"):
+            raise ValueError("--nesterov needs a momentum above 0 (as torch.optim.SGD)")
+        values["nesterov"] = False            # the recipe's Nesterov has no meaning without momentum
+    return RunConfig(**values)
+
+
+__all__ = ["FIELDS", "RECIPE_FIELDS", "RESTORED", "RunConfig", "resolve"]

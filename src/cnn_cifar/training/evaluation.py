@@ -1,0 +1,73 @@
+"""Evaluation: a model over a loader (loss, accuracy, top-k, confusion matrix), and a saved checkpoint
+rebuilt and evaluated on its dataset's test split."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .. import backend, nn
+from ..data import BatchLoader, load_dataset
+from ..models import build_model
+from . import metrics
+from .checkpoint import CheckpointError, load_checkpoint
+from .interrupt import StopFlag
+
+
+def evaluate(model: nn.Module, loader: BatchLoader, criterion: nn.SoftmaxCrossEntropy, num_classes: int,
+             ks: tuple[int, ...] = (1, 3, 5), progress: bool = False, desc: str = "eval",
+             stop: StopFlag | None = None) -> dict | None:
+    """Eval-mode pass over a loader (BN running stats, no dropout): loss, accuracy, top-k and the confusion
+    matrix. Returns None if ``stop`` was set part-way."""
+    was_training = model.training
+    model.eval()
+    loss_sum, n = 0.0, 0
+    top = {k: 0 for k in ks}
+    preds, labels = [], []
+    try:
+        with nn.no_grad():
+            for x, y in tqdm(loader, desc=desc, leave=False, disable=not progress, unit="batch"):
+                logits = model(x)
+                loss_sum += criterion(logits, y) * len(y)
+                n += len(y)
+                for k, c in metrics.topk_correct(logits, y, ks).items():
+                    top[k] += c
+                preds.append(backend.to_numpy(logits.argmax(axis=1)))
+                labels.append(backend.to_numpy(y))
+                if stop is not None and stop.requested:
+                    return None
+    finally:
+        model.train(was_training)
+    y_true, y_pred = np.concatenate(labels), np.concatenate(preds)
+    return {"loss": loss_sum / max(n, 1), "accuracy": float((y_true == y_pred).mean()) if n else 0.0,
+            "topk": {k: c / max(n, 1) for k, c in top.items()}, "n": n,
+            "confusion_matrix": metrics.confusion_matrix(y_true, y_pred, num_classes),
+            "y_true": y_true, "y_pred": y_pred}
+
+
+def evaluate_checkpoint(path: str | os.PathLike, data: str | os.PathLike = "data", model: str | None = None,
+                        dataset: str | None = None, batch_size: int = 500, limit: int | None = None,
+                        download: bool = True, progress: bool = False) -> dict:
+    """Rebuild a checkpoint's model and evaluate it on the test split of its dataset (or ``dataset``) on the
+    active backend; returns the results with per-class metrics, ready for printing, JSON or plots."""
+    ck = load_checkpoint(path, expected_model=model)
+    dataset = dataset or ck.dataset or "cifar10"
+    ds = load_dataset(dataset, data, download=download, progress=progress)
+    num_classes = ck.num_classes or ds.spec.num_classes
+    if num_classes != ds.spec.num_classes:
+        raise CheckpointError(f"{path} predicts {num_classes} classes but {dataset} has {ds.spec.num_classes}")
+    net = build_model(ck.model, num_classes=num_classes, dropout=ck.model_config.get("dropout", 0.0))
+    try:
+        net.load_state_dict(ck.state_dict)
+    except ValueError as exc:
+        raise CheckpointError(f"{path} does not fit model '{ck.model}': {exc}") from None
+    x, y = ds.x_test[:limit], ds.y_test[:limit]
+    loader = BatchLoader(x, y, batch_size, ds.spec.mean, ds.spec.std)
+    ev = evaluate(net, loader, nn.SoftmaxCrossEntropy(), num_classes, progress=progress)
+    report = metrics.classification_report(ev["confusion_matrix"], ds.classes)
+    return {"model": ck.model, "checkpoint": str(path), "epoch": ck.epoch, "dataset": dataset,
+            "n": ev["n"], "accuracy": ev["accuracy"], "loss": ev["loss"],
+            "topk": {str(k): v for k, v in ev["topk"].items()},
+            "per_class": report["per_class"], "macro": report["macro"],
+            "confusion_matrix": ev["confusion_matrix"].tolist(), "classes": ds.classes}

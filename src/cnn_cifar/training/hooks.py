@@ -1,0 +1,98 @@
+"""What happens around the training loop's epochs and steps, as hooks (in the spirit of Chainer's training
+extensions): progress bars, checkpoints, history files, the log line. A training feature attaches as a hook
+instead of growing the loop."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from tqdm.auto import tqdm
+
+from .checkpoint import save_checkpoint
+from .history import write_history
+
+if TYPE_CHECKING:                                   # annotations only: trainer imports this module
+    from .trainer import Trainer
+
+
+class Hook:
+    """Called by the Trainer: ``epoch_start`` before an epoch's first (or resumed) step, ``step_end`` after
+    each step, ``train_end`` when the steps stop (normally or not), ``epoch_end`` with the epoch's history
+    row once it is evaluated and counted. Each default does nothing."""
+
+    def epoch_start(self, trainer: "Trainer") -> None:
+        pass
+
+    def step_end(self, trainer: "Trainer", loss: float, batch: int) -> None:
+        pass
+
+    def train_end(self, trainer: "Trainer") -> None:
+        pass
+
+    def epoch_end(self, trainer: "Trainer", row: dict) -> None:
+        pass
+
+
+class ProgressBar(Hook):
+    """A tqdm bar per epoch with the running loss, accuracy and images per second."""
+
+    def __init__(self) -> None:
+        self.bar: tqdm | None = None
+
+    def epoch_start(self, trainer: "Trainer") -> None:
+        self.bar = tqdm(total=len(trainer.train_loader), initial=trainer.step,
+                        desc=f"epoch {trainer.epoch + 1}/{trainer.target_epochs}", unit="batch", leave=False,
+                        dynamic_ncols=True)
+        self.t0, self.seen0 = time.perf_counter(), trainer.partial["seen"]
+
+    def step_end(self, trainer: "Trainer", loss: float, batch: int) -> None:
+        p = trainer.partial
+        self.bar.update(1)
+        self.bar.set_postfix(loss=f"{p['loss_sum'] / p['seen']:.4f}", acc=f"{100 * p['correct'] / p['seen']:.2f}%",
+                             img_s=f"{(p['seen'] - self.seen0) / max(time.perf_counter() - self.t0, 1e-9):.0f}",
+                             refresh=False)
+
+    def train_end(self, trainer: "Trainer") -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+class SaveCheckpoints(Hook):
+    """<model>_last.pkl every epoch, <model>_best.pkl on a new best test accuracy (both atomic)."""
+
+    def epoch_end(self, trainer: "Trainer", row: dict) -> None:
+        ck = trainer.checkpoint()
+        save_checkpoint(trainer.last_path, ck)
+        if row["best"]:
+            save_checkpoint(trainer.best_path, ck)
+
+
+class WriteHistory(Hook):
+    """<model>_history.csv and .jsonl beside the checkpoints."""
+
+    def epoch_end(self, trainer: "Trainer", row: dict) -> None:
+        write_history(trainer.checkpoint_dir, trainer.model_name, trainer.history)
+
+
+class LogLine(Hook):
+    """The one summary line per epoch, on stdout and appended to a log file (if given)."""
+
+    def __init__(self, log_path: str | Path | None = None) -> None:
+        self.log_path = Path(log_path) if log_path else None
+
+    def epoch_end(self, trainer: "Trainer", row: dict) -> None:
+        line = format_row(row, trainer.target_epochs)
+        print(line, flush=True)
+        if self.log_path is not None:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.log_path, "a") as f:
+                f.write(line + "\n")
+
+
+def format_row(row: dict, epochs: int) -> str:
+    """The one summary line per epoch."""
+    return (f"epoch {row['epoch']:>3}/{epochs}  train loss {row['train_loss']:.4f} acc {100 * row['train_acc']:6.2f}%"
+            f"  test loss {row['test_loss']:.4f} acc {100 * row['test_acc']:6.2f}%  lr {row['lr']:.6f}"
+            f"  dropout {row['dropout']:.3f}  {row['seconds']:6.1f}s{'  *best*' if row['best'] else ''}")

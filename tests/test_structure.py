@@ -1,0 +1,213 @@
+"""The library's structural rules: one backward-state mechanism for every layer, no side effects on import,
+the model registry (a new model is one entry), borrowed buffers, and decisions taken from the arrays."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cnn_cifar import backend, nn, runtime
+from cnn_cifar.models import Recipe, build_model, list_models, register, unregister
+from cnn_cifar.nn import im2col
+from conftest import run_python
+
+LAYERS = {
+    "Conv2d": (lambda: nn.Conv2d(2, 3, 3, padding=1), (2, 2, 5, 5)),
+    "Conv2d-strided": (lambda: nn.Conv2d(2, 3, 3, stride=2), (2, 2, 5, 5)),
+    "Linear": (lambda: nn.Linear(4, 3), (2, 4)),
+    "BatchNorm2d": (lambda: nn.BatchNorm2d(2), (2, 2, 3, 3)),
+    "BatchNorm1d": (lambda: nn.BatchNorm1d(4), (3, 4)),
+    "MaxPool2d": (lambda: nn.MaxPool2d(2), (2, 2, 4, 4)),
+    "AvgPool2d": (lambda: nn.AvgPool2d(2), (2, 2, 4, 4)),
+    "GlobalAvgPool2d": (lambda: nn.GlobalAvgPool2d(), (2, 2, 4, 4)),
+    "ReLU": (lambda: nn.ReLU(), (2, 3)),
+    "ReLU-4d": (lambda: nn.ReLU(), (2, 2, 3, 3)),
+    "Dropout": (lambda: nn.Dropout(0.5), (2, 3)),
+    "Dropout2d": (lambda: nn.Dropout2d(0.5), (2, 2, 3, 3)),
+    "Flatten": (lambda: nn.Flatten(), (2, 2, 3, 3)),
+}
+NO_FORWARD = r"backward called without a forward that kept what it needs"
+
+
+def _x(shape):
+    return np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+
+
+@pytest.mark.parametrize("name", list(LAYERS))
+def test_backward_without_forward_is_the_same_clear_error_for_every_layer(name):
+    make, shape = LAYERS[name]
+    layer = make()
+    y = layer(_x(shape))
+    dy = np.ones_like(y)
+    layer.backward(dy)                              # the saved values are handed back once ...
+    with pytest.raises(RuntimeError, match=NO_FORWARD):
+        layer.backward(dy)                          # ... so a second backward is the same error
+    with pytest.raises(RuntimeError, match=NO_FORWARD):
+        make().backward(dy)
+
+
+@pytest.mark.parametrize("name", list(LAYERS))
+@pytest.mark.parametrize("training", [True, False])
+def test_nothing_is_kept_under_no_grad(name, training):
+    make, shape = LAYERS[name]
+    layer = make().train(training)
+    with nn.no_grad():
+        layer(_x(shape))
+    assert not layer.has_saved
+    with pytest.raises(RuntimeError, match=NO_FORWARD):
+        layer.backward(np.ones(1, np.float32))
+    layer(_x(shape))                                # with gradients enabled, the state is kept
+    assert layer.has_saved
+
+
+def test_the_loss_keeps_its_gradient_only_when_gradients_are_enabled():
+    crit = nn.SoftmaxCrossEntropy()
+    logits, y = _x((4, 3)), np.array([0, 1, 2, 0])
+    with nn.no_grad():
+        crit(logits, y)
+    with pytest.raises(RuntimeError, match=NO_FORWARD):
+        crit.backward()
+    crit(logits, y)
+    assert crit.backward().shape == (4, 3)
+
+
+def test_whole_models_keep_nothing_under_no_grad():
+    for name in ("cnn", "resnet8"):
+        m = build_model(name)
+        with nn.no_grad():
+            m(_x((2, 3, 32, 32)))
+        assert not any(layer.has_saved for layer in m.modules()), name
+
+
+# ------------------------------------------------------------------ import has no side effects
+IMPORT_PROBE = r'''
+import ctypes, importlib, pkgutil, sys
+calls = []
+class SpyLib:
+    def __init__(self, lib): self._lib = lib
+    def __getattr__(self, name):
+        fn = getattr(self._lib, name)
+        if name != "mallopt":
+            return fn
+        def spy(*args):
+            calls.append(args)
+            return fn(*args)
+        return spy
+real_cdll = ctypes.CDLL
+ctypes.CDLL = lambda *a, **k: SpyLib(real_cdll(*a, **k))
+import matplotlib
+before = matplotlib.rcParams._get("backend")
+import cnn_cifar
+for mod in pkgutil.walk_packages(cnn_cifar.__path__, "cnn_cifar."):
+    importlib.import_module(mod.name)
+print("mallopt calls after import:", len(calls))
+print("pyplot imported:", "matplotlib.pyplot" in sys.modules)
+print("backend unchanged:", matplotlib.rcParams._get("backend") == before)
+from cnn_cifar import runtime
+runtime.enable()
+print("mallopt calls after enable:", len(calls))
+'''
+
+
+def test_importing_the_library_changes_nothing_in_the_process(tmp_path):
+    p = run_python("-c", IMPORT_PROBE, cwd=tmp_path, timeout=120)
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    assert "mallopt calls after import: 0" in lines
+    assert "pyplot imported: False" in lines
+    assert "backend unchanged: True" in lines
+    assert "mallopt calls after enable: 3" in lines       # the explicit call does tune the allocator
+
+
+# ------------------------------------------------------------------ the registry
+class _Tiny(nn.Sequential):
+    def __init__(self, num_classes=10, dropout=0.0, seed=0, dtype=np.float32):
+        rng = np.random.default_rng(seed)
+        super().__init__(nn.Conv2d(3, 4, 3, stride=2, rng=rng, dtype=dtype), nn.ReLU(), nn.GlobalAvgPool2d(),
+                         nn.Dropout(dropout), nn.Linear(4, num_classes, rng=rng, dtype=dtype))
+
+
+@pytest.fixture
+def tiny_model():
+    register("tiny", _Tiny, Recipe(lr=0.0123, batch_size=16, epochs=1, dropout_rate=0.25, warmup_epochs=0.0))
+    try:
+        yield "tiny"
+    finally:
+        unregister("tiny")
+
+
+def test_a_new_model_is_one_registry_entry(tiny_model, cifar_root, tmp_path, monkeypatch, capsys):
+    """Registering builder + recipe is all it takes: build_model, train_cli (recipe as defaults) and
+    test_cli (rebuilt from the checkpoint) all know the model."""
+    from cnn_cifar.cli import test as test_cli
+    from cnn_cifar.cli import train as train_cli
+    from cnn_cifar.training import load_checkpoint
+    assert "tiny" in list_models()
+    assert build_model("tiny").config == {"name": "tiny", "num_classes": 10, "dropout": 0.25}
+    monkeypatch.chdir(tmp_path)
+    rc = train_cli.main(["--model", "tiny", "--data", str(cifar_root), "--no-download", "--limit-train", "64",
+                         "--limit-test", "32", "--checkpoint-dir", "ck", "--log-dir", "log", "--quiet",
+                         "--no-prefetch"])
+    assert rc == 0, capsys.readouterr().err
+    ck = load_checkpoint(tmp_path / "ck" / "tiny_last.pkl", "tiny")
+    assert ck.args["lr"] == 0.0123 and ck.args["batch_size"] == 16 and ck.args["epochs"] == 1
+    assert ck.epoch == 1 and ck.schedule["dropout_p"] == 0.25
+    rc = test_cli.main(["--resume", "ck/tiny_best.pkl", "--data", str(cifar_root), "--no-download", "--quiet",
+                        "--limit-test", "32"])
+    assert rc == 0
+    assert "model tiny (ck/tiny_best.pkl, epoch 1)" in capsys.readouterr().out
+
+
+def test_registering_a_name_twice_is_refused(tiny_model):
+    with pytest.raises(ValueError, match="already registered"):
+        register("tiny", _Tiny, Recipe())
+
+
+# ------------------------------------------------------------------ buffers and array-driven decisions
+def test_a_borrowed_buffer_cannot_be_borrowed_again_until_returned():
+    with runtime.workspace(np, "probe", (4, 4), np.float32) as a:
+        with pytest.raises(runtime.BufferInUse, match="'probe' is already borrowed"):
+            with runtime.workspace(np, "probe", (2,), np.float32):
+                pass
+        a[...] = 1
+    with runtime.workspace(np, "probe", (2,), np.float32) as b:       # returned: lendable again, same memory
+        assert np.shares_memory(a, b)
+    x = np.ones((2, 3, 3, 1), np.float32)
+    with runtime.padded(x, 1, 1):
+        with pytest.raises(runtime.BufferInUse, match="padding buffer"):
+            with runtime.padded(x, 1, 1):
+                pass
+
+
+class _DeviceLike:
+    """Stands in for a device array: not a numpy.ndarray, with the attributes the decisions read."""
+    shape = (64, 100)
+    nbytes = 1 << 30
+
+
+def test_parallel_and_tiling_decisions_follow_the_array_not_the_global_backend(monkeypatch):
+    monkeypatch.setattr(runtime, "THREADS", 4)
+    monkeypatch.setattr(runtime, "PARALLEL_MIN_BYTES", 0)
+    assert backend.name == "numpy"
+    calls = []
+    runtime.by_channel(lambda c0, c1: calls.append((c0, c1)), _DeviceLike())
+    assert calls == [(0, 64)]                                   # a device array: one call, this thread
+    calls.clear()
+    runtime.by_channel(lambda c0, c1: calls.append((c0, c1)), np.zeros((64, 100), np.float32))
+    assert sorted(calls) == [(0, 16), (16, 32), (32, 48), (48, 64)]
+    assert im2col.tiles(32, 32, 1 << 20, _DeviceLike()) == [im2col.Tile(0, 32, 0, 32)]
+    assert len(im2col.tiles(32, 32, 1 << 20, np.empty(0))) > 1
+    assert runtime.in_runs(lambda run: len(run), list(range(40)), _DeviceLike()) == [40]
+
+
+def test_train_step_leaves_parameters_alone_on_a_non_finite_loss():
+    from cnn_cifar.optim import SGD
+    from cnn_cifar.training import NonFiniteLoss, train_step
+    model = build_model("cnn", dropout=0.0)
+    opt = SGD(model.parameters(), lr=0.1)
+    before = model.state_dict()
+    x = _x((4, 3, 32, 32))
+    x[0, 0, 0, 0] = np.inf
+    with pytest.raises(NonFiniteLoss, match="loss became (nan|inf)"), np.errstate(invalid="ignore", over="ignore"):
+        train_step(model, nn.SoftmaxCrossEntropy(), opt, x, np.array([0, 1, 2, 3]))
+    after = model.state_dict()
+    assert all(np.array_equal(before[k], after[k]) for k in before if "running" not in k and "num_batches" not in k)
