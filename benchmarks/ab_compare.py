@@ -49,6 +49,10 @@ def main() -> None:
         for label, tree in (("a", args.a), ("b", args.b)):
             nn, backend, models = load(tree.resolve(), f"cnn_cifar_{label}", Path(tmp))
             backend.set_backend("numpy")
+            try:                                     # the CLIs' runtime tuning (older trees apply it at import)
+                importlib.import_module(f"cnn_cifar_{label}.runtime").enable()
+            except ImportError:
+                pass
             model, crit = models.build_model(args.model), nn.SoftmaxCrossEntropy()
             if args.eval:
                 model.eval()

@@ -57,11 +57,13 @@ def _time_it(fn, warmup: int, repeats: int, sync=lambda: None) -> float:
 def worker_ours(model_name: str, batch: int, eval_batch: int, warmup: int, repeats: int, backend_name: str) -> dict:
     sys.path.insert(0, str(ROOT / "src"))
     import numpy as np
-    from cnn_cifar import backend, nn
+    from cnn_cifar import backend, nn, runtime
     from cnn_cifar.models import build_model
     from cnn_cifar.optim import SGD
+    from cnn_cifar.training import train_step as one_step
 
     backend.set_backend(backend_name)
+    runtime.enable()                                  # the tuning the CLIs apply
     xp = backend.xp
     rng = np.random.default_rng(0)
     model = build_model(model_name, seed=0)
@@ -72,10 +74,7 @@ def worker_ours(model_name: str, batch: int, eval_batch: int, warmup: int, repea
     xe = backend.to_device(rng.standard_normal((eval_batch, 3, 32, 32)).astype(np.float32))
 
     def train_step():
-        model.zero_grad()
-        crit(model(x), y)
-        model.backward(crit.backward())
-        opt.step()
+        one_step(model, crit, opt, x, y)
 
     def infer():
         with nn.no_grad():

@@ -16,9 +16,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import numpy as np  # noqa: E402
 
-from cnn_cifar import nn  # noqa: E402
+from cnn_cifar import nn, runtime  # noqa: E402
 from cnn_cifar.models import build_model  # noqa: E402
 from cnn_cifar.optim import SGD  # noqa: E402
+from cnn_cifar.training import train_step as one_step  # noqa: E402
 
 LEAVES = (nn.Conv2d, nn.BatchNorm2d, nn.BatchNorm1d, nn.ReLU, nn.MaxPool2d, nn.AvgPool2d, nn.GlobalAvgPool2d,
           nn.Linear, nn.Flatten, nn.Dropout)
@@ -31,6 +32,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--eval", action="store_true", help="time inference (eval mode, no backward) instead")
     args = ap.parse_args()
+    runtime.enable()
     times: dict[str, float] = defaultdict(float)
     for cls in LEAVES:
         for meth in ("forward", "backward"):
@@ -53,13 +55,16 @@ def main() -> None:
         with nn.no_grad():
             model(x)
 
-    def train_step():
-        model.zero_grad()
-        crit(model(x), y)
-        model.backward(crit.backward())
+    sgd_step = opt.step
+
+    def timed_step() -> None:
         t0 = time.perf_counter()
-        opt.step()
+        sgd_step()
         times["SGD.step"] += time.perf_counter() - t0
+    opt.step = timed_step
+
+    def train_step():
+        one_step(model, crit, opt, x, y)
 
     if args.eval:
         model.eval()
