@@ -1,0 +1,73 @@
+#!/usr/bin/env python3
+"""Mutation check: apply one deliberate bug at a time to a scratch copy of the tree and run the tests that
+should catch it; each must turn red. Proves the suite catches what it claims.
+
+    uv run python tools/mutation_check.py
+"""
+import pathlib
+import shutil
+import subprocess
+import sys
+import tempfile
+
+SRC = pathlib.Path(__file__).resolve().parents[1]
+DST = pathlib.Path(tempfile.mkdtemp(prefix="cnn-cifar-mutants-")) / "tree"
+MUTATIONS = [
+    ("garbage in max-pool's uncovered dx", "src/cnn_cifar/nn/pooling.py",
+     "dx = xp.empty(pshape, dtype=dy.dtype) if tiled else xp.zeros(pshape, dtype=dy.dtype)",
+     "dx = xp.empty(pshape, dtype=dy.dtype) if tiled else xp.full(pshape, 7.0, dtype=dy.dtype)",
+     "tests/test_layers_gradcheck.py -k pool_gradients"),
+    ("wrong dilation offset in im2col (dilation ignored on the W axis)", "src/cnn_cifar/nn/im2col.py",
+     "left = y0 * self.sh + i * self.dh, x0 * self.sw + j * self.dw",
+     "left = y0 * self.sh + i * self.dh, x0 * self.sw + j * self.dh",
+     "tests/test_layers_reference.py -k conv2d_forward"),
+    ("SimpleCNN's default lr changed", "src/cnn_cifar/models/simple_cnn.py",
+     'optimizer="sgd", lr=0.02,', 'optimizer="sgd", lr=0.03,', "tests/test_cli_settings.py -k defaults"),
+    ("ResNet's Nesterov default changed", "src/cnn_cifar/models/resnet.py",
+     "momentum=0.9, nesterov=True,", "momentum=0.9, nesterov=False,", "tests/test_cli_settings.py -k defaults"),
+    ("crash in the progress-bar postfix", "src/cnn_cifar/training/hooks.py",
+     "acc=f\"{100 * p['correct'] / p['seen']:.2f}%\"", "acc=f\"{100 * p['correct'] / 0:.2f}%\"",
+     "tests/test_cli_settings.py -k non_quiet"),
+    ("symlink members accepted", "src/cnn_cifar/data/download.py",
+     "if m.issym() or m.islnk() or m.isdev() or m.isfifo():", "if m.islnk() or m.isdev() or m.isfifo():",
+     "tests/test_extract_safety.py -k symlink"),
+    ("cnn_last.pkl overwritten on NaN", "src/cnn_cifar/training/trainer.py",
+     "                except NonFiniteLoss as exc:\n",
+     "                except NonFiniteLoss as exc:\n                    save_checkpoint(self.last_path, self.checkpoint())\n",
+     "tests/test_interrupts.py tests/test_cli.py tests/test_training.py -k nan"),
+    ("default backend flipped to auto", "src/cnn_cifar/backend.py",
+     'set_backend(os.environ.get(ENV_VAR, "").strip() or "numpy")', 'set_backend(os.environ.get(ENV_VAR, "").strip() or "auto")',
+     "tests/test_backend.py"),
+    ("matplotlib backend chosen at import again", "src/cnn_cifar/viz/plots.py",
+     "import matplotlib\n", "import matplotlib\nmatplotlib.use(\"Agg\")\n", "tests/test_structure.py -k importing"),
+    ("allocator tuned at import again", "src/cnn_cifar/runtime.py",
+     "    return {\"host_allocator\": tune_host_allocator()}\n",
+     "    return {\"host_allocator\": tune_host_allocator()}\n\n\ntune_host_allocator()\n", "tests/test_structure.py -k importing"),
+    ("padding buffer keyed by shape only", "src/cnn_cifar/runtime.py",
+     'key = ("pad", shape, (ph, pw), float(value)', 'key = ("pad", shape, float(value)', "tests/test_layers_reference.py -k padding_buffers"),
+    ("dropout keeps its mask under no_grad (save bypassing the rule)", "src/cnn_cifar/nn/dropout.py",
+     "        self.save_for_backward(mask)\n", "        object.__setattr__(self, '_saved', (mask,))\n", "tests/test_structure.py -k no_grad"),
+    ("resume after Ctrl-C in evaluation replays the epoch's stream", "src/cnn_cifar/training/trainer.py",
+     "        elif self.step < len(self.train_loader):", "        else:", "tests/test_interrupts.py -k resume"),
+]
+results = []
+for what, path, old, new, tests in MUTATIONS:
+    if DST.exists():
+        shutil.rmtree(DST)
+    top = {".venv", ".git", "data", "checkpoint", "bench-venv", "runs", "log", "viz"}
+    shutil.copytree(SRC, DST, ignore=lambda d, names: [n for n in names if n == "__pycache__"
+                                                       or (pathlib.Path(d) == SRC and n in top)])
+    f = DST / path
+    text = f.read_text()
+    assert text.count(old) == 1, (what, old)
+    f.write_text(text.replace(old, new))
+    p = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests.split()],
+                       cwd=DST, capture_output=True, text=True)
+    last = p.stdout.strip().splitlines()[-1] if p.stdout.strip() else p.stderr[-200:]
+    failed = [l.split()[1] for l in p.stdout.splitlines() if l.startswith("FAILED")]
+    results.append((what, "RED" if p.returncode else "green (NOT caught)", failed[:1], last))
+    print(results[-1], flush=True)
+shutil.rmtree(DST.parent, ignore_errors=True)
+missed = [r for r in results if r[1] != "RED"]
+print(f"{len(results) - len(missed)} of {len(results)} mutations caught")
+sys.exit(1 if missed else 0)
