@@ -134,10 +134,11 @@ def _main(argv: list[str] | None = None) -> int:
     model = build_model(name, num_classes=num_classes, dropout=cfg.dropout_rate, seed=cfg.seed)
     nn.random.manual_seed(cfg.seed + 1)
     bs = min(cfg.batch_size, len(x_tr))
-    train_loader = BatchLoader(x_tr, y_tr, bs, ds.spec.mean, ds.spec.std, shuffle=True,
-                               augment_cfg=cfg.augmentation(), rng=np.random.default_rng(cfg.seed), drop_last=True,
-                               prefetch=not args.no_prefetch)
-    test_loader = BatchLoader(x_te, y_te, max(bs, 500), ds.spec.mean, ds.spec.std, prefetch=not args.no_prefetch)
+    # Resumed weights keep the normalisation they were trained with; a new run uses the dataset's.
+    mean, std = ck.normalization(ds.spec.mean, ds.spec.std) if ck is not None else (ds.spec.mean, ds.spec.std)
+    train_loader = BatchLoader(x_tr, y_tr, bs, mean, std, shuffle=True, augment_cfg=cfg.augmentation(),
+                               rng=np.random.default_rng(cfg.seed), drop_last=True, prefetch=not args.no_prefetch)
+    test_loader = BatchLoader(x_te, y_te, max(bs, 500), mean, std, prefetch=not args.no_prefetch)
     hooks = []
     if args.plot:
         from ..viz import PlotProgress        # matplotlib is imported only when plots are asked for

@@ -39,6 +39,14 @@ class Checkpoint:
     args: dict = field(default_factory=dict)            # the run settings (RunConfig.run_settings())
     dataset: str | None = None
     classes: list | None = None
+    mean: list | None = None             # the input normalisation the weights expect (per channel, on [0, 1]
+    std: list | None = None              # pixels); None: the dataset's own statistics
+
+    def normalization(self, default_mean: tuple, default_std: tuple) -> tuple[tuple, tuple]:
+        """(mean, std) to feed these weights: the recorded ones, else the given defaults (the dataset's)."""
+        if self.mean is None or self.std is None:
+            return tuple(default_mean), tuple(default_std)
+        return tuple(float(v) for v in self.mean), tuple(float(v) for v in self.std)
 
     @property
     def num_classes(self) -> int | None:

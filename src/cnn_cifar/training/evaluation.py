@@ -63,7 +63,8 @@ def evaluate_checkpoint(path: str | os.PathLike, data: str | os.PathLike = "data
     except ValueError as exc:
         raise CheckpointError(f"{path} does not fit model '{ck.model}': {exc}") from None
     x, y = ds.x_test[:limit], ds.y_test[:limit]
-    loader = BatchLoader(x, y, batch_size, ds.spec.mean, ds.spec.std)
+    mean, std = ck.normalization(ds.spec.mean, ds.spec.std)
+    loader = BatchLoader(x, y, batch_size, mean, std)
     ev = evaluate(net, loader, nn.SoftmaxCrossEntropy(), num_classes, progress=progress)
     report = metrics.classification_report(ev["confusion_matrix"], ds.classes)
     return {"model": ck.model, "checkpoint": str(path), "epoch": ck.epoch, "dataset": dataset,

@@ -18,6 +18,10 @@ from .interrupt import StopFlag, TrainingInterrupted
 from .step import NonFiniteLoss, train_step
 
 
+def _listed(values) -> list | None:
+    return None if values is None else [float(v) for v in values]
+
+
 class Trainer:
     """Owns the loop state (epoch, step, random streams, history, best accuracy) and runs the hooks.
 
@@ -74,7 +78,8 @@ class Trainer:
             rng={"data": self.train_loader.rng.bit_generator.state, "epoch_start": self.epoch_rng_state,
                  "dropout": nn.random.get_state()},
             args=dict(self.run_info.get("args", {})), dataset=self.run_info.get("dataset"),
-            classes=self.run_info.get("classes"))
+            classes=self.run_info.get("classes"), mean=_listed(self.train_loader.mean),
+            std=_listed(self.train_loader.std))
 
     def restore(self, ck: Checkpoint) -> None:
         """Continue from a checkpoint's state (model, optimizer, random streams, position, history)."""
