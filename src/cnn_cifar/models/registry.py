@@ -80,13 +80,24 @@ def recipe(name: str) -> Recipe:
 
 
 def build_model(name: str, num_classes: int = 10, dropout: float | None = None, seed: int | None = 0,
-                dtype: type = np.float32) -> Module:
+                dtype: type = np.float32, **options: object) -> Module:
     """Build a registered model; the same seed gives the same initial weights. Without ``dropout`` the
-    model gets its recipe's rate. ``model.config`` records what rebuilds it (name, classes, dropout)."""
+    model gets its recipe's rate. ``options`` are the builder's own keywords (``shortcut="pad"`` for the
+    ResNets). ``model.config`` records what rebuilds it (name, classes, dropout and the options)."""
     entry = get_entry(name)
     if num_classes < 2:
         raise ValueError(f"num_classes must be at least 2, got {num_classes}")
-    model = entry.build(num_classes=num_classes, dropout=entry.recipe.dropout_rate if dropout is None else dropout,
-                        seed=seed, dtype=dtype)
-    model.config = {"name": name, "num_classes": num_classes, "dropout": float(dropout_rate(model) or 0.0)}
+    try:
+        model = entry.build(num_classes=num_classes,
+                            dropout=entry.recipe.dropout_rate if dropout is None else dropout,
+                            seed=seed, dtype=dtype, **options)
+    except TypeError as exc:
+        raise ValueError(f"model {name!r} does not take the options {sorted(options)} ({exc})") from None
+    model.config = {"name": name, "num_classes": num_classes, "dropout": float(dropout_rate(model) or 0.0),
+                    **options}
     return model
+
+
+def options_of(config: dict) -> dict:
+    """The builder options recorded in a model config (what build_model's ``options`` were)."""
+    return {k: v for k, v in config.items() if k not in ("name", "num_classes", "dropout")}

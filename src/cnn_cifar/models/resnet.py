@@ -1,4 +1,5 @@
-"""ResNet-(6n+2) for CIFAR (He et al. 2016) with 1x1-conv shortcuts where the shape changes."""
+"""ResNet-(6n+2) for CIFAR (He et al. 2016): 1x1-conv shortcuts where the shape changes (option B, our
+default), or the paper's parameter-free option A (``shortcut="pad"``), which published weights use."""
 from __future__ import annotations
 
 from functools import partial
@@ -12,15 +13,16 @@ from .registry import Recipe, register
 
 class ResNet(ChainModel):
     """conv3x3(16) -> BN -> ReLU -> 3 stages of n BasicBlocks (16/32/64 channels) -> global average
-    pool -> Dropout -> Linear(64 -> classes)."""
+    pool -> Dropout -> Linear(64 -> classes). With ``shortcut="pad"``, ResNet-20/32/44/56 have the
+    published 0.27M/0.46M/0.66M/0.85M parameters."""
 
     def __init__(self, depth: int = 32, num_classes: int = 10, dropout: float = 0.0,
-                 seed: int | None = 0, dtype: type = np.float32):
+                 seed: int | None = 0, dtype: type = np.float32, shortcut: str = "projection"):
         super().__init__()
         if depth < 8 or (depth - 2) % 6:
             raise ValueError(f"ResNet depth must be 6n+2 with n >= 1 (8, 14, 20, 32, ...), got {depth}")
         n = (depth - 2) // 6
-        self.depth = depth
+        self.depth, self.shortcut = depth, shortcut
         rng = np.random.default_rng(seed)
         self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False, rng=rng, dtype=dtype)
         self.conv1.needs_input_grad = False   # no gradient w.r.t. the images (set True to get one)
@@ -31,7 +33,7 @@ class ResNet(ChainModel):
             blocks = []
             for b in range(n):
                 stride = 2 if (i > 0 and b == 0) else 1
-                blocks.append(nn.BasicBlock(in_planes, planes, stride, rng=rng, dtype=dtype))
+                blocks.append(nn.BasicBlock(in_planes, planes, stride, rng=rng, dtype=dtype, shortcut=shortcut))
                 in_planes = planes
             setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
         self.pool = nn.GlobalAvgPool2d()
