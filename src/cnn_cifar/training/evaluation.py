@@ -9,7 +9,7 @@ from tqdm.auto import tqdm
 
 from .. import backend, nn
 from ..data import BatchLoader, load_dataset
-from ..models import build_model
+from ..models import build_model, options_of
 from . import metrics
 from .checkpoint import CheckpointError, load_checkpoint
 from .interrupt import StopFlag
@@ -57,7 +57,8 @@ def evaluate_checkpoint(path: str | os.PathLike, data: str | os.PathLike = "data
     num_classes = ck.num_classes or ds.spec.num_classes
     if num_classes != ds.spec.num_classes:
         raise CheckpointError(f"{path} predicts {num_classes} classes but {dataset} has {ds.spec.num_classes}")
-    net = build_model(ck.model, num_classes=num_classes, dropout=ck.model_config.get("dropout", 0.0))
+    net = build_model(ck.model, num_classes=num_classes, dropout=ck.model_config.get("dropout", 0.0),
+                      **options_of(ck.model_config))
     try:
         net.load_state_dict(ck.state_dict)
     except ValueError as exc:
