@@ -139,3 +139,84 @@ def test_dropout_schedule_bad_values():
     with pytest.raises(ValueError, match="unknown dropout schedule"):
         DropoutSchedule("random")
     assert math.isclose(DropoutSchedule("linear_decay", rate=0.5, min_rate=0.1, total_epochs=1).at_epoch(0), 0.5)
+
+
+# ------------------------------------------------------------------ onecycle, milestones, plateau
+# Reference values from torch 2.13.0: torch.optim.lr_scheduler.OneCycleLR(SGD(..., momentum=0.9), max_lr,
+# epochs, steps_per_epoch, pct_start, cycle_momentum=False), param_groups[0]["lr"] before each optimizer step.
+TORCH_ONECYCLE_01_3x5 = [
+    0.0040000000000000036, 0.022072489510780793, 0.0626810048299031, 0.09524650565931612, 0.09944154354509119,
+    0.09504846320134738, 0.08665264698111695, 0.0750001, 0.06112620219362893, 0.046263710266697504,
+    0.03173322184988512, 0.0188258346050237, 0.008688426531955128, 0.002221750825254118, 4e-07]
+TORCH_ONECYCLE_02_2x4_PCT025 = [0.008000000000000007, 0.2, 0.18660259396828238, 0.1500002, 0.1000004,
+                                0.05000060000000003, 0.013398206031717645, 8e-07]
+
+
+def _per_step(s, epochs, steps):
+    """The lr the trainer sets before each step: the schedule at progress epoch + (step + 1) / steps."""
+    return [s(e + (k + 1) / steps) for e in range(epochs) for k in range(steps)]
+
+
+def test_onecycle_matches_torch_step_by_step():
+    s = LRSchedule("onecycle", base_lr=0.1, total_epochs=3, steps_per_epoch=5)          # max_lr defaults to lr
+    assert _per_step(s, 3, 5) == pytest.approx(TORCH_ONECYCLE_01_3x5, rel=1e-12, abs=1e-18)
+    s = LRSchedule("onecycle", base_lr=0.05, total_epochs=2, max_lr=0.2, pct_start=0.25, steps_per_epoch=4)
+    assert _per_step(s, 2, 4) == pytest.approx(TORCH_ONECYCLE_02_2x4_PCT025, rel=1e-12, abs=1e-18)
+
+
+@pytest.mark.parametrize("kw,msg", [({"max_lr": 0.05}, "--max-lr 0.05 is below --lr 0.1"),
+                                    ({"pct_start": 1.0}, r"--pct-start must be in \(0, 1\), got 1"),
+                                    ({"pct_start": 0.0}, r"--pct-start must be in \(0, 1\), got 0"),
+                                    ({"warmup_epochs": 2.0}, "onecycle warms up by itself")])
+def test_onecycle_bad_values(kw, msg):
+    with pytest.raises(ValueError, match=msg):
+        LRSchedule("onecycle", base_lr=0.1, total_epochs=5, **kw)
+
+
+def test_step_milestones_as_multistep_lr():
+    """Several decay steps are absolute epochs (torch's MultiStepLR milestones), one is an interval."""
+    s = LRSchedule("step", base_lr=0.02, total_epochs=200, decay_factor=0.1, decay_steps=(50, 100, 150, 175))
+    assert s.milestones == (50.0, 100.0, 150.0, 175.0)
+    assert [s(e) for e in (1, 49.9, 50, 99, 100, 150, 174.9, 175, 200)] == pytest.approx(
+        [0.02, 0.02, 2e-3, 2e-3, 2e-4, 2e-5, 2e-5, 2e-6, 2e-6])
+    warm = LRSchedule("step", base_lr=1.0, total_epochs=10, warmup_epochs=2, decay_factor=0.5, decay_steps=[3, 6])
+    assert [warm(e) for e in (1, 2, 2.9, 3, 6, 10)] == pytest.approx([0.5, 1.0, 1.0, 0.5, 0.25, 0.25])  # not shifted
+    assert LRSchedule("step", base_lr=1.0, total_epochs=9, decay_steps=[3]).decay_steps == 3.0        # interval
+    assert LRSchedule("step", base_lr=1.0, total_epochs=9, decay_steps=[3])(6) == pytest.approx(0.01)
+    with pytest.raises(ValueError, match="milestones must be increasing epochs, got 100 50"):
+        LRSchedule("step", base_lr=0.1, decay_steps=(100, 50))
+
+
+# torch 2.13.0: ReduceLROnPlateau(SGD(lr=0.1), factor=0.5, patience=2, min_lr=0.01), lr after each step(loss).
+PLATEAU_LOSSES = [1.0, 0.9, 0.89995, 0.95, 0.91, 0.8, 0.85, 0.85, 0.85, 0.85, 0.85, 0.85, 0.85, 0.85, 0.85, 0.85, 0.85]
+TORCH_PLATEAU_LRS = [0.1, 0.1, 0.1, 0.1, 0.05, 0.05, 0.05, 0.05, 0.025, 0.025, 0.025, 0.0125, 0.0125, 0.0125,
+                     0.01, 0.01, 0.01]
+
+
+def test_plateau_matches_torch_and_resumes_from_its_state():
+    from cnn_cifar.optim import ReduceLROnPlateau
+
+    def make():
+        return ReduceLROnPlateau(LRSchedule("plateau", base_lr=0.1, total_epochs=20, min_lr=0.01), 0.5, 2)
+    s, lrs = make(), []
+    for i, loss in enumerate(PLATEAU_LOSSES):
+        s.step(loss)
+        lrs.append(s(i + 1.0))
+        if i == 6:                                  # "checkpoint" here, continue in a fresh object
+            state = s.state_dict()
+            s = make()
+            s.load_state_dict(state)
+    assert lrs == pytest.approx(TORCH_PLATEAU_LRS, rel=1e-12)
+    assert (s.best, s.num_bad_epochs) == (0.8, 2)                       # torch: best 0.8, num_bad_epochs 2
+    assert s.to_dict()["state"] == {"lr": 0.01, "best": 0.8, "num_bad_epochs": 2}
+
+
+def test_plateau_warmup_and_bad_values():
+    from cnn_cifar.optim import ReduceLROnPlateau
+    s = ReduceLROnPlateau(LRSchedule("plateau", base_lr=0.2, total_epochs=10, warmup_epochs=2), 0.5, 0)
+    assert (s(0.5), s(2.0), s(7.0)) == pytest.approx((0.05, 0.2, 0.2))
+    s.step(1.0)
+    s.step(1.0)                                      # patience 0: the first bad epoch cuts
+    assert (s(1.0), s(5.0)) == pytest.approx((0.05, 0.1))           # the warmup ramp scales with the cut
+    with pytest.raises(ValueError, match=r"--plateau-factor must be in \(0, 1\), got 1"):
+        ReduceLROnPlateau(LRSchedule("plateau"), 1.0, 2)

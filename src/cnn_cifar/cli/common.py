@@ -50,6 +50,14 @@ def unit_interval_open(s: str) -> float:
     return v
 
 
+def open_unit_interval(s: str) -> float:
+    """A fraction strictly between 0 and 1."""
+    v = positive_float(s)
+    if v >= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1), got {s}")
+    return v
+
+
 def add_backend_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", choices=backend.CHOICES, default=os.environ.get(backend.ENV_VAR) or "auto",
                    help="array backend: numpy (CPU), cupy (NVIDIA GPU) or auto (cupy if a GPU is visible) "

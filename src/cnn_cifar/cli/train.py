@@ -60,14 +60,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = p.add_argument_group("learning-rate scheduling")
     g.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=None,
-                   help=f"decay after warmup, evaluated every step {per_model('lr_schedule')}")
+                   help="decay after warmup, evaluated every step; onecycle = OneCycleLR (its own warm-up), plateau = "
+                   f"ReduceLROnPlateau on the test loss {per_model('lr_schedule')}")
     g.add_argument("--warmup-epochs", type=C.nonneg_float, default=None,
                    help=f"linear warmup from 0 {per_model('warmup_epochs')}")
     g.add_argument("--min-lr", type=C.nonneg_float, default=None, help=f"floor of the decay {per_model('min_lr')}")
     g.add_argument("--lr-decay-factor", type=C.unit_interval_open, default=None,
                    help="step schedule: multiply by this at each decay [0.1]")
-    g.add_argument("--lr-decay-steps", type=C.positive_float, default=None,
-                   help="step schedule: epochs between decays [auto: a third of the post-warmup run]")
+    g.add_argument("--lr-decay-steps", type=C.positive_float, nargs="+", default=None, metavar="E",
+                   help="step schedule: one value = epochs between decays after warmup; several = the epochs "
+                   "to decay at, as MultiStepLR milestones [auto: every third of the post-warmup run]")
+    g.add_argument("--max-lr", type=C.positive_float, default=None,
+                   help="onecycle: peak learning rate, at least --lr [--lr]")
+    g.add_argument("--pct-start", type=C.open_unit_interval, default=None,
+                   help="onecycle: fraction of the run spent rising to --max-lr [0.3]")
+    g.add_argument("--plateau-factor", type=C.open_unit_interval, default=None,
+                   help="plateau: multiply the lr by this when the test loss stalls [0.1]")
+    g.add_argument("--plateau-patience", type=C.nonneg_int, default=None,
+                   help="plateau: epochs without improvement of the test loss before a cut [2]")
 
     g = p.add_argument_group("dynamic dropout")
     g.add_argument("--dropout-schedule", choices=DROPOUT_SCHEDULES, default=None,
@@ -105,6 +115,8 @@ def print_settings(cfg: RunConfig) -> None:
     width = max(len(k) for k in settings)
     print("effective settings:")
     for k, v in settings.items():
+        if isinstance(v, (list, tuple)):
+            v = " ".join(f"{e:g}" if isinstance(e, float) else str(e) for e in v)
         print(f"  {k.replace('_', '-'):<{width}}  {v}")
 
 
@@ -143,9 +155,9 @@ def _main(argv: list[str] | None = None) -> int:
     if args.plot:
         from ..viz import PlotProgress        # matplotlib is imported only when plots are asked for
         hooks.append(PlotProgress(f"viz/{name}"))
-    trainer = Trainer(model, name, cfg.build_optimizer(model.parameters()), cfg.make_lr_schedule(),
-                      cfg.make_dropout_schedule(), nn.SoftmaxCrossEntropy(cfg.label_smoothing), train_loader,
-                      test_loader, num_classes, cfg.checkpoint_dir, f"{cfg.log_dir}/{name}.log",
+    trainer = Trainer(model, name, cfg.build_optimizer(model.parameters()),
+                      cfg.make_lr_schedule(steps_per_epoch=len(train_loader)), cfg.make_dropout_schedule(),
+                      nn.SoftmaxCrossEntropy(cfg.label_smoothing), train_loader, test_loader, num_classes, cfg.checkpoint_dir, f"{cfg.log_dir}/{name}.log",
                       run_info={"args": cfg.run_settings(), "dataset": cfg.dataset, "classes": ds.classes},
                       quiet=quiet, hooks=hooks)
     if ck is not None:

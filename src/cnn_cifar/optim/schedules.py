@@ -1,27 +1,42 @@
 """Learning-rate and dropout schedules: pure functions of training progress.
 
 Progress is measured in epochs as a float (``epoch + (step + 1) / steps_per_epoch``) so the learning
-rate changes every step and warmup is smooth. Nothing here keeps state.
+rate changes every step and warmup is smooth. Nothing here keeps state (the one schedule that must,
+ReduceLROnPlateau, is in ``plateau.py``).
 """
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
 
-LR_SCHEDULES = ("none", "cosine", "linear", "step")
+LR_SCHEDULES = ("none", "cosine", "linear", "step", "onecycle", "plateau")
 DROPOUT_SCHEDULES = ("none", "linear_decay", "cosine_decay", "adaptive")
 
 
 @dataclass(frozen=True)
 class LRSchedule:
-    """lr(t) for t in epochs: linear warmup from 0 over ``warmup_epochs``, then the chosen decay to ``min_lr``."""
+    """lr(t) for t in epochs: linear warmup from 0 over ``warmup_epochs``, then the chosen decay to ``min_lr``.
+
+    ``step`` decays by ``decay_factor`` every ``decay_steps`` epochs after warmup (one number), or at each of
+    several milestone epochs counted from the start of the run (a sequence, as torch's MultiStepLR).
+    ``onecycle`` is torch's OneCycleLR (cosine annealing, two phases) on the grid of ``steps_per_epoch``
+    optimizer steps: from ``max_lr / div_factor`` up to ``max_lr`` over the first ``pct_start`` of the run,
+    then down to ``max_lr / div_factor / final_div_factor``; it has its own warm-up, so ``warmup_epochs``
+    must be 0. ``plateau`` here is only its warmup and constant part; ReduceLROnPlateau scales it.
+    ``min_lr`` floors every kind after warmup.
+    """
     kind: str = "cosine"
     base_lr: float = 0.1
     total_epochs: int = 200
     warmup_epochs: float = 0.0
     min_lr: float = 0.0
     decay_factor: float = 0.1
-    decay_steps: float | None = None   # step schedule: epochs between decays (auto: a third of the run)
+    decay_steps: float | tuple[float, ...] | None = None   # step: interval or milestones (auto: a third of the run)
+    max_lr: float | None = None        # onecycle: the peak (default: base_lr)
+    pct_start: float = 0.3             # onecycle: fraction of the run spent increasing
+    div_factor: float = 25.0           # onecycle: initial lr = max_lr / div_factor
+    final_div_factor: float = 1e4      # onecycle: final lr = initial lr / final_div_factor
+    steps_per_epoch: int = 1           # onecycle: optimizer steps per epoch (its step grid)
 
     def __post_init__(self) -> None:
         if self.kind not in LR_SCHEDULES:
@@ -32,15 +47,39 @@ class LRSchedule:
             raise ValueError("lr schedule needs warmup_epochs >= 0 and 0 <= min_lr <= base_lr")
         if not 0 < self.decay_factor <= 1:
             raise ValueError(f"lr decay factor must be in (0, 1], got {self.decay_factor}")
-        if self.decay_steps is not None and self.decay_steps <= 0:
+        steps = self.decay_steps
+        if isinstance(steps, (list, tuple)):
+            steps = tuple(float(v) for v in steps)
+            object.__setattr__(self, "decay_steps", steps[0] if len(steps) == 1 else steps)
+            if not steps or any(b <= a for a, b in zip(steps, steps[1:])):
+                raise ValueError(f"lr decay milestones must be increasing epochs, got {' '.join(f'{v:g}' for v in steps)}")
+        if any(v <= 0 for v in _as_tuple(self.decay_steps)):
             raise ValueError(f"lr decay steps must be positive, got {self.decay_steps}")
+        if self.kind == "onecycle":
+            if self.max_lr is not None and self.max_lr < self.base_lr:
+                raise ValueError(f"--max-lr {self.max_lr:g} is below --lr {self.base_lr:g}")
+            if not 0 < self.pct_start < 1:
+                raise ValueError(f"--pct-start must be in (0, 1), got {self.pct_start:g}")
+            if self.warmup_epochs:
+                raise ValueError("onecycle warms up by itself over --pct-start of the run; give no --warmup-epochs")
+            if self.div_factor <= 0 or self.final_div_factor <= 0 or self.steps_per_epoch < 1:
+                raise ValueError("onecycle needs div_factor, final_div_factor > 0 and steps_per_epoch >= 1")
+
+    @property
+    def milestones(self) -> tuple[float, ...] | None:
+        """The step schedule's milestone epochs, or None when it decays at a fixed interval."""
+        return self.decay_steps if isinstance(self.decay_steps, tuple) else None
 
     @property
     def step_size(self) -> float:
-        """Epochs between decays of the step schedule."""
-        if self.decay_steps is not None:
+        """Epochs between decays of the step schedule (interval form)."""
+        if self.decay_steps is not None and self.milestones is None:
             return float(self.decay_steps)
         return max(1.0, math.floor((self.total_epochs - self.warmup_epochs) / 3))
+
+    @property
+    def peak_lr(self) -> float:
+        return self.base_lr if self.max_lr is None else self.max_lr
 
     def __call__(self, t: float) -> float:
         return lr_at(self, t)
@@ -49,20 +88,45 @@ class LRSchedule:
         return asdict(self)
 
 
+def _as_tuple(v) -> tuple:
+    return () if v is None else v if isinstance(v, tuple) else (v,)
+
+
+def _cos_anneal(start: float, end: float, pct: float) -> float:
+    """torch.optim.lr_scheduler.OneCycleLR's cosine annealing from ``start`` to ``end``, pct in [0, 1]."""
+    return end + (start - end) / 2.0 * (math.cos(math.pi * pct) + 1)
+
+
+def onecycle_at(s: LRSchedule, t: float) -> float:
+    """OneCycleLR's lr for the optimizer step that ends at progress t (step k = t * steps_per_epoch - 1)."""
+    total = s.total_epochs * s.steps_per_epoch
+    k = min(max(round(t * s.steps_per_epoch) - 1, 0), total - 1)
+    initial = s.peak_lr / s.div_factor
+    up_end = s.pct_start * total - 1
+    if k <= up_end:
+        return _cos_anneal(initial, s.peak_lr, k / up_end if up_end > 0 else 1.0)
+    return _cos_anneal(s.peak_lr, initial / s.final_div_factor, (k - up_end) / (total - 1 - up_end))
+
+
 def lr_at(s: LRSchedule, t: float) -> float:
     """The learning rate after t epochs of training (t may be fractional)."""
+    if s.kind == "onecycle":
+        return max(s.min_lr, onecycle_at(s, t))
     w = s.warmup_epochs
     if w > 0 and t < w:
         return s.base_lr * max(t, 0.0) / w
     span = max(s.total_epochs - w, 1e-12)
     u = min(max((t - w) / span, 0.0), 1.0)          # fraction of the post-warmup run done
-    if s.kind == "none":
+    if s.kind in ("none", "plateau"):
         return s.base_lr
     if s.kind == "cosine":
         return s.min_lr + (s.base_lr - s.min_lr) * 0.5 * (1.0 + math.cos(math.pi * u))
     if s.kind == "linear":
         return s.base_lr - (s.base_lr - s.min_lr) * u
-    decays = math.floor(max(t - w, 0.0) / s.step_size + 1e-9)
+    if s.milestones is not None:
+        decays = sum(t + 1e-9 >= m for m in s.milestones)
+    else:
+        decays = math.floor(max(t - w, 0.0) / s.step_size + 1e-9)
     return max(s.min_lr, s.base_lr * s.decay_factor ** decays)
 
 

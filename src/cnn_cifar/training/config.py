@@ -9,7 +9,7 @@ from typing import Iterable
 from ..data import AugmentConfig
 from ..models import Recipe, recipe
 from ..nn import Parameter
-from ..optim import DropoutSchedule, LRSchedule, Optimizer, build_optimizer
+from ..optim import DropoutSchedule, LRSchedule, Optimizer, ReduceLROnPlateau, build_optimizer
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,11 @@ class RunConfig(Recipe):
     beta1: float = 0.9
     beta2: float = 0.999
     lr_decay_factor: float = 0.1
-    lr_decay_steps: float | None = None
+    lr_decay_steps: float | tuple[float, ...] | None = None   # one interval, or milestone epochs
+    max_lr: float | None = None          # onecycle peak (None: --lr)
+    pct_start: float = 0.3               # onecycle: fraction of the run spent warming up
+    plateau_factor: float = 0.1
+    plateau_patience: int = 2
     label_smoothing: float = 0.0
     no_augment: bool = False
     crop_padding: int = 4
@@ -40,6 +44,7 @@ class RunConfig(Recipe):
             raise ValueError(f"--min-dropout {self.min_dropout} is above --max-dropout {self.max_dropout}")
         if self.min_lr > self.lr:
             raise ValueError(f"--min-lr {self.min_lr} is above --lr {self.lr}")
+        self.make_lr_schedule()                   # its own checks (milestones, onecycle, plateau)
 
     def run_settings(self) -> dict:
         """What a checkpoint records and ``--resume`` restores (where outputs go is not part of the run)."""
@@ -51,9 +56,14 @@ class RunConfig(Recipe):
                                nesterov=self.nesterov, weight_decay=self.weight_decay,
                                betas=(self.beta1, self.beta2))
 
-    def make_lr_schedule(self) -> LRSchedule:
-        return LRSchedule(self.lr_schedule, self.lr, self.epochs, self.warmup_epochs, self.min_lr,
-                          self.lr_decay_factor, self.lr_decay_steps)
+    def make_lr_schedule(self, steps_per_epoch: int = 1) -> LRSchedule | ReduceLROnPlateau:
+        """The lr schedule; onecycle needs the loader's ``steps_per_epoch`` (it counts optimizer steps)."""
+        base = LRSchedule(self.lr_schedule, self.lr, self.epochs, self.warmup_epochs, self.min_lr,
+                          self.lr_decay_factor, self.lr_decay_steps, max_lr=self.max_lr, pct_start=self.pct_start,
+                          steps_per_epoch=steps_per_epoch)
+        if self.lr_schedule == "plateau":
+            return ReduceLROnPlateau(base, self.plateau_factor, self.plateau_patience)
+        return base
 
     def make_dropout_schedule(self) -> DropoutSchedule:
         return DropoutSchedule(self.dropout_schedule, self.dropout_rate, self.min_dropout, self.max_dropout,
@@ -71,6 +81,16 @@ NOT_RESTORED = ("backend", "checkpoint_dir", "log_dir")   # about this machine a
 RESTORED = tuple(k for k in FIELDS if k not in NOT_RESTORED)
 
 
+def _tuple_or_scalar(v):
+    """A flag's list of numbers as RunConfig keeps it: one value as the scalar, several as a tuple."""
+    if isinstance(v, (list, tuple)):
+        return v[0] if len(v) == 1 else tuple(v)
+    return v
+
+
+SEQUENCES: tuple[str, ...] = ("lr_decay_steps",)      # list-valued settings (a checkpoint stores lists)
+
+
 def resolve(given: dict, saved: dict | None = None) -> RunConfig:
     """Effective settings: ``given`` (the user's flags; None means not given), else ``saved`` (a checkpoint's
     run settings, on resume), else the model's recipe, else RunConfig's defaults. Raises ValueError for an
@@ -82,6 +102,14 @@ def resolve(given: dict, saved: dict | None = None) -> RunConfig:
     values.update(saved)
     values.update(given)
     values["model"] = model
+    for k in SEQUENCES:
+        if k in values:
+            values[k] = _tuple_or_scalar(values[k])
+    if values["lr_schedule"] == "onecycle" and values["warmup_epochs"]:
+        if given.get("warmup_epochs"):
+            raise ValueError("--lr-schedule onecycle warms up by itself over --pct-start of the run; "
+                             "drop --warmup-epochs")
+        values["warmup_epochs"] = 0.0          # the recipe's warmup belongs to its own schedule
     if values["momentum"] == 0 and values["nesterov"]:
         if given.get("nesterov"):
             raise ValueError("--nesterov needs a momentum above 0 (as torch.optim.SGD)")

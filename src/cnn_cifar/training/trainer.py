@@ -10,7 +10,7 @@ import numpy as np
 
 from .. import backend, nn
 from ..data import BatchLoader
-from ..optim import DropoutSchedule, LRSchedule, Optimizer
+from ..optim import DropoutSchedule, LRSchedule, Optimizer, ReduceLROnPlateau
 from .checkpoint import Checkpoint, save_checkpoint
 from .evaluation import evaluate
 from .hooks import Hook, LogLine, ProgressBar, SaveCheckpoints, WriteHistory
@@ -30,7 +30,8 @@ class Trainer:
     more after them (plots, say).
     """
 
-    def __init__(self, model: nn.Module, model_name: str, optimizer: Optimizer, lr_schedule: LRSchedule,
+    def __init__(self, model: nn.Module, model_name: str, optimizer: Optimizer,
+                 lr_schedule: LRSchedule | ReduceLROnPlateau,
                  dropout_schedule: DropoutSchedule, criterion: nn.SoftmaxCrossEntropy, train_loader: BatchLoader,
                  test_loader: BatchLoader, num_classes: int, checkpoint_dir: str | Path,
                  log_path: str | Path | None = None, run_info: dict | None = None, quiet: bool = False,
@@ -90,6 +91,9 @@ class Trainer:
         self.history = list(ck.history)
         self.best_accuracy = ck.best_accuracy
         self.dropout_p = float(ck.schedule.get("dropout_p", self.dropout_schedule.rate))
+        lr_state = (ck.schedule.get("lr") or {}).get("state")
+        if lr_state is not None and hasattr(self.lr_schedule, "load_state_dict"):
+            self.lr_schedule.load_state_dict(lr_state)      # ReduceLROnPlateau: best, bad epochs, lr
         self.partial = dict(ck.partial or self._fresh_partial())
         if ck.rng.get("data") is not None:
             self.train_loader.rng.bit_generator.state = ck.rng["data"]
@@ -181,6 +185,8 @@ class Trainer:
         self.epoch_rng_state = None
         if row["best"]:
             self.best_accuracy = ev["accuracy"]
+        if hasattr(self.lr_schedule, "step"):             # ReduceLROnPlateau follows the test loss
+            self.lr_schedule.step(row["test_loss"])
         for h in self.hooks:
             h.epoch_end(self, row)
         if self.stop.requested:
