@@ -79,20 +79,24 @@ class BatchLoader:
         stop = threading.Event()
         done = object()
 
+        def put(item) -> bool:
+            """Hand ``item`` to the consumer unless it has stopped listening (then False)."""
+            while not stop.is_set():
+                try:
+                    q.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
         def produce() -> None:
             try:
                 for item in self._host_batches():
-                    while not stop.is_set():
-                        try:
-                            q.put(item, timeout=0.1)
-                            break
-                        except queue.Full:
-                            continue
-                    if stop.is_set():
+                    if not put(item):
                         return
-                q.put(done)
+                put(done)         # (a blocking put here would hang a consumer that stopped early)
             except BaseException as exc:  # surfaced in the consumer
-                q.put(exc)
+                put(exc)
 
         t = threading.Thread(target=produce, name="batch-prefetch", daemon=True)
         t.start()
