@@ -53,10 +53,17 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None,
                    help=f"Nesterov momentum {per_model('nesterov')}")
     g.add_argument("--weight-decay", type=C.nonneg_float, default=None,
-                   help=f"L2 weight decay added to the gradient, as torch.optim {per_model('weight_decay')}")
+                   help="L2 weight decay added to the gradient, as torch.optim; with adamw decoupled "
+                   f"(p *= 1 - lr*wd), default 0.01 as torch.optim.AdamW {per_model('weight_decay')}")
     g.add_argument("--beta1", type=C.probability, default=None, help="Adam beta1 [0.9]")
     g.add_argument("--beta2", type=C.probability, default=None, help="Adam beta2 [0.999]")
     g.add_argument("--label-smoothing", type=C.probability, default=None, help="label smoothing [0]")
+    g.add_argument("--clip-grad-norm", type=C.nonneg_float, default=None, metavar="MAX",
+                   help="clip the global L2 norm of all gradients to MAX before each update, as "
+                   "torch.nn.utils.clip_grad_norm_; 0 = off [0]")
+    g.add_argument("--ema", type=C.probability, default=None, metavar="DECAY",
+                   help="keep an exponential moving average of the weights and BN statistics (e.g. 0.999), "
+                   "evaluate it each epoch and save it as the checkpoints' weights; 0 = off [0]")
 
     g = p.add_argument_group("learning-rate scheduling")
     g.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=None,
@@ -159,7 +166,7 @@ def _main(argv: list[str] | None = None) -> int:
                       cfg.make_lr_schedule(steps_per_epoch=len(train_loader)), cfg.make_dropout_schedule(),
                       nn.SoftmaxCrossEntropy(cfg.label_smoothing), train_loader, test_loader, num_classes, cfg.checkpoint_dir, f"{cfg.log_dir}/{name}.log",
                       run_info={"args": cfg.run_settings(), "dataset": cfg.dataset, "classes": ds.classes},
-                      quiet=quiet, hooks=hooks)
+                      quiet=quiet, hooks=hooks, clip_grad_norm=cfg.clip_grad_norm or None, ema=cfg.make_ema(model))
     if ck is not None:
         trainer.restore(ck)
         print(f"resumed from {args.resume}: {trainer.epoch} epoch(s) done"

@@ -1,7 +1,9 @@
-"""Optimizers, learning-rate schedules and dropout schedules."""
-from .optimizers import OPTIMIZERS, SGD, Adam, Optimizer, build_optimizer
+"""Optimizers, gradient clipping, learning-rate schedules and dropout schedules."""
+from .clip import clip_grad_norm_, grad_norm
+from .optimizers import ADAMW_DEFAULT_WEIGHT_DECAY, OPTIMIZERS, SGD, Adam, AdamW, Optimizer, build_optimizer
 from .plateau import ReduceLROnPlateau
 from .schedules import DROPOUT_SCHEDULES, LR_SCHEDULES, DropoutSchedule, LRSchedule, lr_at
 
-__all__ = ["OPTIMIZERS", "SGD", "Adam", "Optimizer", "build_optimizer", "DROPOUT_SCHEDULES", "LR_SCHEDULES",
-           "DropoutSchedule", "LRSchedule", "ReduceLROnPlateau", "lr_at"]
+__all__ = ["ADAMW_DEFAULT_WEIGHT_DECAY", "OPTIMIZERS", "SGD", "Adam", "AdamW", "Optimizer", "build_optimizer",
+           "clip_grad_norm_", "grad_norm", "DROPOUT_SCHEDULES", "LR_SCHEDULES", "DropoutSchedule", "LRSchedule",
+           "ReduceLROnPlateau", "lr_at"]

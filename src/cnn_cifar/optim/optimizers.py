@@ -1,4 +1,4 @@
-"""SGD and Adam. They see only parameters (data + grad) and keep their own per-parameter state."""
+"""SGD, Adam and AdamW. They see only parameters (data + grad) and keep their own per-parameter state."""
 from __future__ import annotations
 
 from typing import Iterable
@@ -116,12 +116,16 @@ class Adam(Optimizer):
         return {"m": self.m, "v": self.v}
 
     def step(self) -> None:
+        self._adam_update(self.weight_decay)
+
+    def _adam_update(self, l2: float) -> None:
+        """One Adam step with ``l2`` times the weights added to each gradient."""
         self.steps += 1
         b1, b2, t = self.beta1, self.beta2, self.steps
         step_size = self.lr / (1 - b1 ** t)
         corr2 = 1 - b2 ** t
         for p, m, v in zip(self.params, self.m, self.v):
-            g = p.grad + self.weight_decay * p.data if self.weight_decay else p.grad
+            g = p.grad + l2 * p.data if l2 else p.grad
             m *= b1
             m += (1 - b1) * g
             v *= b2
@@ -131,15 +135,35 @@ class Adam(Optimizer):
             p.data -= step_size * (m / denom)
 
 
-OPTIMIZERS = ("sgd", "adam")
+class AdamW(Adam):
+    """Adam with decoupled weight decay (Loshchilov & Hutter), as torch.optim.AdamW: each step first shrinks
+    the weights, p *= 1 - lr * weight_decay, then takes the Adam step on the plain gradient. PyTorch's
+    default weight_decay, 1e-2, is this class's default too."""
+
+    def __init__(self, params: Iterable[Parameter], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 1e-2):
+        super().__init__(params, lr, betas, eps, weight_decay)
+
+    def step(self) -> None:
+        if self.weight_decay:
+            shrink = 1.0 - self.lr * self.weight_decay
+            for p in self.params:
+                p.data *= shrink
+        self._adam_update(0.0)
+
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+ADAMW_DEFAULT_WEIGHT_DECAY = 1e-2
 
 
 def build_optimizer(name: str, params: Iterable[Parameter], *, lr: float, momentum: float = 0.9,
                     nesterov: bool = False, weight_decay: float = 0.0,
                     betas: tuple[float, float] = (0.9, 0.999)) -> Optimizer:
-    """An optimizer by name (``sgd`` or ``adam``) with PyTorch's hyper-parameter names."""
+    """An optimizer by name (``sgd``, ``adam`` or ``adamw``) with PyTorch's hyper-parameter names."""
     if name == "sgd":
         return SGD(params, lr, momentum, nesterov, weight_decay)
     if name == "adam":
         return Adam(params, lr, betas, weight_decay=weight_decay)
+    if name == "adamw":
+        return AdamW(params, lr, betas, weight_decay=weight_decay)
     raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")

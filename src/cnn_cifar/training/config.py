@@ -9,7 +9,10 @@ from typing import Iterable
 from ..data import AugmentConfig
 from ..models import Recipe, recipe
 from ..nn import Parameter
-from ..optim import DropoutSchedule, LRSchedule, Optimizer, ReduceLROnPlateau, build_optimizer
+from ..nn import Module
+from ..optim import (ADAMW_DEFAULT_WEIGHT_DECAY, DropoutSchedule, LRSchedule, Optimizer, ReduceLROnPlateau,
+                     build_optimizer)
+from .ema import ModelEMA
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,8 @@ class RunConfig(Recipe):
     pct_start: float = 0.3               # onecycle: fraction of the run spent warming up
     plateau_factor: float = 0.1
     plateau_patience: int = 2
+    clip_grad_norm: float = 0.0          # max global L2 norm of the gradients; 0 = no clipping
+    ema: float = 0.0                     # decay of the weights' moving average; 0 = none
     label_smoothing: float = 0.0
     no_augment: bool = False
     crop_padding: int = 4
@@ -64,6 +69,9 @@ class RunConfig(Recipe):
         if self.lr_schedule == "plateau":
             return ReduceLROnPlateau(base, self.plateau_factor, self.plateau_patience)
         return base
+
+    def make_ema(self, model: Module) -> ModelEMA | None:
+        return ModelEMA(model, self.ema) if self.ema else None
 
     def make_dropout_schedule(self) -> DropoutSchedule:
         return DropoutSchedule(self.dropout_schedule, self.dropout_rate, self.min_dropout, self.max_dropout,
@@ -110,6 +118,9 @@ def resolve(given: dict, saved: dict | None = None) -> RunConfig:
             raise ValueError("--lr-schedule onecycle warms up by itself over --pct-start of the run; "
                              "drop --warmup-epochs")
         values["warmup_epochs"] = 0.0          # the recipe's warmup belongs to its own schedule
+    if values["optimizer"] == "adamw" and "weight_decay" not in given and "weight_decay" not in saved:
+        # The recipes' 5e-4 is an L2 coefficient for SGD; decoupled decay takes AdamW's own default.
+        values["weight_decay"] = ADAMW_DEFAULT_WEIGHT_DECAY
     if values["momentum"] == 0 and values["nesterov"]:
         if given.get("nesterov"):
             raise ValueError("--nesterov needs a momentum above 0 (as torch.optim.SGD)")

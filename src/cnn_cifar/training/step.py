@@ -5,7 +5,7 @@ import math
 
 from ..backend import Array
 from ..nn import Module, SoftmaxCrossEntropy
-from ..optim import Optimizer
+from ..optim import Optimizer, clip_grad_norm_
 
 
 class NonFiniteLoss(RuntimeError):
@@ -13,10 +13,12 @@ class NonFiniteLoss(RuntimeError):
 
 
 def train_step(model: Module, criterion: SoftmaxCrossEntropy, optimizer: Optimizer, x: Array,
-               y: Array) -> tuple[float, Array]:
-    """zero_grad, forward, loss, backward, update; returns (loss, logits).
+               y: Array, clip_grad_norm: float | None = None) -> tuple[float, Array]:
+    """zero_grad, forward, loss, backward, [clip the gradients' global L2 norm to ``clip_grad_norm``],
+    update; returns (loss, logits).
 
-    A non-finite loss raises NonFiniteLoss before backward, so the parameters are left as they were.
+    A non-finite loss (or gradient norm, when clipping) raises NonFiniteLoss before the update, so the
+    parameters are left as they were.
     """
     optimizer.zero_grad()
     logits = model(x)
@@ -24,5 +26,9 @@ def train_step(model: Module, criterion: SoftmaxCrossEntropy, optimizer: Optimiz
     if not math.isfinite(loss):
         raise NonFiniteLoss(f"loss became {loss}")
     model.backward(criterion.backward())
+    if clip_grad_norm:
+        norm = clip_grad_norm_(optimizer.params, clip_grad_norm)
+        if not math.isfinite(norm):
+            raise NonFiniteLoss(f"gradient norm became {norm}")
     optimizer.step()
     return loss, logits

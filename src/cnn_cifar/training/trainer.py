@@ -2,6 +2,7 @@
 hooks that save, log and report; exact resume (also from the middle of an epoch after Ctrl-C)."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 from pathlib import Path
@@ -12,6 +13,7 @@ from .. import backend, nn
 from ..data import BatchLoader
 from ..optim import DropoutSchedule, LRSchedule, Optimizer, ReduceLROnPlateau
 from .checkpoint import Checkpoint, save_checkpoint
+from .ema import ModelEMA
 from .evaluation import evaluate
 from .hooks import Hook, LogLine, ProgressBar, SaveCheckpoints, WriteHistory
 from .interrupt import StopFlag, TrainingInterrupted
@@ -28,6 +30,11 @@ class Trainer:
     The default hooks, in order: a progress bar (unless ``quiet``), then at each epoch's end the
     checkpoints, the history files and the summary line (also appended to ``log_path``); ``hooks`` adds
     more after them (plots, say).
+
+    ``clip_grad_norm`` clips the gradients' global L2 norm in every step. With ``ema`` (a ModelEMA of
+    ``model``) the average is updated after every step, evaluated instead of the training weights, and saved
+    as the checkpoints' weights (so <model>_best.pkl holds the best average); the training weights and the
+    average's step count go in ``optimizer["ema"]`` for ``restore``.
     """
 
     def __init__(self, model: nn.Module, model_name: str, optimizer: Optimizer,
@@ -35,7 +42,8 @@ class Trainer:
                  dropout_schedule: DropoutSchedule, criterion: nn.SoftmaxCrossEntropy, train_loader: BatchLoader,
                  test_loader: BatchLoader, num_classes: int, checkpoint_dir: str | Path,
                  log_path: str | Path | None = None, run_info: dict | None = None, quiet: bool = False,
-                 hooks: list[Hook] | None = None, stop: StopFlag | None = None):
+                 hooks: list[Hook] | None = None, stop: StopFlag | None = None,
+                 clip_grad_norm: float | None = None, ema: ModelEMA | None = None):
         self.model, self.model_name, self.optimizer = model, model_name, optimizer
         self.lr_schedule, self.dropout_schedule, self.criterion = lr_schedule, dropout_schedule, criterion
         self.train_loader, self.test_loader, self.num_classes = train_loader, test_loader, num_classes
@@ -44,6 +52,9 @@ class Trainer:
         self.quiet = quiet
         self.hooks: list[Hook] = ([] if quiet else [ProgressBar()]) + [
             SaveCheckpoints(), WriteHistory(), LogLine(log_path)] + list(hooks or [])
+        self.clip_grad_norm, self.ema = clip_grad_norm, ema
+        if ema is not None:
+            self.hooks.insert(0, ema)               # averaged right after each step
         self.stop = stop or StopFlag()
         self.epoch = 0                 # epochs completed
         self.step = 0                  # steps completed inside the current epoch
@@ -70,9 +81,13 @@ class Trainer:
 
     def checkpoint(self) -> Checkpoint:
         """The whole state, as saved to <model>_last.pkl."""
+        weights, optimizer = self.model.state_dict(), self.optimizer.state_dict()
+        if self.ema is not None:                   # the evaluated weights are the average's
+            optimizer["ema"] = {**self.ema.state_dict(), "training_weights": weights}
+            weights = self.ema.weights()
         return Checkpoint(
-            model=self.model_name, state_dict=self.model.state_dict(), epoch=self.epoch, step=self.step,
-            model_config=dict(getattr(self.model, "config", {})), optimizer=self.optimizer.state_dict(),
+            model=self.model_name, state_dict=weights, epoch=self.epoch, step=self.step,
+            model_config=dict(getattr(self.model, "config", {})), optimizer=optimizer,
             schedule={"lr": self.lr_schedule.to_dict(), "dropout": self.dropout_schedule.to_dict(),
                       "dropout_p": self.dropout_p},
             partial=dict(self.partial), best_accuracy=self.best_accuracy, history=copy.deepcopy(self.history),
@@ -84,7 +99,13 @@ class Trainer:
 
     def restore(self, ck: Checkpoint) -> None:
         """Continue from a checkpoint's state (model, optimizer, random streams, position, history)."""
-        self.model.load_state_dict(ck.state_dict)
+        ema = (ck.optimizer or {}).get("ema")       # a run with --ema: state_dict is the average
+        self.model.load_state_dict(ema["training_weights"] if ema else ck.state_dict)
+        if self.ema is not None:
+            if ema:
+                self.ema.load_weights(ck.state_dict, ema["updates"])
+            else:
+                self.ema.reset()                    # averaging starts now, from the restored weights
         if ck.optimizer is not None:
             self.optimizer.load_state_dict(ck.optimizer)
         self.epoch, self.step = ck.epoch, ck.step
@@ -149,7 +170,8 @@ class Trainer:
                 lr = self.lr_schedule(epoch + (self.step + 1) / steps)
                 self.optimizer.lr = lr
                 try:
-                    loss, logits = train_step(self.model, self.criterion, self.optimizer, x, y)
+                    loss, logits = train_step(self.model, self.criterion, self.optimizer, x, y,
+                                              self.clip_grad_norm)
                 except NonFiniteLoss as exc:
                     raise NonFiniteLoss(f"{exc} at epoch {epoch + 1}, step {self.step + 1}; training stopped "
                                         f"(checkpoints in {self.checkpoint_dir} left as they were)") from None
@@ -171,8 +193,9 @@ class Trainer:
     def _end_epoch(self, lr: float) -> None:
         """Evaluate, count the epoch, and run the end-of-epoch hooks."""
         t1 = time.perf_counter()
-        ev = evaluate(self.model, self.test_loader, self.criterion, self.num_classes,
-                      progress=not self.quiet, desc="test", stop=self.stop)
+        with self.ema.swapped() if self.ema is not None else contextlib.nullcontext():
+            ev = evaluate(self.model, self.test_loader, self.criterion, self.num_classes,
+                          progress=not self.quiet, desc="test", stop=self.stop)
         if ev is None:
             self._interrupt()
         p = self.partial

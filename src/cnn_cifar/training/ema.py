@@ -1,0 +1,94 @@
+"""Exponential moving average of a model's weights (parameters and batch-norm buffers), as a hook.
+
+Semantics of torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay),
+use_buffers=True) updated after every optimizer step: the first update copies the weights, each later one
+moves the average toward them, ema += (1 - decay) * (w - ema). Integer buffers (BN's num_batches_tracked)
+are copied, not averaged.
+
+The trainer evaluates the average (``swapped``: the model's arrays and the average's trade places, by
+reference, so nothing is copied and swapping back is exact) and saves it as the checkpoint's weights; the
+training weights travel beside it for ``--resume``.
+"""
+from __future__ import annotations
+
+import contextlib
+from collections import OrderedDict
+from typing import Iterator
+
+from .. import backend
+from ..nn import Module
+from .hooks import Hook
+
+
+class ModelEMA(Hook):
+    """``update()`` after each optimizer step (as the ``step_end`` hook); ``swapped()`` to evaluate."""
+
+    def __init__(self, model: Module, decay: float):
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"--ema decay must be in (0, 1), got {decay}")
+        self.model, self.decay = model, float(decay)
+        # (module, key, is_parameter), in state_dict order; arrays are looked up each time because
+        # load_state_dict and batch norm replace them.
+        self.slots = [s for name, mod in model.named_modules() for s in
+                      [(name, mod, k, True) for k in mod._parameters] + [(name, mod, k, False) for k in mod._buffers]]
+        self.names = [f"{name}.{key}" if name else key for name, _, key, _ in self.slots]
+        self.reset()
+
+    def _get(self, i: int):
+        _, mod, key, is_param = self.slots[i]
+        return mod._parameters[key].data if is_param else mod._buffers[key]
+
+    def _set(self, i: int, value) -> None:
+        _, mod, key, is_param = self.slots[i]
+        if is_param:
+            mod._parameters[key].data = value
+        else:
+            mod._buffers[key] = value
+
+    def reset(self) -> None:
+        """Start over from the model's current weights (the next update copies them)."""
+        self.shadow = [self._get(i).copy() for i in range(len(self.slots))]
+        self.updates = 0
+
+    def update(self) -> None:
+        for i, avg in enumerate(self.shadow):
+            w = self._get(i)
+            if self.updates == 0 or w.dtype.kind != "f":
+                self.shadow[i] = w.copy()           # (BN's step counter may be a NumPy scalar)
+            else:
+                avg += (1.0 - self.decay) * (w - avg)
+        self.updates += 1
+
+    def step_end(self, trainer, loss: float, batch: int) -> None:
+        self.update()
+
+    @contextlib.contextmanager
+    def swapped(self) -> Iterator[None]:
+        """Within the block the model holds the averaged weights (and the average the training ones)."""
+        self._swap()
+        try:
+            yield
+        finally:
+            self._swap()
+
+    def _swap(self) -> None:
+        for i in range(len(self.slots)):
+            live = self._get(i)
+            self._set(i, self.shadow[i])
+            self.shadow[i] = live
+
+    def weights(self) -> "OrderedDict":
+        """The averaged weights as a state dict (dotted names -> host NumPy copies)."""
+        return OrderedDict((n, backend.to_numpy(a).copy()) for n, a in zip(self.names, self.shadow))
+
+    def load_weights(self, state: dict, updates: int) -> None:
+        """Restore the average from a state dict of the model's shape (``updates`` steps already averaged)."""
+        missing = [n for n in self.names if n not in state]
+        if missing:
+            raise ValueError(f"EMA weights lack {missing[:3]}")
+        for i, n in enumerate(self.names):
+            self.shadow[i] = backend.to_device(state[n], self.shadow[i].dtype).copy()
+        self.updates = int(updates)
+
+    def state_dict(self) -> dict:
+        return {"decay": self.decay, "updates": self.updates}
