@@ -1,19 +1,56 @@
-"""Shared fixtures and helpers: backend parametrisation (CuPy skips with its reason when it cannot run),
-small CIFAR datasets in the official format, and the one way tests launch a subprocess."""
+"""Shared fixtures and helpers: backend parametrisation, small CIFAR datasets in the official format, and
+the one way tests launch a subprocess.
+
+The CuPy half of every backend-parametrised test runs on real CuPy where it imports and sees a GPU, and
+otherwise on the CuPy stand-in in tests/standin (NumPy underneath, CuPy's strictness on top), so the CuPy
+code paths execute in every run. CNN_CIFAR_TEST_CUPY=standin forces the stand-in even beside a GPU.
+"""
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from cnn_cifar import backend
+STANDIN = Path(__file__).resolve().parent / "standin"
+
+
+def _real_cupy_runs() -> bool:
+    if os.environ.get("CNN_CIFAR_TEST_CUPY") == "standin":
+        return False
+    try:
+        import cupy
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:
+        return False
+
+
+if not _real_cupy_runs():
+    for name in [m for m in sys.modules if m == "cupy" or m.startswith("cupy.")]:
+        del sys.modules[name]
+    sys.path.insert(0, str(STANDIN))
+
+from cnn_cifar import backend  # noqa: E402
+
+
+def pytest_collection_modifyitems(config, items):
+    """Column tiles and CPU threads do not exist on the GPU path (one tile, no worker threads), so the CuPy
+    half of a test runs under the default tiling and serial mode only, not once per CPU variant."""
+    keep, drop = [], []
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        cpu_variant = params.get("tiling", "one-tile") != "one-tile" or params.get("threads", "serial") != "serial"
+        (drop if params.get("xp") == "cupy" and cpu_variant else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
 
 
 @pytest.fixture(params=["numpy", "cupy"])
 def xp(request):
-    """Run the test under each backend; yields the array module."""
+    """Run the test under each backend (CuPy: real, or the stand-in); yields the array module."""
     if request.param == "cupy":
         ok, reason = backend.cupy_available()
         if not ok:

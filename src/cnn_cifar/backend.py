@@ -41,6 +41,16 @@ def _probe_cupy() -> tuple[ModuleType | None, str]:
         return None, f"CuPy imports but sees no GPU ({type(exc).__name__}: {exc})"
     if count < 1:
         return None, "CuPy imports but sees no GPU (device count 0)"
+    try:
+        # One element-wise kernel (compiled by NVRTC) and one cuBLAS matmul, read back: a driver without the
+        # CUDA toolkit's compiler or libraries fails here, not in the middle of training.
+        a = cupy.arange(4, dtype=cupy.float32).reshape(2, 2)
+        b = cupy.multiply(a, 2) + 1
+        ok = float(cupy.matmul(a, b).sum()) == 56.0
+    except Exception as exc:
+        return None, f"CuPy sees a GPU but cannot run on it ({type(exc).__name__}: {str(exc)[:200]})"
+    if not ok:
+        return None, "CuPy sees a GPU but computed a wrong result in its self-test"
     return cupy, "ok"
 
 

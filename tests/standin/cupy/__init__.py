@@ -1,0 +1,404 @@
+"""A CuPy stand-in for the test suite: the part of CuPy's API the library uses, backed by NumPy, strict
+where CuPy is strict. It lives under tests/ and is put on sys.path by conftest.py only when the real CuPy
+cannot run, so that every CuPy code path executes in every CI run. Users never import it.
+
+Strict as CuPy is (see CuPy's "Differences between CuPy and NumPy" and its ndarray reference):
+* ``cupy.ndarray`` is not a NumPy array; ``numpy.asarray(x)`` and NumPy functions given one raise
+  TypeError ("Implicit conversion to a NumPy array is not allowed"), and ``np_array + x`` does too.
+* CuPy functions, operators and ``__setitem__`` reject NumPy arrays ("Unsupported type"); Python and NumPy
+  scalars are fine. Reductions return 0-d device arrays, not host scalars.
+* Host transfers are explicit: ``asnumpy``, ``.get()``, ``.item()``, ``.tolist()``, ``float()``, ``int()``,
+  ``bool()``; each counts as a host synchronisation. ``asarray`` of host data is an upload.
+* Functions CuPy lacks are absent (only what is listed here exists).
+* ``random.default_rng(seed).random(size, dtype)`` as in CuPy, whose generators have no NumPy-style
+  ``bit_generator.state``.
+* ``matmul`` counts the copies CuPy makes of operands that are not contiguous.
+
+It counts device operations (``counters['ops']``), bytes written (``'bytes'``) and host synchronisations
+(``'syncs'``); ``reset_counters()`` zeroes them.
+
+What it cannot catch: CUDA compilation or kernel bodies, numerical differences of cuBLAS/cuRAND, speed,
+memory use and asynchrony, and two places where it follows NumPy instead of CuPy: out-of-range integer
+indices raise (CuPy wraps them around) and float-to-int casts of out-of-range values.
+"""
+from __future__ import annotations
+
+import types
+
+import numpy as _np
+
+counters = {"ops": 0, "syncs": 0, "bytes": 0}
+
+
+def reset_counters() -> None:
+    for k in counters:
+        counters[k] = 0
+
+
+def _op(result=None) -> None:
+    counters["ops"] += 1
+    if isinstance(result, _np.ndarray):
+        counters["bytes"] += result.nbytes
+
+
+def _sync() -> None:
+    counters["syncs"] += 1
+
+
+def _unsupported(x) -> TypeError:
+    return TypeError(f"Unsupported type {type(x)}")
+
+
+def _in(x):
+    """A device array's NumPy data; scalars and shapes pass; host arrays are refused."""
+    if isinstance(x, ndarray):
+        return x._a
+    if isinstance(x, _np.ndarray):
+        raise _unsupported(x)
+    if isinstance(x, tuple):
+        return tuple(_in(v) for v in x)
+    if isinstance(x, list):
+        return [_in(v) for v in x]
+    return x
+
+
+def _out(r):
+    """Results on the device: arrays and NumPy scalars become cupy arrays (reductions give 0-d arrays)."""
+    if isinstance(r, _np.ndarray):
+        return ndarray._wrap(r)
+    if isinstance(r, _np.generic):
+        return ndarray._wrap(_np.asarray(r))
+    if isinstance(r, tuple):
+        return tuple(_out(v) for v in r)
+    return r
+
+
+class _Flags:
+    def __init__(self, a):
+        self.c_contiguous = a.flags.c_contiguous
+        self.f_contiguous = a.flags.f_contiguous
+
+
+class ndarray:
+    """Device array. Holds a NumPy array that user code can only reach through explicit transfers."""
+
+    __array_ufunc__ = None          # NumPy defers binary operators to us (which then refuse host arrays)
+    __slots__ = ("_a",)
+
+    def __init__(self, shape, dtype=float):
+        self._a = _np.empty(shape, dtype=dtype)
+        _op(self._a)
+
+    @classmethod
+    def _wrap(cls, a: _np.ndarray) -> "ndarray":
+        obj = cls.__new__(cls)
+        obj._a = a
+        return obj
+
+    # -- no implicit host conversion ----------------------------------------------------------------
+    def __array__(self, *args, **kwargs):
+        raise TypeError("Implicit conversion to a NumPy array is not allowed. Please use `.get()` to "
+                        "construct a NumPy array explicitly.")
+
+    def get(self, stream=None, order="C", out=None, blocking=True):
+        _sync()
+        return _np.array(self._a, order=order)
+
+    def item(self):
+        _sync()
+        return self._a.item()
+
+    def tolist(self):
+        _sync()
+        return self._a.tolist()
+
+    def __float__(self):
+        _sync()
+        return float(self._a)
+
+    def __int__(self):
+        _sync()
+        return int(self._a)
+
+    def __bool__(self):
+        _sync()
+        return bool(self._a)
+
+    def __repr__(self):
+        _sync()
+        return repr(self._a).replace("array(", "array(", 1)
+
+    def __iter__(self):
+        for i in range(len(self)):
+            yield self[i]
+
+    def __len__(self):
+        return len(self._a)
+
+    # -- attributes -------------------------------------------------------------------------------------
+    shape = property(lambda self: self._a.shape)
+    dtype = property(lambda self: self._a.dtype)
+    ndim = property(lambda self: self._a.ndim)
+    size = property(lambda self: self._a.size)
+    nbytes = property(lambda self: self._a.nbytes)
+    itemsize = property(lambda self: self._a.itemsize)
+    strides = property(lambda self: self._a.strides)
+    flags = property(lambda self: _Flags(self._a))
+    T = property(lambda self: ndarray._wrap(self._a.T))
+    device = property(lambda self: cuda.Device(0))
+
+    # -- views and copies -------------------------------------------------------------------------------
+    def reshape(self, *shape, order="C"):
+        r = self._a.reshape(*shape, order=order)
+        if not _np.may_share_memory(r, self._a):
+            _op(r)
+        return ndarray._wrap(r)
+
+    def transpose(self, *axes):
+        return ndarray._wrap(self._a.transpose(*axes))
+
+    def view(self, dtype=None):
+        return ndarray._wrap(self._a.view(dtype) if dtype is not None else self._a.view())
+
+    def ravel(self):
+        return self.reshape(-1)
+
+    def copy(self, order="C"):
+        r = self._a.copy(order=order)
+        _op(r)
+        return ndarray._wrap(r)
+
+    def astype(self, dtype, copy=True, **kw):
+        r = self._a.astype(dtype, copy=copy, **kw)
+        if r is not self._a:
+            _op(r)
+        return ndarray._wrap(r)
+
+    def fill(self, value):
+        if isinstance(value, (ndarray, _np.ndarray)):
+            raise _unsupported(value)
+        self._a.fill(value)
+        _op(self._a)
+
+    def __getitem__(self, key):
+        r = self._a[_in(key)]
+        if not _np.may_share_memory(r, self._a):
+            _op(r)
+        return _out(r)
+
+    def __setitem__(self, key, value):
+        if isinstance(value, _np.ndarray):
+            raise _unsupported(value)
+        target = self._a
+        target[_in(key)] = _in(value)
+        _op()
+
+
+def _method(name):
+    def m(self, *args, **kwargs):
+        r = getattr(self._a, name)(*_in(args), **{k: _in(v) for k, v in kwargs.items()})
+        _op(r if isinstance(r, _np.ndarray) else None)
+        return _out(r)
+    m.__name__ = name
+    return m
+
+
+for _name in ("sum", "mean", "max", "min", "argmax", "argmin", "any", "all", "var", "std", "dot", "clip",
+              "cumsum", "prod", "nonzero", "argsort", "squeeze"):
+    setattr(ndarray, _name, _method(_name))
+
+
+def _binary(name, inplace=False):
+    def f(self, other):
+        if isinstance(other, _np.ndarray):
+            raise _unsupported(other)
+        if not isinstance(other, (ndarray, int, float, bool, complex, _np.generic)):
+            return NotImplemented
+        r = getattr(self._a, name)(_in(other))
+        if r is NotImplemented:
+            return r
+        _op(r if isinstance(r, _np.ndarray) else None)
+        return self if inplace else _out(r)
+    f.__name__ = name
+    return f
+
+
+for _name in ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "matmul", "and", "or", "xor",
+              "lshift", "rshift"):
+    setattr(ndarray, f"__{_name}__", _binary(f"__{_name}__"))
+    setattr(ndarray, f"__r{_name}__", _binary(f"__r{_name}__"))
+    setattr(ndarray, f"__i{_name}__", _binary(f"__i{_name}__", inplace=True))
+for _name in ("lt", "le", "gt", "ge", "eq", "ne"):
+    setattr(ndarray, f"__{_name}__", _binary(f"__{_name}__"))
+ndarray.__hash__ = None
+for _name in ("neg", "pos", "abs", "invert"):
+    setattr(ndarray, f"__{_name}__", (lambda n: lambda self: _out(getattr(self._a, n)()))(f"__{_name}__"))
+
+
+# --------------------------------------------------------------------------------------- module functions
+def _function(name):
+    fn = getattr(_np, name)
+
+    def f(*args, **kwargs):
+        out = kwargs.get("out")
+        if out is not None and not isinstance(out, ndarray):
+            raise _unsupported(out)
+        r = fn(*_in(args), **{k: _in(v) for k, v in kwargs.items()})
+        _op(r if isinstance(r, _np.ndarray) else None)
+        return out if out is not None else _out(r)
+    f.__name__ = name
+    return f
+
+
+for _name in ("add", "subtract", "multiply", "divide", "true_divide", "maximum", "minimum", "exp", "log", "sqrt",
+              "square", "abs", "negative", "where", "isfinite", "isnan", "sum", "mean", "max", "min", "argmax",
+              "argsort", "einsum", "concatenate", "stack", "clip", "sign", "tanh", "logical_and", "logical_or",
+              "ascontiguousarray", "transpose", "reshape", "zeros_like", "ones_like", "empty_like", "full_like",
+              "broadcast_to", "expand_dims", "all", "any", "dot", "outer", "power", "greater", "less", "equal"):
+    globals()[_name] = _function(_name)
+
+
+def _creator(name):
+    fn = getattr(_np, name)
+
+    def f(*args, **kwargs):
+        r = fn(*args, **kwargs)
+        _op(r)
+        return ndarray._wrap(r)
+    f.__name__ = name
+    return f
+
+
+for _name in ("empty", "zeros", "ones", "full", "arange", "eye", "linspace"):
+    globals()[_name] = _creator(_name)
+
+
+def asarray(a, dtype=None, order=None):
+    """Device array from device data (no copy) or host data (an upload)."""
+    if isinstance(a, ndarray):
+        return a if dtype is None or a.dtype == dtype else a.astype(dtype)
+    r = _np.array(a, dtype=dtype, order=order or "K")
+    _op(r)
+    return ndarray._wrap(r)
+
+
+def array(a, dtype=None, copy=True, order="K"):
+    r = _np.array(_in(a) if isinstance(a, ndarray) else a, dtype=dtype, order=order)
+    _op(r)
+    return ndarray._wrap(r)
+
+
+def asnumpy(a, stream=None, order="C", out=None, blocking=True):
+    if isinstance(a, ndarray):
+        return a.get(order=order)
+    return _np.asarray(a, order=order)
+
+
+def copyto(dst, src, casting="same_kind", where=True):
+    if not isinstance(dst, ndarray) or isinstance(src, _np.ndarray):
+        raise _unsupported(dst if not isinstance(dst, ndarray) else src)
+    _np.copyto(dst._a, _in(src), casting=casting, where=_in(where))
+    _op(dst._a)
+
+
+def matmul(a, b, out=None):
+    """As CuPy: operands that are not contiguous are copied first (counted), then one cuBLAS call."""
+    for x in (a, b):
+        if not isinstance(x, ndarray):
+            raise _unsupported(x)
+        if not (x._a.flags.c_contiguous or (x.ndim == 2 and x._a.flags.f_contiguous)):
+            _op(x._a)                                           # the copy CuPy makes
+    if out is not None and not isinstance(out, ndarray):
+        raise _unsupported(out)
+    r = _np.matmul(a._a, b._a, out=None if out is None else out._a)
+    _op(r)
+    return out if out is not None else ndarray._wrap(r)
+
+
+def shares_memory(a, b, max_work=None):
+    return bool(_np.shares_memory(_in(a), _in(b)))
+
+
+def may_share_memory(a, b, max_work=None):
+    return bool(_np.may_share_memory(_in(a), _in(b)))
+
+
+def get_array_module(*args):
+    for a in args:
+        if isinstance(a, ndarray):
+            return _this
+    return _np
+
+
+def fuse(*args, **kwargs):
+    """cupy.fuse runs its Python body here (with cupy functions) instead of compiling one kernel."""
+    def deco(fn):
+        return fn
+    return deco(args[0]) if args and callable(args[0]) else deco
+
+
+# dtypes and constants: CuPy uses NumPy's
+dtype = _np.dtype
+for _name in ("float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32",
+              "bool_", "inf", "nan", "pi", "newaxis", "integer", "floating"):
+    globals()[_name] = getattr(_np, _name)
+
+
+# ------------------------------------------------------------------------------------------------- random
+class _Generator:
+    """cupy.random.Generator: device arrays from .random(size, dtype); no host-side state to save."""
+
+    def __init__(self, seed=None):
+        self._g = _np.random.default_rng(seed)
+
+    def random(self, size=None, dtype=_np.float64, out=None):
+        r = self._g.random(size, dtype=dtype)
+        _op(r)
+        if out is not None:
+            out._a[...] = r
+            return out
+        return ndarray._wrap(_np.asarray(r))
+
+
+random = types.ModuleType("cupy.random")
+random.default_rng = lambda seed=None: _Generator(seed)
+random.Generator = _Generator
+
+
+# --------------------------------------------------------------------------------------------------- cuda
+class _Stream:
+    def synchronize(self):
+        _sync()
+
+
+class _Device:
+    def __init__(self, device=0):
+        self.id = int(device)
+
+    def synchronize(self):
+        _sync()
+
+    def use(self):
+        return self
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+cuda = types.ModuleType("cupy.cuda")
+cuda.Device = _Device
+cuda.Stream = _Stream
+cuda.get_current_stream = lambda: _Stream()
+cuda.runtime = types.SimpleNamespace(
+    getDeviceCount=lambda: 1,
+    getDeviceProperties=lambda i: {"name": b"CuPy stand-in (NumPy)", "totalGlobalMem": 1 << 30},
+)
+
+__version__ = "0.0-standin"
+IS_STANDIN = True
+import sys as _sys  # noqa: E402
+
+_this = _sys.modules[__name__]
