@@ -245,14 +245,17 @@ class Child:
 
 
 @pytest.mark.slow
-def test_ctrl_c_saves_last_and_exits_with_a_message(tmp_path, cifar_root):
+@pytest.mark.parametrize("signum,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
+def test_ctrl_c_saves_last_and_exits_with_a_message(tmp_path, cifar_root, signum, code):
+    """Ctrl-C, or the SIGTERM a batch scheduler sends: the step finishes, cnn_last.pkl is saved with the
+    position in the epoch, and the exit status is 128 + the signal number."""
     proc = popen_cli("train", "--model", "cnn", "--data", str(cifar_root), "--no-download", "--checkpoint-dir", "ck",
                      "--log-dir", "log", "--quiet", "--epochs", "500", cwd=tmp_path)
     with Child(proc) as child:
         child.wait_for("stdout", "epoch   1/500")          # epoch 1 is done and saved
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signum)
         rc, out, err = child.finish()
-    assert rc == 130, err
+    assert rc == code, err
     assert "Traceback" not in err
     last = err.strip().splitlines()[-1]
     m = re.fullmatch(r"stopped: interrupted at epoch (\d+), step (\d+); state saved to ck/cnn_last.pkl "

@@ -310,3 +310,69 @@ def test_run_passes_exit_codes_through_and_lets_bugs_propagate(capsys):
     with pytest.raises(Bug):
         run(_raiser(Bug("unexpected")))
     assert capsys.readouterr().err == ""
+
+
+# ------------------------------------------------------------------ SIGTERM: what batch schedulers send
+@pytest.fixture
+def sentinel_sigterm():
+    """A recording SIGTERM handler for the test (a guard that failed would otherwise kill pytest)."""
+    calls: list[int] = []
+    original = signal.signal(signal.SIGTERM, lambda signum, frame: calls.append(signum))
+    try:
+        yield calls
+    finally:
+        signal.signal(signal.SIGTERM, original)
+
+
+def test_sigterm_is_handled_like_ctrl_c(sentinel_sigterm, capsys):
+    """The first SIGTERM sets the flag (remembering the signal) and says so; a second one aborts with a
+    KeyboardInterrupt naming SIGTERM; the previous handler is back afterwards."""
+    flag = StopFlag()
+    with pytest.raises(KeyboardInterrupt, match="SIGTERM"):
+        with interrupt_guard(flag):
+            signal.raise_signal(signal.SIGTERM)
+            assert flag.requested and flag.signum == signal.SIGTERM
+            signal.raise_signal(signal.SIGTERM)
+    assert capsys.readouterr().err == ("\nSIGTERM: stopping after this step and saving (send it again to abort "
+                                       "without saving)\n")
+    signal.raise_signal(signal.SIGTERM)
+    assert sentinel_sigterm == [signal.SIGTERM]
+
+
+class _TermAfter(StopFlag):
+    """Sends a real SIGTERM to this process at the n-th check of the flag (mid-epoch, between steps)."""
+
+    def __init__(self, n: int):
+        super().__init__()
+        self.n, self._requested = n, False
+
+    @property
+    def requested(self) -> bool:
+        self.n -= 1
+        if self.n == 0:
+            signal.raise_signal(signal.SIGTERM)
+        return self._requested
+
+    @requested.setter
+    def requested(self, value: bool) -> None:
+        self._requested = value
+
+
+def test_sigterm_mid_epoch_saves_exits_143_and_resumes_exactly(ds, straight, tmp_path, sentinel_sigterm, capsys):
+    flag = _TermAfter(STEPS_PER_EPOCH + EVAL_BATCHES + 1 + 2)     # epoch 2, at the check after its 2nd step
+    tr = make_trainer(ds, tmp_path, stop=flag)
+    code = run(lambda: _fit_guarded(tr, flag))
+    assert code == 143
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("stopped: interrupted at epoch 2, step ") and "--resume" in err[-1]
+    ck = load_checkpoint(tmp_path / "cnn_last.pkl", "cnn")
+    assert (ck.epoch, ck.step) == (1, 2)
+    resumed = make_trainer(ds, tmp_path, seed=7)
+    resumed.restore(ck)
+    resumed.fit(2)
+    _assert_same_run(straight, resumed)
+
+
+def _fit_guarded(tr, flag):
+    with interrupt_guard(flag):
+        tr.fit(2)

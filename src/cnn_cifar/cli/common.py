@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import signal
 import sys
 from typing import Callable
 
@@ -78,11 +79,12 @@ def run(main: Callable[[], int | None]) -> int:
         return int(main() or 0)
     except TrainingInterrupted as exc:
         print(f"stopped: {exc}", file=sys.stderr, flush=True)
-        return 130
-    except KeyboardInterrupt:
-        print("\naborted: second Ctrl-C, nothing saved for the current epoch (existing checkpoints untouched)",
+        return 128 + int(getattr(exc, "signum", signal.SIGINT))      # 130 for Ctrl-C, 143 for SIGTERM
+    except KeyboardInterrupt as exc:
+        what = str(exc) or "Ctrl-C"
+        print(f"\naborted: second {what}, nothing saved for the current epoch (existing checkpoints untouched)",
               file=sys.stderr, flush=True)
-        return 130
+        return 143 if what == "SIGTERM" else 130
     except (DatasetError, CheckpointError, NonFiniteLoss, backend.BackendError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 1

@@ -16,34 +16,46 @@ class TrainingInterrupted(Exception):
         super().__init__(f"interrupted at epoch {epoch + 1}, step {step}; state saved to {path} "
                          f"(continue with --resume {path})")
         self.path = path
+        self.signum = signal.SIGINT
 
 
 class StopFlag:
-    """Set by the SIGINT handler; the loop checks it between steps so no update is cut in half."""
+    """Set by the signal handler; the loop checks it between steps so no update is cut in half."""
 
     def __init__(self) -> None:
         self.requested = False
+        self.signum = signal.SIGINT         # which signal asked (the exit status is 128 + its number)
 
-    def set(self) -> None:
+    def set(self, signum: int = signal.SIGINT) -> None:
         self.requested = True
+        self.signum = signum
+
+
+NAMES = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}
 
 
 @contextlib.contextmanager
 def interrupt_guard(flag: StopFlag) -> Iterator[StopFlag]:
-    """First Ctrl-C asks the loop to stop after the current step; a second one aborts at once."""
+    """Ctrl-C or SIGTERM (what Slurm, ``timeout`` and container runtimes send) asks the loop to stop after
+    the current step and save; a second one aborts at once (KeyboardInterrupt naming the signal)."""
     def handler(signum, frame):  # noqa: ARG001
         if flag.requested:
-            raise KeyboardInterrupt
-        flag.set()
-        print("\nCtrl-C: stopping after this step and saving (press again to abort without saving)",
-              file=sys.stderr, flush=True)
+            raise KeyboardInterrupt(NAMES.get(signum, "signal"))
+        flag.set(signum)
+        again = "press again" if signum == signal.SIGINT else "send it again"
+        print(f"\n{NAMES.get(signum, 'signal')}: stopping after this step and saving ({again} to abort without "
+              f"saving)", file=sys.stderr, flush=True)
 
     try:
-        previous = signal.signal(signal.SIGINT, handler)
+        previous = {s: signal.signal(s, handler) for s in NAMES}
     except ValueError:       # not in the main thread: leave signals alone
         yield flag
         return
     try:
         yield flag
+    except TrainingInterrupted as exc:
+        exc.signum = flag.signum
+        raise
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for s, h in previous.items():
+            signal.signal(s, h)
