@@ -9,9 +9,11 @@ import numpy as np
 
 from .. import nn
 from ..data import BatchLoader, load_dataset
+from ..data.loader import CUTOUT_FILLS, SSR_BORDERS
 from ..models import build_model, list_models, recipe
 from ..optim import DROPOUT_SCHEDULES, LR_SCHEDULES, OPTIMIZERS
 from ..training import CheckpointError, RunConfig, Trainer, interrupt_guard, load_checkpoint, resolve
+from ..training.mixing import MixedCrossEntropy
 from . import common as C
 
 
@@ -97,10 +99,30 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dataset", choices=["cifar10", "cifar100"], default=None, help="[default: cifar10]")
     g.add_argument("--data", default=None, help="folder holding cifar-10-batches-py / cifar-100-python [data]")
     g.add_argument("--no-download", action="store_true", help="fail instead of downloading missing data")
-    g.add_argument("--no-augment", action="store_true", default=None, help="no crop/flip/cutout")
+    g.add_argument("--no-augment", action="store_true", default=None, help="no augmentation at all")
     g.add_argument("--crop-padding", type=C.nonneg_int, default=None, help="random-crop padding [4]")
     g.add_argument("--no-flip", action="store_true", default=None, help="no horizontal flips")
     g.add_argument("--cutout", type=C.nonneg_int, default=None, help="cutout square size, 0 = off [0]")
+    g.add_argument("--cutout-fill", choices=CUTOUT_FILLS, default=None,
+                   help="cutout fills with the dataset mean (0 after normalisation) or black [mean]")
+    g.add_argument("--cutout-p", type=C.unit_interval_open, default=None, help="cutout probability per image [1]")
+    g.add_argument("--shift-scale-rotate", type=C.nonneg_float, nargs=3, default=None,
+                   metavar=("SHIFT", "SCALE", "DEGREES"), help="random affine per image as albumentations' "
+                   "ShiftScaleRotate: shift up to SHIFT of the size, scale in 1 +- SCALE, rotate up to DEGREES "
+                   "(e.g. 0.0625 0.1 15); bilinear [off]")
+    g.add_argument("--ssr-p", type=C.unit_interval_open, default=None,
+                   help="shift-scale-rotate probability per image [0.5]")
+    g.add_argument("--ssr-border", choices=SSR_BORDERS, default=None,
+                   help="shift-scale-rotate border: mirror (OpenCV's REFLECT_101) or black [reflect]")
+    g.add_argument("--color-jitter", type=C.nonneg_float, nargs=4, default=None, metavar=("B", "C", "S", "H"),
+                   help="torchvision ColorJitter(brightness, contrast, saturation, hue) per image, in a random "
+                   "order (e.g. 0.2 0.2 0.2 0.02) [off]")
+    g.add_argument("--mixup", type=C.nonneg_float, default=None, metavar="ALPHA",
+                   help="mixup with lam ~ Beta(ALPHA, ALPHA) per batch; 0 = off [0]")
+    g.add_argument("--cutmix", type=C.nonneg_float, default=None, metavar="ALPHA",
+                   help="cutmix with lam ~ Beta(ALPHA, ALPHA) per batch (with --mixup: either, 1/2 each); 0 = off [0]")
+    g.add_argument("--show-augment", type=C.positive_int, default=None, metavar="N",
+                   help="write a grid of N augmented training images to viz/<model>/<model>_augment.png and exit")
     g.add_argument("--no-prefetch", action="store_true", help="build batches in the main thread")
 
     g = p.add_argument_group("checkpoints and output")
@@ -158,13 +180,20 @@ def _main(argv: list[str] | None = None) -> int:
     train_loader = BatchLoader(x_tr, y_tr, bs, mean, std, shuffle=True, augment_cfg=cfg.augmentation(),
                                rng=np.random.default_rng(cfg.seed), drop_last=True, prefetch=not args.no_prefetch)
     test_loader = BatchLoader(x_te, y_te, max(bs, 500), mean, std, prefetch=not args.no_prefetch)
+    if args.show_augment:
+        from .preview import show_augment          # matplotlib is imported only when asked
+        print(f"wrote {show_augment(train_loader, args.show_augment, ds.classes, name)}")
+        return 0
+    criterion = nn.SoftmaxCrossEntropy(cfg.label_smoothing)
+    if cfg.augmentation().mixes:
+        criterion = MixedCrossEntropy(criterion)
     hooks = []
     if args.plot:
         from ..viz import PlotProgress        # matplotlib is imported only when plots are asked for
         hooks.append(PlotProgress(f"viz/{name}"))
     trainer = Trainer(model, name, cfg.build_optimizer(model.parameters()),
                       cfg.make_lr_schedule(steps_per_epoch=len(train_loader)), cfg.make_dropout_schedule(),
-                      nn.SoftmaxCrossEntropy(cfg.label_smoothing), train_loader, test_loader, num_classes, cfg.checkpoint_dir, f"{cfg.log_dir}/{name}.log",
+                      criterion, train_loader, test_loader, num_classes, cfg.checkpoint_dir, f"{cfg.log_dir}/{name}.log",
                       run_info={"args": cfg.run_settings(), "dataset": cfg.dataset, "classes": ds.classes},
                       quiet=quiet, hooks=hooks, clip_grad_norm=cfg.clip_grad_norm or None, ema=cfg.make_ema(model))
     if ck is not None:

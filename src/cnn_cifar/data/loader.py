@@ -13,20 +13,66 @@ from ..backend import Array
 from . import augment
 
 
+CUTOUT_FILLS = ("mean", "zero")
+SSR_BORDERS = ("reflect", "constant")
+
+
 @dataclass
 class AugmentConfig:
-    """What the training loader does to each batch before normalisation."""
+    """What the training loader does to each batch, in this order: random crop, horizontal flip,
+    shift-scale-rotate (with probability ``ssr_p`` per image), colour jitter, normalisation, cutout (with
+    probability ``cutout_p``, filled with the dataset mean or black), then mixup or cutmix (both set: one of
+    them per batch, with probability 1/2 each, as timm's Mixup)."""
     crop_padding: int = 4
     flip: bool = True
     cutout: int = 0
+    cutout_fill: str = "mean"
+    cutout_p: float = 1.0
+    shift_scale_rotate: tuple[float, float, float] | None = None    # shift, scale, degrees
+    ssr_p: float = 0.5
+    ssr_border: str = "reflect"
+    color_jitter: tuple[float, float, float, float] | None = None    # brightness, contrast, saturation, hue
+    mixup: float = 0.0
+    cutmix: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.cutout_fill not in CUTOUT_FILLS:
+            raise ValueError(f"--cutout-fill must be one of {', '.join(CUTOUT_FILLS)}, got {self.cutout_fill!r}")
+        if self.ssr_border not in SSR_BORDERS:
+            raise ValueError(f"--ssr-border must be one of {', '.join(SSR_BORDERS)}, got {self.ssr_border!r}")
+        for name in ("cutout_p", "ssr_p"):
+            if not 0 < getattr(self, name) <= 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be in (0, 1], got {getattr(self, name)}")
+        if self.shift_scale_rotate is not None:
+            shift, scale, degrees = self.shift_scale_rotate
+            if not (0 <= shift <= 1 and 0 <= scale < 1 and 0 <= degrees <= 180):
+                raise ValueError("--shift-scale-rotate needs 0 <= SHIFT <= 1, 0 <= SCALE < 1 and 0 <= DEGREES <= 180, "
+                                 f"got {shift:g} {scale:g} {degrees:g}")
+        if self.color_jitter is not None:
+            if min(self.color_jitter) < 0 or self.color_jitter[3] > 0.5:
+                raise ValueError("--color-jitter needs B, C, S >= 0 and 0 <= H <= 0.5, got "
+                                 + " ".join(f"{v:g}" for v in self.color_jitter))
+        if self.mixup < 0 or self.cutmix < 0:
+            raise ValueError("--mixup and --cutmix take an alpha >= 0 (0 = off)")
 
     @classmethod
     def none(cls) -> "AugmentConfig":
         return cls(crop_padding=0, flip=False, cutout=0)
 
+    @property
+    def mixes(self) -> bool:
+        return bool(self.mixup or self.cutmix)
+
+
+def _labels_to_device(y: np.ndarray | augment.MixedTargets) -> Array | augment.MixedTargets:
+    if isinstance(y, augment.MixedTargets):
+        return augment.MixedTargets(backend.to_device(y.y_a), backend.to_device(y.y_b), y.lam)
+    return backend.to_device(y)
+
 
 class BatchLoader:
-    """Yields (x, y) batches on the active backend: x float32 (B, 3, H, W) normalised, y int64.
+    """Yields (x, y) batches on the active backend: x float32 (B, 3, H, W) normalised, y int64 (with mixup
+    or cutmix, an ``augment.MixedTargets`` of two label arrays and the mixing weight).
 
     With ``shuffle`` the order is a fresh permutation each epoch from ``rng``; augmentation draws from
     the same generator, so the stream is fixed by its seed (and resumable from its saved state).
@@ -50,6 +96,11 @@ class BatchLoader:
         n = len(self.x)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
+    @property
+    def _black(self) -> np.ndarray:
+        """A black pixel, normalised: the cutout fill ``zero``."""
+        return -np.asarray(self.mean, np.float32) / np.asarray(self.std, np.float32)
+
     def _host_batches(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         n = len(self.x)
         order = self.rng.permutation(n) if self.shuffle else None
@@ -62,15 +113,26 @@ class BatchLoader:
                 xb = augment.random_crop(xb, cfg.crop_padding, self.rng)
             if cfg.flip:
                 xb = augment.random_flip(xb, self.rng)
+            if cfg.shift_scale_rotate or cfg.color_jitter:
+                xb = xb.astype(np.float32)
+                if cfg.shift_scale_rotate:
+                    augment.shift_scale_rotate(xb, *cfg.shift_scale_rotate, cfg.ssr_p, self.rng, cfg.ssr_border)
+                if cfg.color_jitter:
+                    augment.color_jitter(xb, cfg.color_jitter, self.rng)
             xf = augment.normalize(xb, self.mean, self.std)
             if cfg.cutout:
-                augment.cutout(xf, cfg.cutout, self.rng)
+                augment.cutout(xf, cfg.cutout, self.rng, fill=self._black if cfg.cutout_fill == "zero" else None,
+                               p=cfg.cutout_p)
+            if cfg.mixes:
+                use_cutmix = cfg.cutmix and (not cfg.mixup or self.rng.random() < 0.5)
+                xf, yb = (augment.cutmix(xf, yb, cfg.cutmix, self.rng) if use_cutmix
+                          else augment.mixup(xf, yb, cfg.mixup, self.rng))
             yield xf, yb
 
-    def __iter__(self) -> Iterator[tuple[Array, Array]]:
+    def __iter__(self) -> Iterator[tuple[Array, Array | augment.MixedTargets]]:
         if not self.prefetch:
             for xb, yb in self._host_batches():
-                yield backend.to_device(xb), backend.to_device(yb)
+                yield backend.to_device(xb), _labels_to_device(yb)
             return
         yield from self._threaded()
 
@@ -108,7 +170,7 @@ class BatchLoader:
                 if isinstance(item, BaseException):
                     raise item
                 xb, yb = item
-                yield backend.to_device(xb), backend.to_device(yb)
+                yield backend.to_device(xb), _labels_to_device(yb)
         finally:
             stop.set()
             t.join()

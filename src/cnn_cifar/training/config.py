@@ -39,6 +39,14 @@ class RunConfig(Recipe):
     crop_padding: int = 4
     no_flip: bool = False
     cutout: int = 0
+    cutout_fill: str = "mean"            # mean (0 after normalisation) or zero (black pixels)
+    cutout_p: float = 1.0
+    shift_scale_rotate: tuple[float, float, float] | None = None   # shift, scale, degrees
+    ssr_p: float = 0.5
+    ssr_border: str = "reflect"
+    color_jitter: tuple[float, float, float, float] | None = None  # brightness, contrast, saturation, hue
+    mixup: float = 0.0                   # Beta(alpha, alpha) of mixup; 0 = off
+    cutmix: float = 0.0                  # Beta(alpha, alpha) of cutmix; 0 = off
     limit_train: int | None = None
     limit_test: int | None = None
     checkpoint_dir: str = "checkpoint"
@@ -50,6 +58,7 @@ class RunConfig(Recipe):
         if self.min_lr > self.lr:
             raise ValueError(f"--min-lr {self.min_lr} is above --lr {self.lr}")
         self.make_lr_schedule()                   # its own checks (milestones, onecycle, plateau)
+        self.augmentation()                       # and the augmentation's
 
     def run_settings(self) -> dict:
         """What a checkpoint records and ``--resume`` restores (where outputs go is not part of the run)."""
@@ -80,7 +89,9 @@ class RunConfig(Recipe):
     def augmentation(self) -> AugmentConfig:
         if self.no_augment:
             return AugmentConfig.none()
-        return AugmentConfig(self.crop_padding, not self.no_flip, self.cutout)
+        return AugmentConfig(self.crop_padding, not self.no_flip, self.cutout, self.cutout_fill, self.cutout_p,
+                             self.shift_scale_rotate, self.ssr_p, self.ssr_border, self.color_jitter, self.mixup,
+                             self.cutmix)
 
 
 FIELDS = tuple(f.name for f in fields(RunConfig))
@@ -96,7 +107,8 @@ def _tuple_or_scalar(v):
     return v
 
 
-SEQUENCES: tuple[str, ...] = ("lr_decay_steps",)      # list-valued settings (a checkpoint stores lists)
+SEQUENCES: tuple[str, ...] = ("lr_decay_steps",)      # one number or several (a checkpoint stores lists)
+TUPLES: tuple[str, ...] = ("shift_scale_rotate", "color_jitter")      # fixed-length groups of numbers
 
 
 def resolve(given: dict, saved: dict | None = None) -> RunConfig:
@@ -113,6 +125,9 @@ def resolve(given: dict, saved: dict | None = None) -> RunConfig:
     for k in SEQUENCES:
         if k in values:
             values[k] = _tuple_or_scalar(values[k])
+    for k in TUPLES:
+        if values.get(k) is not None:
+            values[k] = tuple(values[k])
     if values["lr_schedule"] == "onecycle" and values["warmup_epochs"]:
         if given.get("warmup_epochs"):
             raise ValueError("--lr-schedule onecycle warms up by itself over --pct-start of the run; "

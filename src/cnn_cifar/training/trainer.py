@@ -17,6 +17,7 @@ from .ema import ModelEMA
 from .evaluation import evaluate
 from .hooks import Hook, LogLine, ProgressBar, SaveCheckpoints, WriteHistory
 from .interrupt import StopFlag, TrainingInterrupted
+from .mixing import hard_labels
 from .step import NonFiniteLoss, train_step
 
 
@@ -178,7 +179,7 @@ class Trainer:
                 self.step += 1
                 p = self.partial
                 p["loss_sum"] += loss * len(y)
-                p["correct"] += int(backend.to_numpy((logits.argmax(axis=1) == y).sum()))
+                p["correct"] += int(backend.to_numpy((logits.argmax(axis=1) == hard_labels(y)).sum()))
                 p["seen"] += len(y)
                 for h in self.hooks:
                     h.step_end(self, loss, len(y))
