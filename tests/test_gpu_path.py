@@ -64,7 +64,7 @@ def _train(cifar_root: Path, ckdir: str, *extra: str) -> int:
     from cnn_cifar.cli import train as train_cli
     return train_cli.main(["--backend", "cupy", "--model", "cnn", "--data", str(cifar_root), "--no-download",
                            "--checkpoint-dir", ckdir, "--log-dir", "log", "--quiet", "--limit-train", "128",
-                           "--limit-test", "64", "--batch-size", "32", "--no-prefetch", "--dropout-rate", "0",
+                           "--limit-test", "64", "--batch-size", "32", "--no-prefetch", "--dropout-rate", "0.5",
                            "--dropout-schedule", "none", "--lr-schedule", "none", "--warmup-epochs", "0", *extra])
 
 
@@ -77,7 +77,7 @@ def on_cupy(tmp_path, monkeypatch):
 
 def test_train_resume_and_test_cli_on_cupy(cifar_root, tmp_path, on_cupy, capsys):
     """train_cli --backend cupy writes host-array checkpoints; 1 epoch + resume to 2 equals 2 straight bit for
-    bit; test_cli on cupy reports the accuracy training recorded."""
+    bit, dropout masks included; test_cli on cupy reports the accuracy training recorded."""
     from cnn_cifar.cli import test as test_cli
     from cnn_cifar.training import load_checkpoint
     assert _train(cifar_root, "straight", "--epochs", "2") == 0
@@ -97,8 +97,9 @@ def test_train_resume_and_test_cli_on_cupy(cifar_root, tmp_path, on_cupy, capsys
 
 
 def test_cupy_and_numpy_train_the_same_weights(cifar_root, tmp_path, on_cupy):
-    """One epoch on each backend from the same seed: the same weights to float32 rounding."""
-    assert _train(cifar_root, "gpu", "--epochs", "1") == 0
+    """One epoch on each backend from the same seed, without dropout (whose streams differ by backend): the
+    same weights to float32 rounding."""
+    assert _train(cifar_root, "gpu", "--epochs", "1", "--dropout-rate", "0") == 0
     backend.set_backend("numpy")
     from cnn_cifar.cli import train as train_cli
     assert train_cli.main(["--backend", "numpy", "--model", "cnn", "--data", str(cifar_root), "--no-download",
@@ -129,3 +130,33 @@ def test_operations_and_synchronisations_per_step_stay_within_budget():
     c = count("resnet32", 8, 8)            # the counts do not depend on the batch size
     assert c["train"][0] <= TRAIN_OPS_BUDGET and c["train"][1] <= TRAIN_SYNC_BUDGET, c
     assert c["eval"][0] <= EVAL_OPS_BUDGET and c["eval"][1] == 0, c
+
+
+# ------------------------------------------------------------------ dropout's stream, saved and restored
+@pytest.mark.parametrize("module", ["numpy", "cupy"])
+def test_dropout_stream_state_round_trips_on_each_backend(module):
+    from cnn_cifar import nn
+    xp = np if module == "numpy" else cupy
+    nn.random.manual_seed(7)
+    first = backend.to_numpy(nn.random.uniform(xp, (3, 5)))
+    state = nn.random.get_state()
+    a = backend.to_numpy(nn.random.uniform(xp, (4, 6)))
+    b = backend.to_numpy(nn.random.uniform(xp, (4, 6)))
+    nn.random.manual_seed(99)                                  # another stream in between ...
+    nn.random.uniform(xp, (2,))
+    nn.random.set_state(pickle.loads(pickle.dumps(state)))     # ... then the saved state, as plain data
+    np.testing.assert_array_equal(backend.to_numpy(nn.random.uniform(xp, (4, 6))), a)
+    np.testing.assert_array_equal(backend.to_numpy(nn.random.uniform(xp, (4, 6))), b)
+    assert not np.array_equal(a, b) and not np.array_equal(first.ravel()[:5], a.ravel()[:5])
+    assert a.dtype == np.float32 and 0 <= a.min() and a.max() < 1
+
+
+def test_counter_stream_is_uniform_and_older_numpy_states_still_load():
+    from cnn_cifar import nn
+    nn.random.manual_seed(3)
+    u = backend.to_numpy(nn.random.uniform(cupy, (400_000,)))
+    hist = np.histogram(u, bins=20, range=(0, 1))[0]
+    assert abs(u.mean() - 0.5) < 0.003 and ((hist - 20_000) ** 2 / 20_000).sum() < 60     # chi2, 19 d.o.f.
+    old = np.random.default_rng(5).bit_generator.state                # what checkpoints held before
+    nn.random.set_state(old)
+    np.testing.assert_array_equal(nn.random.uniform(np, (3,)), np.random.default_rng(5).random(3, np.float32))

@@ -58,6 +58,9 @@ MUTATIONS = [
     ("a per-step host read (float) in the train step", "src/cnn_cifar/training/step.py",
      "    model.backward(criterion.backward())\n", "    float(logits.sum())\n    model.backward(criterion.backward())\n",
      "tests/test_gpu_path.py -k budget"),
+    ("the device dropout stream's position not restored on resume", "src/cnn_cifar/nn/random.py",
+     '        _state["key"], _state["draws"] = int(state["key"]), int(state.get("draws", 0))', "        pass",
+     "tests/test_gpu_path.py -k test_cli_on_cupy"),
     ("resume after Ctrl-C in evaluation replays the epoch's stream", "src/cnn_cifar/training/trainer.py",
      "        elif self.step < len(self.train_loader):", "        else:", "tests/test_interrupts.py -k resume"),
 ]

@@ -32,7 +32,7 @@ class Dropout(Module):
             self.save_for_backward(None)              # identity: backward passes dy through
             return x
         xp = get_array_module(x)
-        u = nnrandom.generator().random(self._mask_shape(x), dtype=xp.float32)
+        u = nnrandom.uniform(xp, self._mask_shape(x), xp.float32)
         mask = (u >= self.p).astype(x.dtype)
         mask *= 1.0 / (1.0 - self.p)
         self.save_for_backward(mask)

@@ -1,36 +1,86 @@
-"""The random stream used at training time by dropout layers (one per process, seedable, saveable)."""
+"""The random numbers dropout draws at training time: one seedable stream per process whose whole state
+fits in a checkpoint, so ``--resume`` continues with exactly the masks a straight run would have drawn, on
+either backend.
+
+* NumPy arrays draw from a NumPy ``Generator`` (PCG64); its ``bit_generator.state`` is plain data.
+* Device arrays draw from a counter-based stream: the i-th number of draw d is splitmix64 of
+  (key + d * 2**32 + i), computed with ordinary array operations. Its state is two integers (key, draws).
+  A CuPy generator could not be saved that way: its state is a large block of device memory, and
+  creating one per draw would allocate and initialise that block every step.
+"""
 from __future__ import annotations
 
 from typing import Any
 
-from .. import backend
+import numpy as np
 
-_state: dict[str, Any] = {"gen": None, "backend": None, "seed": None}
+from ..backend import Array
+
+_state: dict[str, Any] = {"seed": None, "numpy": None, "key": None, "draws": 0}
+
+_GOLDEN = 0x9E3779B97F4A7C15
+_MIX1, _MIX2 = 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
 
 
 def manual_seed(seed: int | None) -> None:
-    """Restart the stream from ``seed`` on the active backend."""
-    _state["gen"] = backend.xp.random.default_rng(seed)
-    _state["backend"] = backend.name
-    _state["seed"] = seed
+    """Restart both streams from ``seed`` (None: fresh entropy)."""
+    ss = np.random.SeedSequence(seed)
+    _state.update(seed=seed, numpy=np.random.Generator(np.random.PCG64(ss)),
+                  key=int(ss.generate_state(1, np.uint64)[0]), draws=0)
 
 
-def generator() -> Any:   # numpy.random.Generator or cupy.random.Generator
-    """The active backend's generator (created unseeded on first use or after a backend switch)."""
-    if _state["gen"] is None or _state["backend"] != backend.name:
+def _ensure() -> None:
+    if _state["numpy"] is None:
         manual_seed(_state["seed"])
-    return _state["gen"]
 
 
-def get_state() -> dict | None:
-    """Plain-data state of the stream (NumPy only; CuPy streams are not saved)."""
-    gen = generator()
-    if backend.name == "numpy":
-        return gen.bit_generator.state
-    return None
+def generator() -> np.random.Generator:
+    """The NumPy generator (created unseeded on first use)."""
+    _ensure()
+    return _state["numpy"]
+
+
+def uniform(xp: Any, shape: tuple[int, ...], dtype: Any = np.float32) -> Array:
+    """Uniform numbers in [0, 1) of ``shape`` as an array of ``xp`` (numpy or cupy), from the stream of
+    that backend."""
+    _ensure()
+    if xp is np:
+        return _state["numpy"].random(shape, dtype=dtype)
+    n = 1
+    for d in shape:
+        n *= int(d)
+    start = (_state["key"] + (_state["draws"] << 32)) & 0xFFFFFFFFFFFFFFFF
+    _state["draws"] += 1
+    z = xp.arange(1, n + 1, dtype=xp.uint64)
+    z *= xp.uint64(_GOLDEN)
+    z += xp.uint64(start)
+    z ^= z >> xp.uint64(30)
+    z *= xp.uint64(_MIX1)
+    z ^= z >> xp.uint64(27)
+    z *= xp.uint64(_MIX2)
+    z ^= z >> xp.uint64(31)
+    u = (z >> xp.uint64(40)).astype(dtype)                # the top 24 bits: exact in float32
+    u *= 1.0 / (1 << 24)
+    return u.reshape(shape)
+
+
+def get_state() -> dict:
+    """Plain-data state of both streams (what a checkpoint keeps)."""
+    _ensure()
+    return {"numpy": _state["numpy"].bit_generator.state, "key": _state["key"], "draws": _state["draws"],
+            "seed": _state["seed"]}
 
 
 def set_state(state: dict | None) -> None:
-    """Restore a state from get_state(); ignored when None or on CuPy."""
-    if state is not None and backend.name == "numpy":
-        generator().bit_generator.state = state
+    """Restore a state from get_state(). Older checkpoints saved only the NumPy generator's state."""
+    if not state:
+        return
+    _ensure()
+    if "bit_generator" in state:                         # the NumPy generator's own state (older format)
+        _state["numpy"].bit_generator.state = state
+        return
+    if state.get("numpy") is not None:
+        _state["numpy"].bit_generator.state = state["numpy"]
+    if state.get("key") is not None:
+        _state["key"], _state["draws"] = int(state["key"]), int(state.get("draws", 0))
+    _state["seed"] = state.get("seed", _state["seed"])

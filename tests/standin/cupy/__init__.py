@@ -339,7 +339,7 @@ def fuse(*args, **kwargs):
 
 # dtypes and constants: CuPy uses NumPy's
 dtype = _np.dtype
-for _name in ("float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32",
+for _name in ("float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
               "bool_", "inf", "nan", "pi", "newaxis", "integer", "floating"):
     globals()[_name] = getattr(_np, _name)
 
