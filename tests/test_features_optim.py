@@ -18,6 +18,14 @@ from cnn_cifar.training import load_checkpoint, train_step
 from cnn_cifar.training.config import resolve
 from cnn_cifar.training.ema import ModelEMA
 
+@pytest.fixture(autouse=True)
+def _one_blas_thread():
+    """Speed only, as in test_cli_settings.py: small 2-thread BLAS calls after the conv tiles can stall."""
+    from threadpoolctl import threadpool_limits
+    with threadpool_limits(1, user_api="blas"):
+        yield
+
+
 BASE = ["--no-download", "--limit-train", "128", "--limit-test", "64", "--epochs", "1", "--batch-size", "32",
         "--no-prefetch", "--checkpoint-dir", "ck", "--log-dir", "log", "--quiet"]
 

@@ -15,6 +15,7 @@ from ..optim import DROPOUT_SCHEDULES, LR_SCHEDULES, OPTIMIZERS
 from ..training import CheckpointError, RunConfig, Trainer, interrupt_guard, load_checkpoint, resolve
 from ..training.mixing import MixedCrossEntropy
 from . import common as C
+from .config_file import ConfigFileError, config_argv, write_config
 
 
 def _names(names: list[str]) -> str:
@@ -133,6 +134,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--plot", action="store_true", help="refresh viz/<model>/<model>_training_progress.png each epoch")
     g.add_argument("--quiet", action="store_true", help="no progress bars or settings table")
 
+    g.add_argument("--save-every", type=C.nonneg_int, default=None, metavar="N",
+                   help="also keep <model>_epoch<N>.pkl every N epochs; 0 = off [0]")
+    g.add_argument("--early-stop", type=C.nonneg_int, default=None, metavar="PATIENCE",
+                   help="stop when test accuracy has not improved for PATIENCE epochs; 0 = off [0]")
+    g.add_argument("--config", metavar="FILE.toml", default=None,
+                   help="read settings from a TOML file (keys: any flag's name, e.g. lr-schedule = \"onecycle\"); "
+                   "flags given on the command line win")
+    g.add_argument("--dump-config", metavar="FILE.toml", default=None,
+                   help="write the effective settings to a TOML file (for --config) and exit")
+
     g = p.add_argument_group("advanced")
     g.add_argument("--limit-train", type=C.positive_int, default=None, help="use only the first N training images")
     g.add_argument("--limit-test", type=C.positive_int, default=None, help="use only the first N test images")
@@ -149,15 +160,34 @@ def print_settings(cfg: RunConfig) -> None:
         print(f"  {k.replace('_', '-'):<{width}}  {v}")
 
 
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, after the settings of its ``--config`` file (so the command line wins)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config")
+    config = pre.parse_known_args(argv)[0].config
+    if config:
+        try:
+            argv = config_argv(parser, config) + argv
+        except ConfigFileError as exc:
+            parser.error(str(exc))
+    return parser.parse_args(argv)
+
+
 def _main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     ck = load_checkpoint(args.resume, expected_model=args.model) if args.resume else None
     try:
         cfg = resolve(vars(args), ck.args if ck is not None else None)
     except ValueError as exc:
         parser.error(str(exc))
     quiet = bool(args.quiet)
+    if args.dump_config:
+        path = write_config(cfg.to_dict(), args.dump_config, "train_cli.py settings, written by --dump-config; "
+                            "train with: train_cli.py --config FILE")
+        print(f"wrote {path}")
+        return 0
     C.select_backend(cfg.backend, quiet=False)
     if not quiet:
         print_settings(cfg)
@@ -187,7 +217,7 @@ def _main(argv: list[str] | None = None) -> int:
     criterion = nn.SoftmaxCrossEntropy(cfg.label_smoothing)
     if cfg.augmentation().mixes:
         criterion = MixedCrossEntropy(criterion)
-    hooks = []
+    hooks = cfg.run_hooks()
     if args.plot:
         from ..viz import PlotProgress        # matplotlib is imported only when plots are asked for
         hooks.append(PlotProgress(f"viz/{name}"))

@@ -13,6 +13,7 @@ from ..nn import Module
 from ..optim import (ADAMW_DEFAULT_WEIGHT_DECAY, DropoutSchedule, LRSchedule, Optimizer, ReduceLROnPlateau,
                      build_optimizer)
 from .ema import ModelEMA
+from .hooks import EarlyStopping, Hook, SaveSnapshots
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,8 @@ class RunConfig(Recipe):
     color_jitter: tuple[float, float, float, float] | None = None  # brightness, contrast, saturation, hue
     mixup: float = 0.0                   # Beta(alpha, alpha) of mixup; 0 = off
     cutmix: float = 0.0                  # Beta(alpha, alpha) of cutmix; 0 = off
+    early_stop: int = 0                  # patience in epochs without a better test accuracy; 0 = off
+    save_every: int = 0                  # keep <model>_epoch<N>.pkl every N epochs; 0 = off
     limit_train: int | None = None
     limit_test: int | None = None
     checkpoint_dir: str = "checkpoint"
@@ -81,6 +84,11 @@ class RunConfig(Recipe):
 
     def make_ema(self, model: Module) -> ModelEMA | None:
         return ModelEMA(model, self.ema) if self.ema else None
+
+    def run_hooks(self) -> list[Hook]:
+        """Snapshots and early stopping, as far as they are on."""
+        return ([SaveSnapshots(self.save_every)] if self.save_every else []) + \
+            ([EarlyStopping(self.early_stop)] if self.early_stop else [])
 
     def make_dropout_schedule(self) -> DropoutSchedule:
         return DropoutSchedule(self.dropout_schedule, self.dropout_rate, self.min_dropout, self.max_dropout,

@@ -17,9 +17,13 @@ if TYPE_CHECKING:                                   # annotations only: trainer 
 
 
 class Hook:
-    """Called by the Trainer: ``epoch_start`` before an epoch's first (or resumed) step, ``step_end`` after
-    each step, ``train_end`` when the steps stop (normally or not), ``epoch_end`` with the epoch's history
-    row once it is evaluated and counted. Each default does nothing."""
+    """Called by the Trainer: ``fit_start`` once when ``fit`` begins (after any restore), ``epoch_start``
+    before an epoch's first (or resumed) step, ``step_end`` after each step, ``train_end`` when the steps
+    stop (normally or not), ``epoch_end`` with the epoch's history row once it is evaluated and counted.
+    Each default does nothing. A hook ends the run early with ``trainer.finish(reason)``."""
+
+    def fit_start(self, trainer: "Trainer") -> None:
+        pass
 
     def epoch_start(self, trainer: "Trainer") -> None:
         pass
@@ -67,6 +71,48 @@ class SaveCheckpoints(Hook):
         save_checkpoint(trainer.last_path, ck)
         if row["best"]:
             save_checkpoint(trainer.best_path, ck)
+
+
+class SaveSnapshots(Hook):
+    """<model>_epoch<N>.pkl every ``every`` epochs, kept (atomic, like the others); ``--resume`` takes them."""
+
+    def __init__(self, every: int) -> None:
+        if every < 1:
+            raise ValueError(f"--save-every must be a positive number of epochs, got {every}")
+        self.every = int(every)
+
+    def epoch_end(self, trainer: "Trainer", row: dict) -> None:
+        if trainer.epoch % self.every == 0:
+            save_checkpoint(trainer.checkpoint_dir / f"{trainer.model_name}_epoch{trainer.epoch}.pkl",
+                            trainer.checkpoint())
+
+
+class EarlyStopping(Hook):
+    """Ends the run once test accuracy has not improved for ``patience`` epochs (a tie is no improvement).
+    Its state is the history's "best" marks, so a resumed run that has already run out of patience stops at
+    once, and a larger ``patience`` continues it."""
+
+    def __init__(self, patience: int) -> None:
+        if patience < 1:
+            raise ValueError(f"--early-stop must be a positive number of epochs, got {patience}")
+        self.patience = int(patience)
+
+    @staticmethod
+    def epochs_without_improvement(history: list[dict]) -> int:
+        marks = [bool(r.get("best")) for r in history]
+        return len(marks) - 1 - max((i for i, b in enumerate(marks) if b), default=-1)
+
+    def _check(self, trainer: "Trainer") -> None:
+        stale = self.epochs_without_improvement(trainer.history)
+        if trainer.history and stale >= self.patience:
+            trainer.finish(f"early stop: test accuracy has not improved for {stale} epochs (best "
+                           f"{100 * trainer.best_accuracy:.2f}% at epoch {len(trainer.history) - stale})")
+
+    def fit_start(self, trainer: "Trainer") -> None:
+        self._check(trainer)
+
+    def epoch_end(self, trainer: "Trainer", row: dict) -> None:
+        self._check(trainer)
 
 
 class WriteHistory(Hook):

@@ -62,6 +62,7 @@ class Trainer:
         self.target_epochs = 0         # the epoch count fit() is training to
         self.history: list[dict] = []
         self.best_accuracy = -1.0
+        self.finished: str | None = None  # why the run ended before its last epoch (a hook's finish())
         self.dropout_p = dropout_schedule.rate
         self.epoch_rng_state: dict | None = None
         self.partial = self._fresh_partial()
@@ -122,6 +123,12 @@ class Trainer:
         self.epoch_rng_state = ck.rng.get("epoch_start")
         nn.random.set_state(ck.rng.get("dropout"))
 
+    def finish(self, reason: str) -> None:
+        """End the run after the current epoch (early stopping); ``reason`` is printed once."""
+        if self.finished is None:
+            print(reason, flush=True)
+        self.finished = reason
+
     def _interrupt(self) -> None:
         save_checkpoint(self.last_path, self.checkpoint())
         raise TrainingInterrupted(self.last_path, self.epoch, self.step)
@@ -130,9 +137,11 @@ class Trainer:
     def fit(self, epochs: int) -> list[dict]:
         """Train until ``epochs`` epochs are complete; returns the history."""
         self.target_epochs = epochs
+        for h in self.hooks:
+            h.fit_start(self)
         # Overflow shows up as a non-finite loss, which is reported by the loop itself.
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            while self.epoch < epochs:
+            while self.epoch < epochs and self.finished is None:
                 self._begin_epoch()
                 self._t0 = time.perf_counter()
                 lr = self._run_steps() if self.step < len(self.train_loader) else self.optimizer.lr
