@@ -61,8 +61,8 @@ def test_simple_cnn_whole_model_gradcheck(xp):
 def test_small_resnet_whole_model_gradcheck(xp):
     model = build_model("resnet8", dropout=0.2, seed=4).to(np.float64)
     model.conv1.needs_input_grad = True
-    x = backend.to_device(np.random.default_rng(2).standard_normal((2, 3, 8, 8)))
-    check_module(model, x, max_points=30)
+    x = backend.to_device(np.random.default_rng(2).standard_normal((2, 3, 16, 16)))
+    check_module(model, x, max_points=20)
 
 
 def test_loss_falls_and_tiny_model_overfits_64_images(xp):
