@@ -85,16 +85,23 @@ def worker_ours(model_name: str, batch: int, eval_batch: int, warmup: int, repea
     model.eval()
     t_inf = _time_it(infer, max(1, warmup // 2), max(3, repeats // 2), backend.synchronize)
     del xp
+    gpu_mib = None
+    if backend.name == "cupy":                    # what CuPy's memory pool holds after the runs
+        gpu_mib = backend.xp.get_default_memory_pool().total_bytes() / 2 ** 20
     return {"framework": "ours", "backend": backend.describe(), "blas": _blas_info(),
-            "train_ips": batch / t_train, "infer_ips": eval_batch / t_inf, "peak_rss_mib": _peak_rss_mib()}
+            "train_ips": batch / t_train, "infer_ips": eval_batch / t_inf, "peak_rss_mib": _peak_rss_mib(),
+            "gpu_mib": gpu_mib}
 
 
-def worker_torch(model_name: str, batch: int, eval_batch: int, warmup: int, repeats: int, threads: int) -> dict:
+def worker_torch(model_name: str, batch: int, eval_batch: int, warmup: int, repeats: int, threads: int,
+                 device: str = "cpu") -> dict:
     import torch
     import torch.nn as tnn
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
+    if device == "cuda":
+        torch.backends.cudnn.benchmark = True
 
     class Block(tnn.Module):
         def __init__(self, cin, cout, stride):
@@ -126,11 +133,13 @@ def worker_torch(model_name: str, batch: int, eval_batch: int, warmup: int, repe
                                tnn.Linear(128, 10))
     else:
         model = resnet(int(model_name.removeprefix("resnet")))
+    model = model.to(device)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     crit = tnn.CrossEntropyLoss()
-    x = torch.randn(batch, 3, 32, 32)
-    y = torch.randint(0, 10, (batch,))
-    xe = torch.randn(eval_batch, 3, 32, 32)
+    x = torch.randn(batch, 3, 32, 32, device=device)
+    y = torch.randint(0, 10, (batch,), device=device)
+    xe = torch.randn(eval_batch, 3, 32, 32, device=device)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
     def train_step():
         opt.zero_grad()
@@ -142,19 +151,22 @@ def worker_torch(model_name: str, batch: int, eval_batch: int, warmup: int, repe
             model(xe)
 
     model.train()
-    t_train = _time_it(train_step, warmup, repeats)
+    t_train = _time_it(train_step, warmup, repeats, sync)
     model.eval()
-    t_inf = _time_it(infer, max(1, warmup // 2), max(3, repeats // 2))
-    return {"framework": "torch", "backend": f"torch {torch.__version__} CPU, {torch.get_num_threads()} threads",
-            "blas": "oneDNN/MKL (torch)", "train_ips": batch / t_train, "infer_ips": eval_batch / t_inf,
-            "peak_rss_mib": _peak_rss_mib()}
+    t_inf = _time_it(infer, max(1, warmup // 2), max(3, repeats // 2), sync)
+    where = (f"CUDA on {torch.cuda.get_device_name()}, cuDNN {torch.backends.cudnn.version()}" if device == "cuda"
+             else f"CPU, {torch.get_num_threads()} threads")
+    return {"framework": "torch", "backend": f"torch {torch.__version__} {where}",
+            "blas": "cuBLAS/cuDNN" if device == "cuda" else "oneDNN/MKL (torch)", "train_ips": batch / t_train,
+            "infer_ips": eval_batch / t_inf, "peak_rss_mib": _peak_rss_mib(),
+            "gpu_mib": torch.cuda.max_memory_reserved() / 2 ** 20 if device == "cuda" else None}
 
 
 # ----------------------------------------------------------------------------------- driver
 def _run_worker(python: str, fw: str, model: str, args) -> dict:
     cmd = [python, __file__, "--worker", fw, "--models", model, "--batch", str(args.batch_for(model)),
            "--eval-batch", str(args.eval_batch), "--warmup", str(args.warmup), "--repeats", str(args.repeats),
-           "--backend", args.backend, "--threads", str(args.threads)]
+           "--backend", args.backend, "--threads", str(args.threads), "--device", args.device]
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode != 0:
         raise SystemExit(f"benchmark worker failed ({fw}, {model}):\n{out.stderr.strip()[-2000:]}")
@@ -172,6 +184,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--backend", default="numpy", choices=["auto", "numpy", "cupy"])
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="PyTorch threads")
     ap.add_argument("--compare-torch", action="store_true")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where PyTorch runs")
     ap.add_argument("--torch-python", default=None, help="interpreter with torch (default: bench-venv/bin/python)")
     ap.add_argument("--json", default=None, help="also write all measurements here")
     ap.add_argument("--worker", choices=["ours", "torch"], help=argparse.SUPPRESS)
@@ -181,8 +194,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.worker:
         m = args.models[0]
         fn = worker_ours if args.worker == "ours" else worker_torch
-        extra = args.backend if args.worker == "ours" else args.threads
-        res = fn(m, args.batch_for(m), args.eval_batch, args.warmup, args.repeats, extra)
+        extra = (args.backend,) if args.worker == "ours" else (args.threads, args.device)
+        res = fn(m, args.batch_for(m), args.eval_batch, args.warmup, args.repeats, *extra)
         res.update(model=m, batch=args.batch_for(m), eval_batch=args.eval_batch)
         print(json.dumps(res))
         return
