@@ -141,7 +141,7 @@ def test_defaults_pinned():
         no_augment=False, no_flip=False, limit_train=None, limit_test=None,
         max_lr=None, pct_start=0.3, plateau_factor=0.1, plateau_patience=2, clip_grad_norm=0.0, ema=0.0,
         cutout_fill="mean", cutout_p=1.0, shift_scale_rotate=None, ssr_p=0.5, ssr_border="reflect", color_jitter=None,
-        mixup=0.0, cutmix=0.0, early_stop=0, save_every=0)
+        mixup=0.0, cutmix=0.0, early_stop=0, save_every=0, tensorboard_every=50)
     res = resolve(parse("--model", "resnet56"))
     assert {k: res[k] for k in RECIPE_FIELDS} == dict(
         optimizer="sgd", lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4, batch_size=128, epochs=200,

@@ -131,6 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--resume", metavar="PATH", default=None,
                    help="continue a run from a checkpoint (its settings apply unless given again)")
     g.add_argument("--log-dir", default=None, help="per-epoch log <log-dir>/<model>.log [log]")
+    g.add_argument("--tensorboard", metavar="DIR", default=None,
+                   help="write TensorBoard scalars here (needs tensorboardX: uv sync --group tensorboard)")
+    g.add_argument("--tensorboard-every", type=C.nonneg_int, default=None, metavar="N",
+                   help="with --tensorboard, also log the batch loss and lr every N steps; 0 = per epoch only [50]")
     g.add_argument("--plot", action="store_true", help="refresh viz/<model>/<model>_training_progress.png each epoch")
     g.add_argument("--quiet", action="store_true", help="no progress bars or settings table")
 
@@ -183,6 +187,10 @@ def _main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         parser.error(str(exc))
     quiet = bool(args.quiet)
+    if cfg.tensorboard and not args.dump_config:
+        from ..training.tensorboard import MISSING, tensorboard_available
+        if not tensorboard_available():
+            parser.error(MISSING)
     if args.dump_config:
         path = write_config(cfg.to_dict(), args.dump_config, "train_cli.py settings, written by --dump-config; "
                             "train with: train_cli.py --config FILE")

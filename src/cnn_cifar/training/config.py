@@ -54,6 +54,8 @@ class RunConfig(Recipe):
     limit_test: int | None = None
     checkpoint_dir: str = "checkpoint"
     log_dir: str = "log"
+    tensorboard: str | None = None       # folder for TensorBoard event files
+    tensorboard_every: int = 50          # also log the batch loss every N steps; 0 = per epoch only
 
     def __post_init__(self) -> None:
         if self.min_dropout > self.max_dropout:
@@ -86,9 +88,15 @@ class RunConfig(Recipe):
         return ModelEMA(model, self.ema) if self.ema else None
 
     def run_hooks(self) -> list[Hook]:
-        """Snapshots and early stopping, as far as they are on."""
-        return ([SaveSnapshots(self.save_every)] if self.save_every else []) + \
-            ([EarlyStopping(self.early_stop)] if self.early_stop else [])
+        """Snapshots, early stopping and TensorBoard, as far as they are on (TensorBoard raises ImportError
+        with a one-line message when tensorboardX is missing)."""
+        hooks: list[Hook] = [SaveSnapshots(self.save_every)] if self.save_every else []
+        if self.early_stop:
+            hooks.append(EarlyStopping(self.early_stop))
+        if self.tensorboard:
+            from .tensorboard import TensorBoardLogger
+            hooks.append(TensorBoardLogger(self.tensorboard, self.tensorboard_every))
+        return hooks
 
     def make_dropout_schedule(self) -> DropoutSchedule:
         return DropoutSchedule(self.dropout_schedule, self.dropout_rate, self.min_dropout, self.max_dropout,
@@ -104,7 +112,7 @@ class RunConfig(Recipe):
 
 FIELDS = tuple(f.name for f in fields(RunConfig))
 RECIPE_FIELDS = tuple(f.name for f in fields(Recipe))
-NOT_RESTORED = ("backend", "checkpoint_dir", "log_dir")   # about this machine and its folders, not the run
+NOT_RESTORED = ("backend", "checkpoint_dir", "log_dir", "tensorboard")   # about this machine and its folders, not the run
 RESTORED = tuple(k for k in FIELDS if k not in NOT_RESTORED)
 
 

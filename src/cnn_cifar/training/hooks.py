@@ -19,10 +19,14 @@ if TYPE_CHECKING:                                   # annotations only: trainer 
 class Hook:
     """Called by the Trainer: ``fit_start`` once when ``fit`` begins (after any restore), ``epoch_start``
     before an epoch's first (or resumed) step, ``step_end`` after each step, ``train_end`` when the steps
-    stop (normally or not), ``epoch_end`` with the epoch's history row once it is evaluated and counted.
-    Each default does nothing. A hook ends the run early with ``trainer.finish(reason)``."""
+    stop (normally or not), ``epoch_end`` with the epoch's history row once it is evaluated and counted,
+    ``fit_end`` when ``fit`` returns or raises (to release files). Each default does nothing. A hook ends
+    the run early with ``trainer.finish(reason)``."""
 
     def fit_start(self, trainer: "Trainer") -> None:
+        pass
+
+    def fit_end(self, trainer: "Trainer") -> None:
         pass
 
     def epoch_start(self, trainer: "Trainer") -> None:

@@ -139,14 +139,18 @@ class Trainer:
         self.target_epochs = epochs
         for h in self.hooks:
             h.fit_start(self)
-        # Overflow shows up as a non-finite loss, which is reported by the loop itself.
-        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            while self.epoch < epochs and self.finished is None:
-                self._begin_epoch()
-                self._t0 = time.perf_counter()
-                lr = self._run_steps() if self.step < len(self.train_loader) else self.optimizer.lr
-                self.partial["seconds"] += time.perf_counter() - self._t0
-                self._end_epoch(lr)
+        try:
+            # Overflow shows up as a non-finite loss, which is reported by the loop itself.
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                while self.epoch < epochs and self.finished is None:
+                    self._begin_epoch()
+                    self._t0 = time.perf_counter()
+                    lr = self._run_steps() if self.step < len(self.train_loader) else self.optimizer.lr
+                    self.partial["seconds"] += time.perf_counter() - self._t0
+                    self._end_epoch(lr)
+        finally:
+            for h in self.hooks:
+                h.fit_end(self)
         return self.history
 
     def _begin_epoch(self) -> None:
