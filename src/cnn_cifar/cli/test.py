@@ -8,8 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..models import list_models
-from ..training import evaluate_checkpoint
+from ..models import build_model, list_models, options_of
+from ..training import evaluate_checkpoint, load_checkpoint
+from ..training.tta import TTA_CHOICES, evaluate_checkpoint_tta
 from . import common as C
 
 
@@ -29,6 +30,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="PATH", default=None, help="also write the results as JSON here")
     p.add_argument("--plot", action="store_true", help="write per-class and confusion-matrix plots")
     p.add_argument("--out", default=None, help="folder for --plot [viz/<model>]")
+    p.add_argument("--tta", choices=TTA_CHOICES, default=None,
+                   help="test-time augmentation: flip = average the logits of each image and its mirror image")
+    p.add_argument("--summary", action="store_true",
+                   help="print the checkpoint's model as a table (layers, output shapes, parameters, "
+                   "multiply-adds) and exit")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -37,7 +43,7 @@ def format_report(res: dict) -> str:
     classes = [c["class"] for c in res["per_class"]]
     w = max(len("macro avg"), max(len(c) for c in classes))
     lines = [f"model {res['model']} ({res['checkpoint']}, epoch {res['epoch']}) on {res['dataset']} "
-             f"test set: {res['n']} images",
+             f"test set: {res['n']} images" + (f", test-time augmentation: {res['tta']}" if res.get("tta") else ""),
              f"accuracy: {100 * res['accuracy']:.2f}%   loss: {res['loss']:.4f}",
              "top-k:    " + "   ".join(f"top-{k}: {100 * v:.2f}%" for k, v in res["topk"].items()),
              "",
@@ -62,9 +68,18 @@ def format_report(res: dict) -> str:
 def _main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     C.select_backend(args.backend, quiet=args.quiet)
-    res = evaluate_checkpoint(args.resume, args.data, model=args.model, dataset=args.dataset,
-                              batch_size=args.batch_size, limit=args.limit_test, download=not args.no_download,
-                              progress=not args.quiet)
+    if args.summary:
+        from .summary import format_summary
+        ck = load_checkpoint(args.resume, expected_model=args.model)
+        net = build_model(ck.model, num_classes=ck.num_classes or 10, dropout=ck.model_config.get("dropout", 0.0),
+                          **options_of(ck.model_config))
+        print(f"{ck.model} from {args.resume}:")
+        print(format_summary(net))
+        return 0
+    kw = dict(model=args.model, dataset=args.dataset, batch_size=args.batch_size, limit=args.limit_test,
+              download=not args.no_download, progress=not args.quiet)
+    res = (evaluate_checkpoint_tta(args.resume, args.tta, args.data, **kw) if args.tta
+           else evaluate_checkpoint(args.resume, args.data, **kw))
     print(format_report(res))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 
 from .. import nn
-from ..data import BatchLoader, load_dataset
+from ..data import BatchLoader, get_spec, load_dataset
 from ..data.loader import CUTOUT_FILLS, SSR_BORDERS
 from ..models import build_model, list_models, recipe
 from ..optim import DROPOUT_SCHEDULES, LR_SCHEDULES, OPTIMIZERS
@@ -137,6 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --tensorboard, also log the batch loss and lr every N steps; 0 = per epoch only [50]")
     g.add_argument("--plot", action="store_true", help="refresh viz/<model>/<model>_training_progress.png each epoch")
     g.add_argument("--quiet", action="store_true", help="no progress bars or settings table")
+    g.add_argument("--summary", action="store_true", help="print the model as a table (layers, output shapes, "
+                   "parameters, multiply-adds) and exit")
 
     g.add_argument("--save-every", type=C.nonneg_int, default=None, metavar="N",
                    help="also keep <model>_epoch<N>.pkl every N epochs; 0 = off [0]")
@@ -200,6 +202,11 @@ def _main(argv: list[str] | None = None) -> int:
     if not quiet:
         print_settings(cfg)
 
+    if args.summary:
+        from .summary import format_summary
+        num_classes = ck.num_classes if ck is not None and ck.num_classes else get_spec(cfg.dataset).num_classes
+        print(format_summary(build_model(cfg.model, num_classes=num_classes, dropout=cfg.dropout_rate, seed=cfg.seed)))
+        return 0
     ds = load_dataset(cfg.dataset, cfg.data, download=not args.no_download, progress=not quiet)
     x_tr, y_tr = ds.x_train[:cfg.limit_train], ds.y_train[:cfg.limit_train]
     x_te, y_te = ds.x_test[:cfg.limit_test], ds.y_test[:cfg.limit_test]
