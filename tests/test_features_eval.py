@@ -99,3 +99,14 @@ def test_summary_on_both_clis(cifar_root, capsys):
     assert test_cli.main(["--resume", "ck/cnn_best.pkl", "--summary"]) == 0
     out = capsys.readouterr().out
     assert "\ncnn from ck/cnn_best.pkl:\n" in out and "Total params: 232,314" in out
+
+
+def test_amp_on_numpy_says_so_and_trains_in_float32(cifar_root, capsys):
+    assert train_cli.main(["--data", str(cifar_root), *BASE, "--checkpoint-dir", "plain"]) == 0
+    capsys.readouterr()
+    assert train_cli.main(["--data", str(cifar_root), *BASE, "--amp", "--checkpoint-dir", "amp"]) == 0
+    out = capsys.readouterr().out
+    assert "--amp: mixed precision needs the CuPy backend; training in float32\n" in out
+    a, b = (load_checkpoint(f"{d}/cnn_last.pkl").state_dict for d in ("plain", "amp"))
+    assert all(a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k]) for k in a)
+    assert a["conv1.weight"].dtype == np.float32

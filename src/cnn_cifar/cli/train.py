@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 
-from .. import nn
+from .. import backend, nn
 from ..data import BatchLoader, get_spec, load_dataset
 from ..data.loader import CUTOUT_FILLS, SSR_BORDERS
 from ..models import build_model, list_models, recipe
@@ -151,6 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write the effective settings to a TOML file (for --config) and exit")
 
     g = p.add_argument_group("advanced")
+    g.add_argument("--amp", action="store_true",
+                   help="mixed precision: needs the CuPy backend and is not implemented yet; says so and trains "
+                   "in float32")
     g.add_argument("--limit-train", type=C.positive_int, default=None, help="use only the first N training images")
     g.add_argument("--limit-test", type=C.positive_int, default=None, help="use only the first N test images")
     return p
@@ -199,6 +202,9 @@ def _main(argv: list[str] | None = None) -> int:
         print(f"wrote {path}")
         return 0
     C.select_backend(cfg.backend, quiet=False)
+    if args.amp:
+        print("--amp: mixed precision needs the CuPy backend; training in float32" if backend.name == "numpy" else
+              "--amp: mixed precision is not implemented for CuPy yet; training in float32", flush=True)
     if not quiet:
         print_settings(cfg)
 
