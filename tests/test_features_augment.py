@@ -302,7 +302,7 @@ def test_prefetch_stops_when_the_consumer_stops_after_the_last_batch_was_built()
     loader = BatchLoader(x, np.zeros(8, np.int64), 2, (0.5,) * 3, (0.25,) * 3, prefetch=True)
     it = iter(loader)
     next(it), next(it)
-    time.sleep(0.3)                              # batches 3 and 4 queued, the end marker waiting
+    time.sleep(0.15)                             # batches 3 and 4 queued, the end marker waiting
     closer = threading.Thread(target=it.close, daemon=True)
     closer.start()
     closer.join(timeout=10)

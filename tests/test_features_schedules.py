@@ -149,3 +149,16 @@ def test_plateau_state_survives_resume_exactly(cifar_root):
             lr *= 0.5
     assert a.schedule["lr"]["state"]["lr"] == pytest.approx(lr, rel=1e-12)
     assert (a.args["plateau_patience"], a.args["plateau_factor"]) == (0, 0.5)
+
+
+@pytest.mark.parametrize("command", readme_commands((ROOT / "README.md").read_text()))
+def test_this_readmes_commands_parse_and_resolve(command):
+    """Every train_cli / test_cli command README.md shows is accepted as written (flags and settings)."""
+    script, *argv = shlex.split(command.split(" #")[0])[2:]
+    if script.endswith("test_cli.py"):
+        test_cli.build_parser().parse_args(argv)
+        return
+    parser = train_cli.build_parser()
+    args = parser.parse_args(argv)
+    if args.config is None:                          # (a --config file is written by the command before it)
+        resolve(vars(args))
