@@ -120,3 +120,19 @@ def test_first_layer_skips_the_image_gradient_but_not_its_weight_gradient():
         grads.append(model.conv1.weight.grad.copy())
     # Same gradient either way; the paths sum in a different order (columns of x vs. of dy).
     np.testing.assert_allclose(grads[0], grads[1], rtol=1e-5, atol=1e-6)
+
+
+def test_initialisation_follows_pytorch():
+    """Conv2d and Linear start as PyTorch's layers do (weights and biases U(+-1/sqrt(fan_in))); the CIFAR
+    ResNets re-draw their convolutions from He et al.'s normal (std sqrt(2 / fan_out)), as torchvision does."""
+    conv = nn.Conv2d(16, 32, 3, rng=np.random.default_rng(0))
+    lin = nn.Linear(400, 300, rng=np.random.default_rng(1))
+    for layer, fan_in in ((conv, 16 * 9), (lin, 400)):
+        bound = 1 / np.sqrt(fan_in)
+        for p in (layer.weight.data, layer.bias.data):
+            assert np.abs(p).max() <= bound and np.abs(p).max() > 0.97 * bound
+        assert abs(layer.weight.data.std() - bound / np.sqrt(3)) < 0.03 * bound      # uniform's std
+    model = build_model("resnet20", seed=0)
+    w = model.layer2[1].conv1.weight.data
+    assert abs(w.std() - np.sqrt(2 / (32 * 9))) < 0.05 * np.sqrt(2 / (32 * 9))
+    assert abs(model.fc.weight.data).max() <= 1 / np.sqrt(64)

@@ -41,6 +41,11 @@ class ResNet(ChainModel):
         self.fc = nn.Linear(64, num_classes, rng=rng, dtype=dtype)
         self._order = [self.conv1, self.bn1, self.relu, self.layer1, self.layer2, self.layer3,
                        self.pool, self.dropout, self.fc]
+        for m in self.modules():           # He et al.'s initialisation for the convolutions (as torchvision)
+            if isinstance(m, nn.Conv2d):
+                kh, kw = m.kernel_size
+                m.weight.data = nn.init.kaiming_normal(m.weight.shape, m.out_channels // m.groups * kh * kw, rng,
+                                                       dtype)
 
 
 # The ResNet paper's SGD recipe, with cosine decay instead of step decay and one warmup epoch.

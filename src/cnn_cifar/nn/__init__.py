@@ -8,10 +8,10 @@ from .module import Module, Parameter, Sequential, grad_enabled, no_grad
 from .norm import BatchNorm1d, BatchNorm2d
 from .pooling import AvgPool2d, GlobalAvgPool2d, MaxPool2d
 from .residual import BasicBlock, PadShortcut
-from . import random
+from . import init, random
 
 __all__ = [
     "AvgPool2d", "BasicBlock", "PadShortcut", "BatchNorm1d", "BatchNorm2d", "Conv2d", "Dropout", "Dropout2d",
     "Flatten", "GlobalAvgPool2d", "Linear", "MaxPool2d", "Module", "Parameter", "ReLU",
-    "Sequential", "SoftmaxCrossEntropy", "dropout_rate", "grad_enabled", "no_grad", "random", "set_dropout",
+    "Sequential", "SoftmaxCrossEntropy", "dropout_rate", "grad_enabled", "init", "no_grad", "random", "set_dropout",
 ]

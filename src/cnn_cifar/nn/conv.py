@@ -49,10 +49,10 @@ class Conv2d(Module):
             raise ValueError("Conv2d: kernel_size, stride and dilation must be >= 1 and padding >= 0")
         self.geometry = ConvGeometry(*self.kernel_size, *self.stride, *self.padding, *self.dilation)
         kh, kw = self.kernel_size
-        fan_out = out_channels // groups * kh * kw
-        self.weight = Parameter(init.kaiming_normal((out_channels, in_channels // groups, kh, kw),
-                                                    fan_out, rng, dtype))
-        self.bias = Parameter(init.zeros((out_channels,), dtype)) if bias else None
+        fan_in = in_channels // groups * kh * kw              # PyTorch's default initialisation
+        self.weight = Parameter(init.default_uniform((out_channels, in_channels // groups, kh, kw), fan_in, rng,
+                                                     dtype))
+        self.bias = Parameter(init.default_uniform((out_channels,), fan_in, rng, dtype)) if bias else None
         # False on a network's first layer: the gradient w.r.t. the images is not needed for training
         # (like an input tensor without requires_grad in PyTorch); backward then returns None.
         self.needs_input_grad = True

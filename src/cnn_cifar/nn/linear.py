@@ -18,8 +18,8 @@ class Linear(Module):
         if in_features <= 0 or out_features <= 0:
             raise ValueError(f"Linear needs positive sizes, got ({in_features}, {out_features})")
         self.in_features, self.out_features = in_features, out_features
-        self.weight = Parameter(init.kaiming_normal((out_features, in_features), in_features, rng, dtype))
-        self.bias = Parameter(init.zeros((out_features,), dtype)) if bias else None
+        self.weight = Parameter(init.default_uniform((out_features, in_features), in_features, rng, dtype))
+        self.bias = Parameter(init.default_uniform((out_features,), in_features, rng, dtype)) if bias else None
 
     def extra_repr(self) -> str:
         return f"{self.in_features}, {self.out_features}, bias={self.bias is not None}"
