@@ -10,7 +10,7 @@ import numpy as np
 
 from ..models import build_model, list_models, options_of
 from ..training import evaluate_checkpoint, load_checkpoint
-from ..training.tta import TTA_CHOICES, evaluate_checkpoint_tta
+from ..training.tta import TTA_CHOICES
 from . import common as C
 
 
@@ -78,8 +78,7 @@ def _main(argv: list[str] | None = None) -> int:
         return 0
     kw = dict(model=args.model, dataset=args.dataset, batch_size=args.batch_size, limit=args.limit_test,
               download=not args.no_download, progress=not args.quiet)
-    res = (evaluate_checkpoint_tta(args.resume, args.tta, args.data, **kw) if args.tta
-           else evaluate_checkpoint(args.resume, args.data, **kw))
+    res = evaluate_checkpoint(args.resume, args.data, tta=args.tta, **kw)
     print(format_report(res))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -232,7 +232,7 @@ def _main(argv: list[str] | None = None) -> int:
                                rng=np.random.default_rng(cfg.seed), drop_last=True, prefetch=not args.no_prefetch)
     test_loader = BatchLoader(x_te, y_te, max(bs, 500), mean, std, prefetch=not args.no_prefetch)
     if args.show_augment:
-        from .preview import show_augment          # matplotlib is imported only when asked
+        from ..viz import show_augment            # matplotlib is imported only when asked
         print(f"wrote {show_augment(train_loader, args.show_augment, ds.classes, name)}")
         return 0
     criterion = nn.SoftmaxCrossEntropy(cfg.label_smoothing)

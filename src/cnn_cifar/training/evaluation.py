@@ -13,6 +13,7 @@ from ..models import build_model, options_of
 from . import metrics
 from .checkpoint import CheckpointError, load_checkpoint
 from .interrupt import StopFlag
+from .tta import with_tta
 
 
 def evaluate(model: nn.Module, loader: BatchLoader, criterion: nn.SoftmaxCrossEntropy, num_classes: int,
@@ -48,9 +49,10 @@ def evaluate(model: nn.Module, loader: BatchLoader, criterion: nn.SoftmaxCrossEn
 
 def evaluate_checkpoint(path: str | os.PathLike, data: str | os.PathLike = "data", model: str | None = None,
                         dataset: str | None = None, batch_size: int = 500, limit: int | None = None,
-                        download: bool = True, progress: bool = False) -> dict:
+                        download: bool = True, progress: bool = False, tta: str | None = None) -> dict:
     """Rebuild a checkpoint's model and evaluate it on the test split of its dataset (or ``dataset``) on the
-    active backend; returns the results with per-class metrics, ready for printing, JSON or plots."""
+    active backend, with test-time augmentation ``tta`` if given; returns the results with per-class
+    metrics, ready for printing, JSON or plots."""
     ck = load_checkpoint(path, expected_model=model)
     dataset = dataset or ck.dataset or "cifar10"
     ds = load_dataset(dataset, data, download=download, progress=progress)
@@ -66,10 +68,10 @@ def evaluate_checkpoint(path: str | os.PathLike, data: str | os.PathLike = "data
     x, y = ds.x_test[:limit], ds.y_test[:limit]
     mean, std = ck.normalization(ds.spec.mean, ds.spec.std)
     loader = BatchLoader(x, y, batch_size, mean, std)
-    ev = evaluate(net, loader, nn.SoftmaxCrossEntropy(), num_classes, progress=progress)
+    ev = evaluate(with_tta(net, tta), loader, nn.SoftmaxCrossEntropy(), num_classes, progress=progress)
     report = metrics.classification_report(ev["confusion_matrix"], ds.classes)
     return {"model": ck.model, "checkpoint": str(path), "epoch": ck.epoch, "dataset": dataset,
-            "n": ev["n"], "accuracy": ev["accuracy"], "loss": ev["loss"],
+            **({"tta": tta} if tta not in (None, "none") else {}), "n": ev["n"], "accuracy": ev["accuracy"], "loss": ev["loss"],
             "topk": {str(k): v for k, v in ev["topk"].items()},
             "per_class": report["per_class"], "macro": report["macro"],
             "confusion_matrix": ev["confusion_matrix"].tolist(), "classes": ds.classes}

@@ -1,9 +1,11 @@
-"""--show-augment: a PNG grid of augmented training images, to see what the model is trained on."""
+"""A PNG grid of augmented training images (train_cli --show-augment), to see what the model is trained on."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+
+from matplotlib.figure import Figure
 
 from .. import backend
 from ..data import BatchLoader
@@ -13,10 +15,6 @@ from ..training.mixing import hard_labels
 def show_augment(loader: BatchLoader, n: int, classes: list[str], model: str, out_dir: str | None = None) -> Path:
     """Draw the first ``n`` images of the loader's first batches (augmented as in training, normalisation
     undone), titled with their label (the dominant one of a mixed image), into <out_dir>/<model>_augment.png."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     images, labels = [], []
     for xb, yb in loader:
         images.append(backend.to_numpy(xb))
@@ -29,7 +27,8 @@ def show_augment(loader: BatchLoader, n: int, classes: list[str], model: str, ou
     x = np.clip(x.transpose(0, 2, 3, 1), 0.0, 1.0)
     cols = min(n, 8)
     rows = -(-len(x) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(1.4 * cols, 1.55 * rows), squeeze=False)
+    fig = Figure(figsize=(1.4 * cols, 1.55 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
     for ax, img, label in zip(axes.ravel(), x, y):
@@ -39,5 +38,4 @@ def show_augment(loader: BatchLoader, n: int, classes: list[str], model: str, ou
     path = Path(out_dir or Path("viz") / model) / f"{model}_augment.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path
