@@ -134,7 +134,7 @@ def test_defaults_pinned():
     """The full resolved defaults, written out: an edit of a registered Recipe shows up here."""
     cnn = resolve(parse())
     assert {k: cnn[k] for k in RESTORED} == dict(
-        model="cnn", optimizer="sgd", lr=0.02, momentum=0.9, nesterov=False, weight_decay=5e-4, batch_size=64,
+        model="cnn", shortcut=None, optimizer="sgd", lr=0.02, momentum=0.9, nesterov=False, weight_decay=5e-4, batch_size=64,
         epochs=200, lr_schedule="cosine", warmup_epochs=10.0, min_lr=0.0, dropout_schedule="linear_decay",
         dropout_rate=0.6, min_dropout=0.2, max_dropout=0.7, dataset="cifar10", data="data", seed=0, beta1=0.9,
         beta2=0.999, lr_decay_factor=0.1, lr_decay_steps=None, label_smoothing=0.0, crop_padding=4, cutout=0,

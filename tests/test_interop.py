@@ -358,3 +358,23 @@ def test_published_resnet20_file_converts(tmp_path):
     with nn.no_grad():
         logits = model(np.zeros((2, 3, 32, 32), np.float32))
     assert logits.shape == (2, 10) and np.isfinite(logits).all()
+
+
+def test_train_cli_shortcut_pad_trains_resumes_and_evaluates(cifar_root, tmp_path, monkeypatch, capsys):
+    """--shortcut pad builds option-A ResNets; the checkpoint records it, so --resume and test_cli rebuild the
+    same architecture without the flag; a model without shortcuts refuses it in one line."""
+    from cnn_cifar.cli import test as test_cli
+    from cnn_cifar.cli import train as train_cli
+    monkeypatch.chdir(tmp_path)
+    common = ["--data", str(cifar_root), "--no-download", "--limit-train", "64", "--limit-test", "32",
+              "--batch-size", "32", "--no-prefetch", "--quiet", "--checkpoint-dir", "ck", "--log-dir", "log"]
+    assert train_cli.main(["--model", "resnet8", "--shortcut", "pad", "--epochs", "1", *common]) == 0
+    ck = load_checkpoint("ck/resnet8_last.pkl", "resnet8")
+    assert ck.model_config["shortcut"] == "pad" and not any("shortcut" in k for k in ck.state_dict)
+    assert train_cli.main(["--resume", "ck/resnet8_last.pkl", "--epochs", "2", *common]) == 0
+    assert load_checkpoint("ck/resnet8_last.pkl").epoch == 2
+    assert test_cli.main(["--resume", "ck/resnet8_last.pkl", "--data", str(cifar_root), "--no-download",
+                          "--quiet", "--limit-test", "32"]) == 0
+    capsys.readouterr()
+    assert train_cli.main(["--model", "cnn", "--shortcut", "pad", "--epochs", "1", *common]) == 1
+    assert "does not take the options ['shortcut']" in capsys.readouterr().err.strip().splitlines()[-1]

@@ -10,7 +10,8 @@ import numpy as np
 from .. import backend, nn
 from ..data import BatchLoader, get_spec, load_dataset
 from ..data.loader import CUTOUT_FILLS, SSR_BORDERS
-from ..models import build_model, list_models, recipe
+from ..models import build_model, list_models, options_of, recipe
+from ..nn.residual import SHORTCUTS
 from ..optim import DROPOUT_SCHEDULES, LR_SCHEDULES, OPTIMIZERS
 from ..training import CheckpointError, RunConfig, Trainer, interrupt_guard, load_checkpoint, resolve
 from ..training.mixing import MixedCrossEntropy
@@ -47,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--batch-size", type=C.positive_int, default=None, help=f"batch size {per_model('batch_size')}")
     g.add_argument("--seed", type=C.nonneg_int, default=None, help="seed for weights, shuffling, augmentation "
                    "and dropout [default: 0]")
+    g.add_argument("--shortcut", choices=SHORTCUTS, default=None,
+                   help="ResNets: 1x1-conv 'projection' shortcuts (default) or the paper's parameter-free 'pad' "
+                        "(option A)")
     C.add_backend_arg(g)
 
     g = p.add_argument_group("optimizer")
@@ -211,7 +215,8 @@ def _main(argv: list[str] | None = None) -> int:
     if args.summary:
         from .summary import format_summary
         num_classes = ck.num_classes if ck is not None and ck.num_classes else get_spec(cfg.dataset).num_classes
-        print(format_summary(build_model(cfg.model, num_classes=num_classes, dropout=cfg.dropout_rate, seed=cfg.seed)))
+        print(format_summary(build_model(cfg.model, num_classes=num_classes, dropout=cfg.dropout_rate, seed=cfg.seed,
+                                         **({"shortcut": cfg.shortcut} if cfg.shortcut else {}))))
         return 0
     ds = load_dataset(cfg.dataset, cfg.data, download=not args.no_download, progress=not quiet)
     x_tr, y_tr = ds.x_train[:cfg.limit_train], ds.y_train[:cfg.limit_train]
@@ -223,7 +228,10 @@ def _main(argv: list[str] | None = None) -> int:
         raise CheckpointError(f"{args.resume} was trained with {ck.num_classes} classes, "
                               f"{cfg.dataset} has {num_classes}")
 
-    model = build_model(name, num_classes=num_classes, dropout=cfg.dropout_rate, seed=cfg.seed)
+    options = options_of(ck.model_config) if ck is not None else {}      # e.g. the shortcut it was built with
+    if cfg.shortcut:
+        options["shortcut"] = cfg.shortcut
+    model = build_model(name, num_classes=num_classes, dropout=cfg.dropout_rate, seed=cfg.seed, **options)
     nn.random.manual_seed(cfg.seed + 1)
     bs = min(cfg.batch_size, len(x_tr))
     # Resumed weights keep the normalisation they were trained with; a new run uses the dataset's.

@@ -25,6 +25,7 @@ class RunConfig(Recipe):
     data: str = "data"
     seed: int = 0
     backend: str = "auto"
+    shortcut: str | None = None          # ResNets: "projection" (their default) or "pad" (option A)
     beta1: float = 0.9
     beta2: float = 0.999
     lr_decay_factor: float = 0.1
