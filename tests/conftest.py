@@ -89,6 +89,24 @@ def threads(request, monkeypatch):
     return request.param
 
 
+@pytest.fixture
+def one_blas_thread():
+    """NumPy's BLAS on one thread for the test (speed only: on a loaded 2-core machine, small 2-thread BLAS
+    calls right after the conv tiles sometimes stall for ~20 ms each)."""
+    from threadpoolctl import threadpool_limits
+    with threadpool_limits(1, user_api="blas"):
+        yield
+
+
+@pytest.fixture
+def cli_tmp(tmp_path, monkeypatch, one_blas_thread):
+    """For in-process CLI runs: the working directory is tmp_path (checkpoints, logs, viz/ land there) and the
+    backend defaults to NumPy."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CNN_CIFAR_BACKEND", "numpy")
+    return tmp_path
+
+
 @pytest.fixture(autouse=True)
 def _numpy_by_default():
     """Every test starts on NumPy unless it asks for the xp fixture."""

@@ -27,15 +27,8 @@ BASE = ["--no-download", "--limit-train", "128", "--limit-test", "64", "--epochs
 
 
 @pytest.fixture(autouse=True)
-def _in_tmp(tmp_path, monkeypatch):
-    """Every run writes under tmp_path (checkpoints, logs, viz/) and uses NumPy with one BLAS thread.
-    (Speed only: on a 2-core machine the Linear layers' 2-thread OpenBLAS matmuls after the conv tiles
-    sporadically take ~20 ms each, making a 4-epoch run here 0.2-1.9 s instead of 0.1-0.3 s.)"""
-    from threadpoolctl import threadpool_limits
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("CNN_CIFAR_BACKEND", "numpy")
-    with threadpool_limits(1, user_api="blas"):
-        yield
+def _in_tmp(cli_tmp):
+    """Every run here works in tmp_path on NumPy (see conftest.cli_tmp)."""
 
 
 def train(cifar_root: Path, *extra: str, quiet: bool = True) -> int:

@@ -22,11 +22,8 @@ from cnn_cifar.training.mixing import MixedCrossEntropy, hard_labels
 
 MEAN, STD = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
 @pytest.fixture(autouse=True)
-def _one_blas_thread():
-    """Speed only, as in test_cli_settings.py: small 2-thread BLAS calls after the conv tiles can stall."""
-    from threadpoolctl import threadpool_limits
-    with threadpool_limits(1, user_api="blas"):
-        yield
+def _one_blas_thread(one_blas_thread):
+    """See conftest.one_blas_thread."""
 
 
 BASE = ["--no-download", "--limit-train", "128", "--limit-test", "64", "--epochs", "1", "--batch-size", "32",

@@ -13,17 +13,16 @@ from cnn_cifar.data import AugmentConfig, BatchLoader, load_dataset
 from cnn_cifar.data.datasets import CIFAR10
 from cnn_cifar.models import build_model
 from cnn_cifar.optim import SGD, AdamW, DropoutSchedule, LRSchedule, clip_grad_norm_, grad_norm
-from cnn_cifar.training import NonFiniteLoss, StopFlag, Trainer, TrainingInterrupted, evaluate_checkpoint
+from cnn_cifar.training import NonFiniteLoss, Trainer, TrainingInterrupted, evaluate_checkpoint
 from cnn_cifar.training import load_checkpoint, train_step
 from cnn_cifar.training.config import resolve
 from cnn_cifar.training.ema import ModelEMA
+from test_training import StopAfter
+
 
 @pytest.fixture(autouse=True)
-def _one_blas_thread():
-    """Speed only, as in test_cli_settings.py: small 2-thread BLAS calls after the conv tiles can stall."""
-    from threadpoolctl import threadpool_limits
-    with threadpool_limits(1, user_api="blas"):
-        yield
+def _one_blas_thread(one_blas_thread):
+    """See conftest.one_blas_thread."""
 
 
 BASE = ["--no-download", "--limit-train", "128", "--limit-test", "64", "--epochs", "1", "--batch-size", "32",
@@ -154,21 +153,6 @@ def test_ema_follows_averaged_model_semantics(xp):
         ModelEMA(model, 1.0)
 
 
-class StopAfter(StopFlag):
-    """Asks to stop once ``n`` checks have been made (Ctrl-C at a chosen step)."""
-
-    def __init__(self, n: int):
-        super().__init__()
-        self.n = n
-
-    @property
-    def requested(self) -> bool:
-        self.n -= 1
-        return self.n < 0
-
-    @requested.setter
-    def requested(self, value):
-        pass
 
 
 def make_trainer(ds, ckdir, stop=None, seed=0, opt="adamw"):

@@ -18,13 +18,8 @@ BASE = ["--no-download", "--limit-train", "64", "--limit-test", "32", "--epochs"
 
 
 @pytest.fixture(autouse=True)
-def _in_tmp(tmp_path, monkeypatch):
-    """In tmp_path, on NumPy, with one BLAS thread (speed only, as in test_cli_settings.py)."""
-    from threadpoolctl import threadpool_limits
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("CNN_CIFAR_BACKEND", "numpy")
-    with threadpool_limits(1, user_api="blas"):
-        yield
+def _in_tmp(cli_tmp):
+    """Every run here works in tmp_path on NumPy (see conftest.cli_tmp)."""
 
 
 def train(cifar_root, *extra: str) -> int:

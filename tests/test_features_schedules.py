@@ -36,12 +36,8 @@ ORIGINAL_COMMANDS = [
 
 
 @pytest.fixture(autouse=True)
-def _in_tmp(tmp_path, monkeypatch):
-    from threadpoolctl import threadpool_limits
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("CNN_CIFAR_BACKEND", "numpy")
-    with threadpool_limits(1, user_api="blas"):
-        yield
+def _in_tmp(cli_tmp):
+    """Every run here works in tmp_path on NumPy (see conftest.cli_tmp)."""
 
 
 def train(cifar_root: Path, *extra: str) -> int:
