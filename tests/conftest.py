@@ -89,17 +89,19 @@ def threads(request, monkeypatch):
     return request.param
 
 
-@pytest.fixture
-def one_blas_thread():
-    """NumPy's BLAS on one thread for the test (speed only: on a loaded 2-core machine, small 2-thread BLAS
-    calls right after the conv tiles sometimes stall for ~20 ms each)."""
+@pytest.fixture(scope="session", autouse=True)
+def _one_blas_thread_per_session():
+    """The whole suite runs NumPy's BLAS on one thread: test sizes are tiny, and on a busy 2-core machine a
+    2-thread BLAS spin-waits for a core (a 2 s gradient check then takes 17 s). The library's own threading
+    (channel-parallel passes, conv tile runs with single-threaded BLAS) is still exercised by the threads
+    fixture; BLAS's own threads are measured by benchmarks/, not tested."""
     from threadpoolctl import threadpool_limits
     with threadpool_limits(1, user_api="blas"):
         yield
 
 
 @pytest.fixture
-def cli_tmp(tmp_path, monkeypatch, one_blas_thread):
+def cli_tmp(tmp_path, monkeypatch):
     """For in-process CLI runs: the working directory is tmp_path (checkpoints, logs, viz/ land there) and the
     backend defaults to NumPy."""
     monkeypatch.chdir(tmp_path)

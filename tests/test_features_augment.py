@@ -21,11 +21,6 @@ from cnn_cifar.training import load_checkpoint
 from cnn_cifar.training.mixing import MixedCrossEntropy, hard_labels
 
 MEAN, STD = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
-@pytest.fixture(autouse=True)
-def _one_blas_thread(one_blas_thread):
-    """See conftest.one_blas_thread."""
-
-
 BASE = ["--no-download", "--limit-train", "128", "--limit-test", "64", "--epochs", "1", "--batch-size", "32",
         "--no-prefetch", "--checkpoint-dir", "ck", "--log-dir", "log", "--quiet"]
 

@@ -20,11 +20,6 @@ from cnn_cifar.training.ema import ModelEMA
 from test_training import StopAfter
 
 
-@pytest.fixture(autouse=True)
-def _one_blas_thread(one_blas_thread):
-    """See conftest.one_blas_thread."""
-
-
 BASE = ["--no-download", "--limit-train", "128", "--limit-test", "64", "--epochs", "1", "--batch-size", "32",
         "--no-prefetch", "--checkpoint-dir", "ck", "--log-dir", "log", "--quiet"]
 
