@@ -378,3 +378,19 @@ def test_train_cli_shortcut_pad_trains_resumes_and_evaluates(cifar_root, tmp_pat
     capsys.readouterr()
     assert train_cli.main(["--model", "cnn", "--shortcut", "pad", "--epochs", "1", *common]) == 1
     assert "does not take the options ['shortcut']" in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_weights_only_export_keeps_what_evaluation_needs(cifar_root, tmp_path, monkeypatch, capsys):
+    from cnn_cifar.cli import convert as convert_cli
+    from cnn_cifar.cli import train as train_cli
+    from cnn_cifar.training import evaluate_checkpoint
+    monkeypatch.chdir(tmp_path)
+    assert train_cli.main(["--model", "cnn", "--data", str(cifar_root), "--no-download", "--limit-train", "64",
+                           "--limit-test", "32", "--batch-size", "32", "--no-prefetch", "--quiet", "--epochs", "1",
+                           "--checkpoint-dir", "ck", "--log-dir", "log"]) == 0
+    assert convert_cli.main(["--weights-only", "ck/cnn_best.pkl", "--out", "pub.pkl"]) == 0
+    raw = pickle.load(open("pub.pkl", "rb"))
+    assert raw["optimizer"] is None and raw["history"] == [] and raw["rng"] == {} and raw["partial"] is None
+    full, pub = (evaluate_checkpoint(p, cifar_root, limit=32, download=False) for p in ("ck/cnn_best.pkl", "pub.pkl"))
+    assert pub["accuracy"] == full["accuracy"] and pub["confusion_matrix"] == full["confusion_matrix"]
+    assert Path("pub.pkl").stat().st_size < 0.55 * Path("ck/cnn_best.pkl").stat().st_size      # no momentum buffers

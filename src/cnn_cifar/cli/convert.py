@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from ..interop import KEY_STYLES, find_state_dict, from_torch, load, save, to_torch
 from ..models import list_models
@@ -18,6 +19,8 @@ def build_parser() -> argparse.ArgumentParser:
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--from-torch", metavar="FILE", help="a PyTorch state dict file to convert")
     what.add_argument("--to-torch", metavar="CKPT", help="one of our checkpoints to write as a PyTorch file")
+    what.add_argument("--weights-only", metavar="CKPT", help="one of our checkpoints without its optimizer state, "
+                      "random streams and history (for publishing; it no longer resumes a run)")
     p.add_argument("--out", required=True, help="the file to write (.pkl for ours, .pt for PyTorch)")
     p.add_argument("--model", choices=list_models(), help="--from-torch: the architecture the weights are for")
     p.add_argument("--shortcut", choices=SHORTCUTS, default=None,
@@ -50,6 +53,11 @@ def _main(argv: list[str] | None = None) -> int:
         print(f"wrote {args.out}: {ck.model} ({ck.model_config.get('num_classes')} classes, {n:,} parameters, "
               f"keys as '{ck.args['key_style']}')"
               + (f", normalisation mean {tuple(args.mean)} std {tuple(args.std)}" if args.mean else ""))
+    elif args.weights_only:
+        ck = load_checkpoint(args.weights_only).weights_only()
+        save_checkpoint(args.out, ck)
+        print(f"wrote {args.out}: {ck.model} weights, buffers, model config and normalisation "
+              f"({Path(args.out).stat().st_size / 2 ** 20:.2f} MiB)")
     else:
         if args.mean or args.std or args.model or args.shortcut:
             parser.error("--model, --shortcut, --mean and --std apply to --from-torch only")

@@ -53,6 +53,14 @@ class Checkpoint:
         n = self.model_config.get("num_classes")
         return None if n is None else int(n)
 
+    def weights_only(self) -> "Checkpoint":
+        """What a published model needs: weights and buffers, model config, normalisation, class names and the
+        dataset; no optimizer state, random streams or history (a resumed run would not be exact)."""
+        return Checkpoint(model=self.model, state_dict=self.state_dict, epoch=self.epoch,
+                          model_config=dict(self.model_config), best_accuracy=self.best_accuracy,
+                          args=dict(self.args), dataset=self.dataset, classes=self.classes, mean=self.mean,
+                          std=self.std)
+
     def to_dict(self) -> dict:
         return {"format": FORMAT, "version": VERSION, **_plain(asdict(self))}
 
