@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..models import build_model, list_models, options_of
-from ..training import evaluate_checkpoint, load_checkpoint
+from ..training import evaluate_checkpoint, find_checkpoint, load_checkpoint
 from ..training.tta import TTA_CHOICES
 from . import common as C
 
@@ -19,7 +19,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", choices=list_models(), default=None,
                    help="architecture the checkpoint must hold [default: whatever it holds]")
-    p.add_argument("--resume", metavar="PATH", required=True, help="checkpoint to evaluate")
+    p.add_argument("--resume", metavar="PATH", required=True,
+                   help="checkpoint to evaluate, or a folder holding <model>_best.pkl")
     p.add_argument("--data", default="data", help="folder holding the dataset")
     p.add_argument("--dataset", choices=["cifar10", "cifar100"], default=None,
                    help="[default: the one the checkpoint was trained on]")
@@ -67,6 +68,7 @@ def format_report(res: dict) -> str:
 
 def _main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.resume = str(find_checkpoint(args.resume, args.model))
     C.select_backend(args.backend, quiet=args.quiet)
     if args.summary:
         from .summary import format_summary

@@ -13,7 +13,8 @@ from ..data.loader import CUTOUT_FILLS, SSR_BORDERS
 from ..models import build_model, list_models, options_of, recipe
 from ..nn.residual import SHORTCUTS
 from ..optim import DROPOUT_SCHEDULES, LR_SCHEDULES, OPTIMIZERS
-from ..training import CheckpointError, RunConfig, Trainer, interrupt_guard, load_checkpoint, resolve
+from ..training import (CheckpointError, RunConfig, Trainer, interrupt_guard, load_checkpoint, resolve,
+                        transfer_weights)
 from ..training.mixing import MixedCrossEntropy
 from . import common as C
 from .config_file import ConfigFileError, config_argv, write_config
@@ -134,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--checkpoint-dir", default=None, help="where <model>_best/_last.pkl and history go [checkpoint]")
     g.add_argument("--resume", metavar="PATH", default=None,
                    help="continue a run from a checkpoint (its settings apply unless given again)")
+    g.add_argument("--init-from", metavar="CKPT", default=None,
+                   help="start a new run from a checkpoint's weights (fresh optimizer and schedule; the "
+                        "classifier is re-initialised if the class count differs)")
     g.add_argument("--log-dir", default=None, help="per-epoch log <log-dir>/<model>.log [log]")
     g.add_argument("--tensorboard", metavar="DIR", default=None,
                    help="write TensorBoard scalars here (needs tensorboardX: uv sync --group tensorboard)")
@@ -190,7 +194,12 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None) -
 def _main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parse_args(parser, argv)
+    if args.resume and args.init_from:
+        parser.error("--resume continues a run, --init-from starts a new one from its weights: give one")
     ck = load_checkpoint(args.resume, expected_model=args.model) if args.resume else None
+    src = load_checkpoint(args.init_from) if args.init_from else None
+    if src is not None and args.model is None:
+        args.model = src.model                                # the architecture the weights are for
     try:
         cfg = resolve(vars(args), ck.args if ck is not None else None)
     except ValueError as exc:
@@ -228,14 +237,22 @@ def _main(argv: list[str] | None = None) -> int:
         raise CheckpointError(f"{args.resume} was trained with {ck.num_classes} classes, "
                               f"{cfg.dataset} has {num_classes}")
 
-    options = options_of(ck.model_config) if ck is not None else {}      # e.g. the shortcut it was built with
+    base = ck if ck is not None else src
+    options = options_of(base.model_config) if base is not None else {}   # e.g. the shortcut it was built with
     if cfg.shortcut:
         options["shortcut"] = cfg.shortcut
     model = build_model(name, num_classes=num_classes, dropout=cfg.dropout_rate, seed=cfg.seed, **options)
+    if src is not None:
+        if src.model != name:
+            raise CheckpointError(f"{args.init_from} holds a '{src.model}' model, not '{name}'")
+        fresh = transfer_weights(model, src)
+        print(f"initialised from {args.init_from}" + (
+            f"; its {src.num_classes}-class head ({', '.join(fresh)}) re-initialised for {num_classes} classes"
+            if fresh else ""), flush=True)
     nn.random.manual_seed(cfg.seed + 1)
     bs = min(cfg.batch_size, len(x_tr))
-    # Resumed weights keep the normalisation they were trained with; a new run uses the dataset's.
-    mean, std = ck.normalization(ds.spec.mean, ds.spec.std) if ck is not None else (ds.spec.mean, ds.spec.std)
+    # Weights from a checkpoint keep the normalisation they were trained with; a new run uses the dataset's.
+    mean, std = base.normalization(ds.spec.mean, ds.spec.std) if base is not None else (ds.spec.mean, ds.spec.std)
     train_loader = BatchLoader(x_tr, y_tr, bs, mean, std, shuffle=True, augment_cfg=cfg.augmentation(),
                                rng=np.random.default_rng(cfg.seed), drop_last=True, prefetch=not args.no_prefetch)
     test_loader = BatchLoader(x_te, y_te, max(bs, 500), mean, std, prefetch=not args.no_prefetch)

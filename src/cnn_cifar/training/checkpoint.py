@@ -6,12 +6,15 @@ import os
 import pickle
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .. import safe_pickle
 from .atomic import atomic_write
+
+if TYPE_CHECKING:
+    from ..nn import Module
 
 FORMAT = "cnn-cifar-10/checkpoint"
 VERSION = 1
@@ -119,3 +122,53 @@ def load_checkpoint(path: str | os.PathLike, expected_model: str | None = None) 
         raise CheckpointError(f"{path} holds a '{ck.model}' model, not '{expected_model}' "
                               f"(use --model {ck.model})")
     return ck
+
+
+def find_checkpoint(path: str | os.PathLike, model: str | None = None) -> Path:
+    """``path`` itself for a file; for a folder, the ``<model>_best.pkl`` inside it (the only ``*_best.pkl``
+    when ``model`` is not given). A folder without one is a CheckpointError that lists what it holds."""
+    path = Path(path)
+    if not path.is_dir():
+        return path
+    if model is not None:
+        best = path / f"{model}_best.pkl"
+        if best.is_file():
+            return best
+        candidates = []
+    else:
+        candidates = sorted(path.glob("*_best.pkl"))
+        if len(candidates) == 1:
+            return candidates[0]
+    found = sorted(p.name for p in path.glob("*.pkl"))
+    if len(candidates) > 1:
+        raise CheckpointError(f"{path} holds several best checkpoints ({', '.join(p.name for p in candidates)}): "
+                              f"choose one with --model")
+    want = f"{model}_best.pkl" if model else "a *_best.pkl"
+    raise CheckpointError(f"no {want} in {path}" + (f" (it holds {', '.join(found)})" if found else " (no .pkl files)"))
+
+
+def transfer_weights(model: "Module", ck: Checkpoint) -> list[str]:
+    """Load ``ck``'s weights into ``model`` (a new run starting from them). The final classifier's tensors may
+    differ in shape (another class count): those keep the model's fresh initialisation and their names are
+    returned. Any other difference is a CheckpointError naming the tensor."""
+    from ..nn import Linear                                  # (nn does not import training: no cycle)
+    heads = [name for name, m in model.named_modules() if isinstance(m, Linear)]
+    head = heads[-1] if heads else None
+    own = model.state_dict()
+    kept, fresh = {}, []
+    for key, value in own.items():
+        theirs = ck.state_dict.get(key)
+        if theirs is None:
+            raise CheckpointError(f"the checkpoint has no '{key}' for {ck.model}")
+        if tuple(np.shape(theirs)) != tuple(value.shape):
+            if head is not None and key.rsplit(".", 1)[0] == head:
+                fresh.append(key)
+                continue
+            raise CheckpointError(f"'{key}' has shape {tuple(np.shape(theirs))} in the checkpoint, the model needs "
+                                  f"{tuple(value.shape)}")
+        kept[key] = theirs
+    extra = [k for k in ck.state_dict if k not in own]
+    if extra:
+        raise CheckpointError(f"the checkpoint has tensors the model does not: {', '.join(extra[:5])}")
+    model.load_state_dict({**own, **kept})
+    return fresh
