@@ -48,13 +48,9 @@ def ours_logits(ckpt: Path, x: np.ndarray) -> np.ndarray:
     from cnn_cifar import nn
     from cnn_cifar.data import BatchLoader
     from cnn_cifar.data.datasets import CIFAR10
-    from cnn_cifar.models import build_model, options_of
     from cnn_cifar.training import load_checkpoint
     ck = load_checkpoint(ckpt)
-    cfg = ck.model_config
-    model = build_model(ck.model, num_classes=cfg["num_classes"], dropout=cfg.get("dropout", 0.0),
-                        **options_of(cfg))
-    model.load_state_dict(ck.state_dict)
+    model = ck.rebuild_model(source=str(ckpt))
     model.eval()
     mean, std = ck.normalization(CIFAR10.mean, CIFAR10.std)
     out = []

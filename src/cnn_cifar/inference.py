@@ -12,8 +12,7 @@ from PIL import Image, UnidentifiedImageError
 from . import backend, nn
 from .data.augment import normalize
 from .data.datasets import CIFAR10, CIFAR100
-from .models import build_model, options_of
-from .training.checkpoint import Checkpoint, CheckpointError, load_checkpoint
+from .training.checkpoint import Checkpoint, load_checkpoint
 
 SIZE = 32
 
@@ -73,14 +72,8 @@ class Classifier:
 
     def __init__(self, path: str | os.PathLike):
         ck = load_checkpoint(path)
-        cfg = ck.model_config
-        self.num_classes = int(cfg.get("num_classes", 10))
-        self.model = build_model(ck.model, num_classes=self.num_classes, dropout=cfg.get("dropout", 0.0),
-                                 **options_of(cfg))
-        try:
-            self.model.load_state_dict(ck.state_dict)
-        except ValueError as exc:
-            raise CheckpointError(f"{path} does not fit model '{ck.model}': {exc}") from None
+        self.model = ck.rebuild_model(source=str(path))
+        self.num_classes = self.model.config["num_classes"]
         self.model.eval()
         default = CIFAR100 if self.num_classes == 100 else CIFAR10
         self.mean, self.std = ck.normalization(default.mean, default.std)

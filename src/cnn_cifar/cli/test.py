@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..models import build_model, list_models, options_of
+from ..models import list_models
 from ..training import evaluate_checkpoint, find_checkpoint, load_checkpoint
 from ..training.tta import TTA_CHOICES
 from . import common as C
@@ -73,8 +73,7 @@ def _main(argv: list[str] | None = None) -> int:
     if args.summary:
         from .summary import format_summary
         ck = load_checkpoint(args.resume, expected_model=args.model)
-        net = build_model(ck.model, num_classes=ck.num_classes or 10, dropout=ck.model_config.get("dropout", 0.0),
-                          **options_of(ck.model_config))
+        net = ck.rebuild_model(source=args.resume)
         print(f"{ck.model} from {args.resume}:")
         print(format_summary(net))
         return 0

@@ -12,7 +12,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..models import build_model, options_of
+from ..models import build_model
 from ..nn import Module
 from ..training.checkpoint import Checkpoint, CheckpointError
 
@@ -120,13 +120,7 @@ def from_torch(state: dict, model_name: str, mean: tuple | None = None, std: tup
 
 def to_torch(ck: Checkpoint, style: str = "ours") -> dict:
     """A PyTorch state dict (names -> arrays, as torch would save it) for our checkpoint's weights."""
-    cfg = ck.model_config
-    model = build_model(ck.model, num_classes=int(cfg.get("num_classes", 10)), dropout=cfg.get("dropout", 0.0),
-                        **options_of(cfg))
-    try:
-        model.load_state_dict(ck.state_dict)
-    except ValueError as exc:
-        raise CheckpointError(f"checkpoint does not fit model '{ck.model}': {exc}") from None
+    model = ck.rebuild_model()
     rename = renamer(style, model)
     out = {}
     for key, value in model.state_dict().items():

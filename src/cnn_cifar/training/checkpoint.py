@@ -56,6 +56,20 @@ class Checkpoint:
         n = self.model_config.get("num_classes")
         return None if n is None else int(n)
 
+    def rebuild_model(self, num_classes: int | None = None, source: str = "checkpoint") -> "Module":
+        """The model these weights are for (architecture, class count, dropout and builder options as
+        recorded), with the weights loaded; a CheckpointError names what does not fit. ``source`` names the
+        checkpoint in that message."""
+        from ..models import build_model, options_of          # (models do not import training: no cycle)
+        cfg = self.model_config
+        model = build_model(self.model, num_classes=num_classes or self.num_classes or 10,
+                            dropout=cfg.get("dropout", 0.0), **options_of(cfg))
+        try:
+            model.load_state_dict(self.state_dict)
+        except ValueError as exc:
+            raise CheckpointError(f"{source} does not fit model '{self.model}': {exc}") from None
+        return model
+
     def weights_only(self) -> "Checkpoint":
         """What a published model needs: weights and buffers, model config, normalisation, class names and the
         dataset; no optimizer state, random streams or history (a resumed run would not be exact)."""

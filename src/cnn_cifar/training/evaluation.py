@@ -9,7 +9,6 @@ from tqdm.auto import tqdm
 
 from .. import backend, nn
 from ..data import BatchLoader, load_dataset
-from ..models import build_model, options_of
 from . import metrics
 from .checkpoint import CheckpointError, load_checkpoint
 from .interrupt import StopFlag
@@ -59,12 +58,7 @@ def evaluate_checkpoint(path: str | os.PathLike, data: str | os.PathLike = "data
     num_classes = ck.num_classes or ds.spec.num_classes
     if num_classes != ds.spec.num_classes:
         raise CheckpointError(f"{path} predicts {num_classes} classes but {dataset} has {ds.spec.num_classes}")
-    net = build_model(ck.model, num_classes=num_classes, dropout=ck.model_config.get("dropout", 0.0),
-                      **options_of(ck.model_config))
-    try:
-        net.load_state_dict(ck.state_dict)
-    except ValueError as exc:
-        raise CheckpointError(f"{path} does not fit model '{ck.model}': {exc}") from None
+    net = ck.rebuild_model(num_classes, source=str(path))
     x, y = ds.x_test[:limit], ds.y_test[:limit]
     mean, std = ck.normalization(ds.spec.mean, ds.spec.std)
     loader = BatchLoader(x, y, batch_size, mean, std)
