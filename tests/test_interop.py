@@ -346,6 +346,11 @@ def test_convert_cli_errors_are_one_line(tmp_path, capsys):
     (tmp_path / "j.pt").write_bytes(b"\x80\x02K\x05.")
     assert convert_cli.main(["--from-torch", str(tmp_path / "j.pt"), "--model", "cnn", "--out", "x.pkl"]) == 1
     assert "not a PyTorch file" in capsys.readouterr().err.strip().splitlines()[-1]
+    for what in ("--weights-only", "--to-torch"):                  # --from-torch's options are refused elsewhere
+        with pytest.raises(SystemExit) as exc:
+            convert_cli.main([what, str(tmp_path / "x.pkl"), "--model", "cnn", "--out", "y.pkl"])
+        assert exc.value.code == 2
+    assert "apply to --from-torch only" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(not SHARED_WEIGHTS.is_dir(), reason="shared/weights (the published files) is not beside the repo")

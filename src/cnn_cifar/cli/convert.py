@@ -53,14 +53,14 @@ def _main(argv: list[str] | None = None) -> int:
         print(f"wrote {args.out}: {ck.model} ({ck.model_config.get('num_classes')} classes, {n:,} parameters, "
               f"keys as '{ck.args['key_style']}')"
               + (f", normalisation mean {tuple(args.mean)} std {tuple(args.std)}" if args.mean else ""))
+    elif args.mean or args.std or args.model or args.shortcut:
+        parser.error("--model, --shortcut, --mean and --std apply to --from-torch only")
     elif args.weights_only:
         ck = load_checkpoint(args.weights_only).weights_only()
         save_checkpoint(args.out, ck)
         print(f"wrote {args.out}: {ck.model} weights, buffers, model config and normalisation "
               f"({Path(args.out).stat().st_size / 2 ** 20:.2f} MiB)")
     else:
-        if args.mean or args.std or args.model or args.shortcut:
-            parser.error("--model, --shortcut, --mean and --std apply to --from-torch only")
         ck = load_checkpoint(args.to_torch)
         save(args.out, to_torch(ck, args.keys))
         print(f"wrote {args.out}: {ck.model} as a PyTorch state dict (keys: {args.keys}); load it with "
