@@ -132,6 +132,31 @@ def synchronize() -> None:
         xp.cuda.get_current_stream().synchronize()
 
 
+def select_gpu(local_rank: int) -> int | None:
+    """Make GPU ``local_rank mod count`` CuPy's current device, before anything allocates on the default
+    one (one GPU per data-parallel rank); returns its index, or None where CuPy is missing or sees no GPU."""
+    try:
+        import cupy  # noqa: PLC0415
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception:
+        return None
+    if count < 1:
+        return None
+    cupy.cuda.Device(local_rank % count).use()
+    return local_rank % count
+
+
+def nccl() -> ModuleType:
+    """CuPy's NCCL binding (``cupy.cuda.nccl``); ImportError where CuPy or its NCCL is missing."""
+    from cupy.cuda import nccl as module  # noqa: PLC0415
+    return module
+
+
+def current_stream_ptr() -> int:
+    """The raw handle of CuPy's current stream (what NCCL calls are queued on)."""
+    return xp.cuda.get_current_stream().ptr
+
+
 def _init_from_env() -> None:
     """Apply CNN_CIFAR_BACKEND at import (NumPy when unset); a bad value falls back to NumPy here and is
     reported by whoever calls set_backend with it later (the CLIs do)."""

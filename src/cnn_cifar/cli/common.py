@@ -73,18 +73,48 @@ def select_backend(choice: str, quiet: bool = False) -> None:
         print(backend.describe(), flush=True)
 
 
+active_comm = None
+"""The run's Communicator once a --distributed run has joined its ranks (None in one process)."""
+
+# Failures every rank meets at the same point (agreed over ranks): only rank 0 reports them.
+_COLLECTIVE = (TrainingInterrupted, NonFiniteLoss)
+
+
+def _report(exc: BaseException) -> tuple[int, str] | None:
+    """The exit status and one-line message for a known failure; None for anything else."""
+    if isinstance(exc, TrainingInterrupted):
+        return 128 + int(getattr(exc, "signum", signal.SIGINT)), f"stopped: {exc}"   # 130 Ctrl-C, 143 SIGTERM
+    if isinstance(exc, KeyboardInterrupt):
+        what = str(exc) or "Ctrl-C"
+        return (143 if what == "SIGTERM" else 130,
+                f"\naborted: second {what}, nothing saved for the current epoch (existing checkpoints untouched)")
+    if isinstance(exc, (DatasetError, CheckpointError, NonFiniteLoss, backend.BackendError, ValueError, OSError)):
+        return 1, f"error: {exc}"
+    return None
+
+
 def run(main: Callable[[], int | None]) -> int:
-    """Run an entry point: known failures become one line on stderr and a non-zero exit, no traceback."""
+    """Run an entry point: known failures become one line on stderr and a non-zero exit, no traceback.
+
+    In a --distributed run a failure of one rank ends every rank (MPI abort) with that rank's line, so no
+    peer waits forever in a collective; the failures all ranks meet together end each rank normally, and
+    only rank 0 reports them."""
     try:
         return int(main() or 0)
-    except TrainingInterrupted as exc:
-        print(f"stopped: {exc}", file=sys.stderr, flush=True)
-        return 128 + int(getattr(exc, "signum", signal.SIGINT))      # 130 for Ctrl-C, 143 for SIGTERM
-    except KeyboardInterrupt as exc:
-        what = str(exc) or "Ctrl-C"
-        print(f"\naborted: second {what}, nothing saved for the current epoch (existing checkpoints untouched)",
-              file=sys.stderr, flush=True)
-        return 143 if what == "SIGTERM" else 130
-    except (DatasetError, CheckpointError, NonFiniteLoss, backend.BackendError, ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
-        return 1
+    except SystemExit:
+        raise
+    except BaseException as exc:
+        comm = active_comm
+        known = _report(exc)
+        if comm is None or comm.size == 1:
+            if known is None:
+                raise
+            print(known[1], file=sys.stderr, flush=True)
+            return known[0]
+        code, line = known or (1, f"error: {type(exc).__name__}: {exc}")
+        if isinstance(exc, _COLLECTIVE):
+            if comm.is_main:
+                print(line, file=sys.stderr, flush=True)
+            return code
+        print(f"[rank {comm.rank}] {line.lstrip()}", file=sys.stderr, flush=True)
+        comm.abort(code)

@@ -16,7 +16,9 @@ from ..optim import DROPOUT_SCHEDULES, LR_SCHEDULES, OPTIMIZERS
 from ..training import (CheckpointError, RunConfig, Trainer, interrupt_guard, load_checkpoint, resolve,
                         transfer_weights)
 from ..training.mixing import MixedCrossEntropy
+from ..distributed import DataParallel
 from . import common as C
+from . import parallel
 from .config_file import ConfigFileError, config_argv, write_config
 
 
@@ -162,6 +164,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--amp", action="store_true",
                    help="mixed precision: needs the CuPy backend and is not implemented yet; says so and trains "
                    "in float32")
+    g.add_argument("--distributed", action="store_true",
+                   help="data-parallel training over the ranks mpirun/srun started (uv sync --group distributed); "
+                   "--batch-size stays the global batch, split evenly over the ranks")
+    g.add_argument("--sync-bn", action="store_true",
+                   help="with --distributed: batch-norm statistics over the whole global batch (SyncBatchNorm) "
+                   "instead of each rank's shard")
     g.add_argument("--limit-train", type=C.positive_int, default=None, help="use only the first N training images")
     g.add_argument("--limit-test", type=C.positive_int, default=None, help="use only the first N test images")
     return p
@@ -194,6 +202,9 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None) -
 def _main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parse_args(parser, argv)
+    C.active_comm = None
+    if args.sync_bn and not args.distributed:
+        parser.error("--sync-bn needs --distributed")
     if args.resume and args.init_from:
         parser.error("--resume continues a run, --init-from starts a new one from its weights: give one")
     ck = load_checkpoint(args.resume, expected_model=args.model) if args.resume else None
@@ -214,6 +225,8 @@ def _main(argv: list[str] | None = None) -> int:
                             "train with: train_cli.py --config FILE")
         print(f"wrote {path}")
         return 0
+    if args.distributed:
+        parallel.join(cfg.backend)
     C.select_backend(cfg.backend, quiet=False)
     if args.amp:
         print("--amp: mixed precision needs the CuPy backend; training in float32" if backend.name == "numpy" else
@@ -227,7 +240,12 @@ def _main(argv: list[str] | None = None) -> int:
         print(format_summary(build_model(cfg.model, num_classes=num_classes, dropout=cfg.dropout_rate, seed=cfg.seed,
                                          **({"shortcut": cfg.shortcut} if cfg.shortcut else {}))))
         return 0
-    ds = load_dataset(cfg.dataset, cfg.data, download=not args.no_download, progress=not quiet)
+    comm = parallel.communicator(args.distributed, args.sync_bn, cfg.batch_size)
+    if comm.is_main:                                  # rank 0 downloads, the others wait and read
+        ds = load_dataset(cfg.dataset, cfg.data, download=not args.no_download, progress=not quiet)
+    comm.barrier()
+    if not comm.is_main:
+        ds = load_dataset(cfg.dataset, cfg.data, download=False, progress=False)
     x_tr, y_tr = ds.x_train[:cfg.limit_train], ds.y_train[:cfg.limit_train]
     x_te, y_te = ds.x_test[:cfg.limit_test], ds.y_test[:cfg.limit_test]
     if len(x_tr) < 2:
@@ -250,12 +268,19 @@ def _main(argv: list[str] | None = None) -> int:
             f"; its {src.num_classes}-class head ({', '.join(fresh)}) re-initialised for {num_classes} classes"
             if fresh else ""), flush=True)
     nn.random.manual_seed(cfg.seed + 1)
+    nn.random.set_rank(comm.rank)                     # each rank its own dropout masks
+    if args.sync_bn:
+        nn.convert_sync_batchnorm(model, comm)
     bs = min(cfg.batch_size, len(x_tr))
+    if bs % comm.size:
+        raise ValueError(f"--batch-size {bs} does not divide evenly over {comm.size} ranks")
     # Weights from a checkpoint keep the normalisation they were trained with; a new run uses the dataset's.
     mean, std = base.normalization(ds.spec.mean, ds.spec.std) if base is not None else (ds.spec.mean, ds.spec.std)
     train_loader = BatchLoader(x_tr, y_tr, bs, mean, std, shuffle=True, augment_cfg=cfg.augmentation(),
-                               rng=np.random.default_rng(cfg.seed), drop_last=True, prefetch=not args.no_prefetch)
-    test_loader = BatchLoader(x_te, y_te, max(bs, 500), mean, std, prefetch=not args.no_prefetch)
+                               rng=np.random.default_rng(cfg.seed), drop_last=True, prefetch=not args.no_prefetch,
+                               shard=(comm.rank, comm.size))
+    part = parallel.test_part(len(x_te), comm)       # each rank evaluates its part; the counts are summed
+    test_loader = BatchLoader(x_te[part], y_te[part], max(bs, 500), mean, std, prefetch=not args.no_prefetch)
     if args.show_augment:
         from ..viz import show_augment            # matplotlib is imported only when asked
         print(f"wrote {show_augment(train_loader, args.show_augment, ds.classes, name)}")
@@ -271,7 +296,8 @@ def _main(argv: list[str] | None = None) -> int:
                       cfg.make_lr_schedule(steps_per_epoch=len(train_loader)), cfg.make_dropout_schedule(),
                       criterion, train_loader, test_loader, num_classes, cfg.checkpoint_dir, f"{cfg.log_dir}/{name}.log",
                       run_info={"args": cfg.run_settings(), "dataset": cfg.dataset, "classes": ds.classes},
-                      quiet=quiet, hooks=hooks, clip_grad_norm=cfg.clip_grad_norm or None, ema=cfg.make_ema(model))
+                      quiet=quiet, hooks=hooks, clip_grad_norm=cfg.clip_grad_norm or None, ema=cfg.make_ema(model),
+                      parallel=DataParallel(model, comm) if args.distributed else None)
     if ck is not None:
         trainer.restore(ck)
         print(f"resumed from {args.resume}: {trainer.epoch} epoch(s) done"
@@ -280,9 +306,11 @@ def _main(argv: list[str] | None = None) -> int:
             print(f"nothing to do: the checkpoint already has {trainer.epoch} of {cfg.epochs} epochs "
                   f"(give a larger --epochs to continue)")
             return 0
+    if trainer.parallel is not None:
+        trainer.parallel.broadcast_state()          # every replica starts from rank 0's weights
     print(f"training {name} ({model.num_parameters():,} parameters) on {cfg.dataset}: {len(x_tr)} train / "
           f"{len(x_te)} test images, {len(train_loader)} steps per epoch", flush=True)
-    with interrupt_guard(trainer.stop):
+    with interrupt_guard(trainer.stop, quiet=not comm.is_main):
         trainer.fit(cfg.epochs)
     print(f"done: best test accuracy {100 * trainer.best_accuracy:.2f}% -> {trainer.best_path}; "
           f"last -> {trainer.last_path}")

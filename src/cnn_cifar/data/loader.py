@@ -70,6 +70,15 @@ def _labels_to_device(y: np.ndarray | augment.MixedTargets) -> Array | augment.M
     return backend.to_device(y)
 
 
+def _shard(xb: np.ndarray, yb, rank: int, size: int):
+    """Rank ``rank``'s contiguous 1/size of a batch (and of its labels, mixed or not)."""
+    k = len(xb) // size
+    sl = slice(rank * k, (rank + 1) * k)
+    if isinstance(yb, augment.MixedTargets):
+        return xb[sl], augment.MixedTargets(yb.y_a[sl], yb.y_b[sl], yb.lam)
+    return xb[sl], yb[sl]
+
+
 class BatchLoader:
     """Yields (x, y) batches on the active backend: x float32 (B, 3, H, W) normalised, y int64 (with mixup
     or cutmix, an ``augment.MixedTargets`` of two label arrays and the mixing weight).
@@ -77,11 +86,18 @@ class BatchLoader:
     With ``shuffle`` the order is a fresh permutation each epoch from ``rng``; augmentation draws from
     the same generator, so the stream is fixed by its seed (and resumable from its saved state).
     With ``prefetch`` the next batch is built in a background thread while the model computes.
+
+    With ``shard=(rank, size)`` (data-parallel training) every rank draws and augments the same global
+    batch from the same stream and keeps its own contiguous 1/size of it: the data seen by all ranks
+    together, and the stream's state, are those of a one-process run, so a run resumes exactly with any
+    number of ranks. (Host-side augmentation of the whole batch is repeated on each rank; it is cheap
+    beside the model's step.)
     """
 
     def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int, mean: tuple[float, ...],
                  std: tuple[float, ...], shuffle: bool = False, augment_cfg: AugmentConfig | None = None,
-                 rng: np.random.Generator | None = None, drop_last: bool = False, prefetch: bool = True):
+                 rng: np.random.Generator | None = None, drop_last: bool = False, prefetch: bool = True,
+                 shard: tuple[int, int] | None = None):
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         if len(x) != len(y):
@@ -91,6 +107,14 @@ class BatchLoader:
         self.shuffle, self.augment_cfg = shuffle, augment_cfg or AugmentConfig.none()
         self.rng = rng if rng is not None else np.random.default_rng()
         self.drop_last, self.prefetch = drop_last, prefetch
+        if shard is not None:
+            rank, size = shard
+            if not 0 <= rank < size:
+                raise ValueError(f"shard rank {rank} is not in [0, {size})")
+            if not drop_last or batch_size % size:
+                raise ValueError(f"the global batch size {batch_size} must divide evenly over {size} ranks "
+                                 f"(and the last partial batch be dropped)")
+        self.shard = shard if shard is not None and shard[1] > 1 else None
 
     def __len__(self) -> int:
         n = len(self.x)
@@ -127,6 +151,8 @@ class BatchLoader:
                 use_cutmix = cfg.cutmix and (not cfg.mixup or self.rng.random() < 0.5)
                 xf, yb = (augment.cutmix(xf, yb, cfg.cutmix, self.rng) if use_cutmix
                           else augment.mixup(xf, yb, cfg.mixup, self.rng))
+            if self.shard is not None:
+                xf, yb = _shard(xf, yb, *self.shard)
             yield xf, yb
 
     def __iter__(self) -> Iterator[tuple[Array, Array | augment.MixedTargets]]:

@@ -5,7 +5,7 @@ from .dropout import Dropout, Dropout2d, dropout_rate, set_dropout
 from .linear import Flatten, Linear
 from .loss import SoftmaxCrossEntropy
 from .module import Module, Parameter, Sequential, grad_enabled, no_grad
-from .norm import BatchNorm1d, BatchNorm2d
+from .norm import BatchNorm1d, BatchNorm2d, convert_sync_batchnorm
 from .pooling import AvgPool2d, GlobalAvgPool2d, MaxPool2d
 from .residual import BasicBlock, PadShortcut
 from . import init, random
@@ -13,5 +13,5 @@ from . import init, random
 __all__ = [
     "AvgPool2d", "BasicBlock", "PadShortcut", "BatchNorm1d", "BatchNorm2d", "Conv2d", "Dropout", "Dropout2d",
     "Flatten", "GlobalAvgPool2d", "Linear", "MaxPool2d", "Module", "Parameter", "ReLU",
-    "Sequential", "SoftmaxCrossEntropy", "dropout_rate", "grad_enabled", "init", "no_grad", "random", "set_dropout",
+    "Sequential", "SoftmaxCrossEntropy", "convert_sync_batchnorm", "dropout_rate", "grad_enabled", "init", "no_grad", "random", "set_dropout",
 ]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections import OrderedDict
 from typing import Any, Iterator
 
@@ -32,23 +33,26 @@ class Parameter:
         return f"Parameter(shape={self.shape}, dtype={self.data.dtype})"
 
 
-_grad_enabled = True
+class _GradMode(threading.local):
+    enabled = True
+
+
+_grad_mode = _GradMode()        # per thread, as PyTorch's grad mode: one thread's no_grad leaves the others'
 
 
 @contextlib.contextmanager
 def no_grad() -> Iterator[None]:
-    """Within this block layers keep nothing for backward (inference saves memory)."""
-    global _grad_enabled
-    prev, _grad_enabled = _grad_enabled, False
+    """Within this block layers keep nothing for backward (inference saves memory); in this thread only."""
+    prev, _grad_mode.enabled = _grad_mode.enabled, False
     try:
         yield
     finally:
-        _grad_enabled = prev
+        _grad_mode.enabled = prev
 
 
 def grad_enabled() -> bool:
-    """Whether forward passes should keep what backward needs."""
-    return _grad_enabled
+    """Whether forward passes in this thread should keep what backward needs."""
+    return _grad_mode.enabled
 
 
 def _join(prefix: str, key: str) -> str:
@@ -120,7 +124,7 @@ class Module:
 
     def save_for_backward(self, *values: Any) -> None:
         """Keep ``values`` for the next backward, or nothing when gradients are disabled (``no_grad``)."""
-        object.__setattr__(self, "_saved", values if _grad_enabled else None)
+        object.__setattr__(self, "_saved", values if _grad_mode.enabled else None)
 
     def saved(self) -> tuple:
         """Take back what the last forward saved (once); a clear RuntimeError when there is nothing."""

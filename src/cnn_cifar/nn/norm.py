@@ -22,6 +22,7 @@ class _BatchNorm(Module):
         self.register_buffer("running_mean", init.zeros((num_features,), dtype))
         self.register_buffer("running_var", init.ones((num_features,), dtype))
         self.register_buffer("num_batches_tracked", backend.xp.zeros((), dtype="int64"))
+        self.process_group = None      # a Communicator: batch statistics over all ranks (SyncBatchNorm)
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
@@ -48,6 +49,9 @@ class _BatchNorm(Module):
             runtime.by_channel(apply_eval, x2)
             self.save_for_backward(xhat, invstd, False)
             return y
+        group = self.process_group
+        if group is not None and group.size > 1:
+            return self._forward_synced(x2, group)
         if m < 2:
             raise ValueError(f"{self.label}: training needs more than one value per channel, "
                              f"got input rows of shape {tuple(x2.shape)}")
@@ -73,11 +77,38 @@ class _BatchNorm(Module):
         self.save_for_backward(xhat, invstd, True)
         return y
 
+    def _forward_synced(self, x2: Array, group) -> Array:
+        """Training forward with the mean and variance of the whole global batch: one all-reduce of the
+        channel sums and the count, one of the centred squares (the same two passes as one process)."""
+        xp = get_array_module(x2)
+        c, m = x2.shape
+        sums = xp.empty(c + 1, dtype=x2.dtype)
+        x2.sum(axis=1, out=sums[:c])
+        sums[c] = m
+        group.allreduce_sum(sums)
+        count = sums[c]                                    # M, the global count (a device scalar: no sync)
+        xhat = x2 - (sums[:c] / count)[:, None]
+        sq = xp.einsum("cm,cm->c", xhat, xhat)
+        group.allreduce_sum(sq)
+        var = sq / count
+        invstd = 1.0 / xp.sqrt(var + self.eps)
+        xhat *= invstd[:, None]
+        y = xhat * self.weight.data[:, None]
+        y += self.bias.data[:, None]
+        mom = self.momentum
+        self.running_mean = (1 - mom) * self.running_mean + mom * (sums[:c] / count)
+        self.running_var = (1 - mom) * self.running_var + mom * var * (count / (count - 1))
+        self.num_batches_tracked = self.num_batches_tracked + 1
+        self.save_for_backward(xhat, invstd, (group, count))
+        return y
+
     def _backward_rows(self, dy2: Array, saved: tuple) -> Array:
         xhat, invstd, training = saved
         xp = get_array_module(dy2)
         c, m = dy2.shape
         scale = self.weight.data * invstd
+        if isinstance(training, tuple):                  # synchronised statistics: (group, global count)
+            return self._backward_synced(dy2, xhat, scale, *training)
         dx = xp.empty((c, m), dtype=dy2.dtype)
         dbeta = xp.empty(c, dtype=dy2.dtype)
         dgamma = xp.empty(c, dtype=dy2.dtype)
@@ -95,6 +126,32 @@ class _BatchNorm(Module):
         self.weight.grad += dgamma
         self.bias.grad += dbeta
         return dx
+
+    def _backward_synced(self, dy2: Array, xhat: Array, scale: Array, group, count: Array) -> Array:
+        """dx from the global sums of dy and dy*xhat (one all-reduce); the weight and bias gradients stay
+        this rank's own, as the gradient all-reduce that follows averages them."""
+        xp = get_array_module(dy2)
+        c = dy2.shape[0]
+        sums = xp.empty(2 * c, dtype=dy2.dtype)
+        dy2.sum(axis=1, out=sums[:c])
+        sums[c:] = xp.einsum("cm,cm->c", dy2, xhat)
+        self.weight.grad += sums[c:]
+        self.bias.grad += sums[:c]
+        group.allreduce_sum(sums)
+        sums /= count
+        dx = dy2 - sums[:c, None]
+        dx -= xhat * sums[c:, None]
+        dx *= scale[:, None]
+        return dx
+
+
+def convert_sync_batchnorm(model: Module, process_group) -> Module:
+    """Make every batch norm of ``model`` normalise with the statistics of all ranks of ``process_group``
+    (a Communicator) in training, as torch.nn.SyncBatchNorm.convert_sync_batchnorm; None undoes it."""
+    for m in model.modules():
+        if isinstance(m, _BatchNorm):
+            m.process_group = process_group
+    return model
 
 
 class BatchNorm2d(_BatchNorm):

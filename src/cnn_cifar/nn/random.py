@@ -16,10 +16,28 @@ import numpy as np
 
 from ..backend import Array
 
-_state: dict[str, Any] = {"seed": None, "numpy": None, "key": None, "draws": 0}
+_state: dict[str, Any] = {"seed": None, "numpy": None, "key": None, "draws": 0, "rank": 0}
 
 _GOLDEN = 0x9E3779B97F4A7C15
 _MIX1, _MIX2 = 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
+_RANK_STRIDE = 1 << 100        # a rank's NumPy stream: the seed's, advanced by rank * 2**100 draws
+_RANK_KEY = 1 << 56            # a rank's counter stream: key + rank * 2**56 (apart for 2**24 draws)
+_PERIOD = 1 << 128
+
+
+def _advance_ranks(gen: np.random.Generator, ranks: int) -> None:
+    if ranks % (_PERIOD // _RANK_STRIDE):            # (advancing drops a half-used 64-bit draw: not for 0)
+        gen.bit_generator.advance((ranks * _RANK_STRIDE) % _PERIOD)
+
+
+def set_rank(rank: int) -> None:
+    """Give this process the stream of data-parallel ``rank`` (0: the seed's own): every rank draws
+    different dropout masks. The state saved and restored stays rank 0's: a resumed run continues rank 0's
+    stream exactly and derives the others' from it (the same masks unless a half-used 64-bit draw of
+    theirs was pending), with any number of ranks."""
+    _ensure()
+    _advance_ranks(_state["numpy"], rank - _state["rank"])
+    _state["rank"] = rank
 
 
 def manual_seed(seed: int | None) -> None:
@@ -27,6 +45,7 @@ def manual_seed(seed: int | None) -> None:
     ss = np.random.SeedSequence(seed)
     _state.update(seed=seed, numpy=np.random.Generator(np.random.PCG64(ss)),
                   key=int(ss.generate_state(1, np.uint64)[0]), draws=0)
+    _advance_ranks(_state["numpy"], _state.get("rank", 0))
 
 
 def _ensure() -> None:
@@ -49,7 +68,7 @@ def uniform(xp: Any, shape: tuple[int, ...], dtype: Any = np.float32) -> Array:
     n = 1
     for d in shape:
         n *= int(d)
-    start = (_state["key"] + (_state["draws"] << 32)) & 0xFFFFFFFFFFFFFFFF
+    start = (_state["key"] + _state["rank"] * _RANK_KEY + (_state["draws"] << 32)) & 0xFFFFFFFFFFFFFFFF
     _state["draws"] += 1
     z = xp.arange(1, n + 1, dtype=xp.uint64)
     z *= xp.uint64(_GOLDEN)
@@ -67,8 +86,13 @@ def uniform(xp: Any, shape: tuple[int, ...], dtype: Any = np.float32) -> Array:
 def get_state() -> dict:
     """Plain-data state of both streams (what a checkpoint keeps)."""
     _ensure()
-    return {"numpy": _state["numpy"].bit_generator.state, "key": _state["key"], "draws": _state["draws"],
-            "seed": _state["seed"]}
+    numpy_state = _state["numpy"].bit_generator.state
+    if _state["rank"]:                                   # rank 0's stream: the one a checkpoint keeps
+        gen = np.random.Generator(np.random.PCG64())
+        gen.bit_generator.state = numpy_state
+        _advance_ranks(gen, -_state["rank"])
+        numpy_state = gen.bit_generator.state
+    return {"numpy": numpy_state, "key": _state["key"], "draws": _state["draws"], "seed": _state["seed"]}
 
 
 def set_state(state: dict | None) -> None:
@@ -81,6 +105,7 @@ def set_state(state: dict | None) -> None:
         return
     if state.get("numpy") is not None:
         _state["numpy"].bit_generator.state = state["numpy"]
+        _advance_ranks(_state["numpy"], _state["rank"])
     if state.get("key") is not None:
         _state["key"], _state["draws"] = int(state["key"]), int(state.get("draws", 0))
     _state["seed"] = state.get("seed", _state["seed"])

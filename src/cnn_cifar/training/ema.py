@@ -23,6 +23,8 @@ from .hooks import Hook
 class ModelEMA(Hook):
     """``update()`` after each optimizer step (as the ``step_end`` hook); ``swapped()`` to evaluate."""
 
+    every_rank = True          # every replica averages its (equal) weights
+
     def __init__(self, model: Module, decay: float):
         if not 0.0 < decay < 1.0:
             raise ValueError(f"--ema decay must be in (0, 1), got {decay}")

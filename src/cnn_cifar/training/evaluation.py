@@ -17,9 +17,13 @@ from .tta import with_tta
 
 def evaluate(model: nn.Module, loader: BatchLoader, criterion: nn.SoftmaxCrossEntropy, num_classes: int,
              ks: tuple[int, ...] = (1, 3, 5), progress: bool = False, desc: str = "eval",
-             stop: StopFlag | None = None) -> dict | None:
+             stop: StopFlag | None = None, comm=None) -> dict | None:
     """Eval-mode pass over a loader (BN running stats, no dropout): loss, accuracy, top-k and the confusion
-    matrix. Returns None if ``stop`` was set part-way."""
+    matrix. Returns None if ``stop`` was set part-way.
+
+    With ``comm`` (a Communicator; each rank's loader holds its own part of the test set) the sums are
+    reduced over ranks, so every rank returns the figures of the whole set; ``y_true``/``y_pred`` stay
+    this rank's part."""
     was_training = model.training
     model.eval()
     loss_sum, n = 0.0, 0
@@ -39,10 +43,17 @@ def evaluate(model: nn.Module, loader: BatchLoader, criterion: nn.SoftmaxCrossEn
                     return None
     finally:
         model.train(was_training)
-    y_true, y_pred = np.concatenate(labels), np.concatenate(preds)
-    return {"loss": loss_sum / max(n, 1), "accuracy": float((y_true == y_pred).mean()) if n else 0.0,
-            "topk": {k: c / max(n, 1) for k, c in top.items()}, "n": n,
-            "confusion_matrix": metrics.confusion_matrix(y_true, y_pred, num_classes),
+    y_true = np.concatenate(labels) if labels else np.zeros(0, np.int64)
+    y_pred = np.concatenate(preds) if preds else np.zeros(0, np.int64)
+    cm = metrics.confusion_matrix(y_true, y_pred, num_classes)
+    if comm is not None and comm.size > 1:
+        sums = np.concatenate([[loss_sum, n], [top[k] for k in ks], cm.ravel()]).astype(np.float64)
+        comm.allreduce_sum(sums)
+        loss_sum, n = float(sums[0]), int(sums[1])
+        top = {k: int(v) for k, v in zip(ks, sums[2:2 + len(ks)])}
+        cm = sums[2 + len(ks):].reshape(cm.shape).astype(cm.dtype)
+    return {"loss": loss_sum / max(n, 1), "accuracy": float(np.trace(cm) / n) if n else 0.0,
+            "topk": {k: c / max(n, 1) for k, c in top.items()}, "n": n, "confusion_matrix": cm,
             "y_true": y_true, "y_pred": y_pred}
 
 

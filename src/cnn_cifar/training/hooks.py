@@ -21,7 +21,12 @@ class Hook:
     before an epoch's first (or resumed) step, ``step_end`` after each step, ``train_end`` when the steps
     stop (normally or not), ``epoch_end`` with the epoch's history row once it is evaluated and counted,
     ``fit_end`` when ``fit`` returns or raises (to release files). Each default does nothing. A hook ends
-    the run early with ``trainer.finish(reason)``."""
+    the run early with ``trainer.finish(reason)``.
+
+    In data-parallel runs only rank 0 runs the hooks, except those with ``every_rank`` set: the ones that
+    change the run's state (the weights' average, early stopping), which must happen on every rank alike."""
+
+    every_rank = False
 
     def fit_start(self, trainer: "Trainer") -> None:
         pass
@@ -95,6 +100,8 @@ class EarlyStopping(Hook):
     """Ends the run once test accuracy has not improved for ``patience`` epochs (a tie is no improvement).
     Its state is the history's "best" marks, so a resumed run that has already run out of patience stops at
     once, and a larger ``patience`` continues it."""
+
+    every_rank = True
 
     def __init__(self, patience: int) -> None:
         if patience < 1:

@@ -35,13 +35,16 @@ NAMES = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}
 
 
 @contextlib.contextmanager
-def interrupt_guard(flag: StopFlag) -> Iterator[StopFlag]:
+def interrupt_guard(flag: StopFlag, quiet: bool = False) -> Iterator[StopFlag]:
     """Ctrl-C or SIGTERM (what Slurm, ``timeout`` and container runtimes send) asks the loop to stop after
-    the current step and save; a second one aborts at once (KeyboardInterrupt naming the signal)."""
+    the current step and save; a second one aborts at once (KeyboardInterrupt naming the signal). ``quiet``
+    (the ranks other than 0 of a distributed run) leaves the notice to others."""
     def handler(signum, frame):  # noqa: ARG001
         if flag.requested:
             raise KeyboardInterrupt(NAMES.get(signum, "signal"))
         flag.set(signum)
+        if quiet:
+            return
         again = "press again" if signum == signal.SIGINT else "send it again"
         print(f"\n{NAMES.get(signum, 'signal')}: stopping after this step and saving ({again} to abort without "
               f"saving)", file=sys.stderr, flush=True)

@@ -2,10 +2,14 @@
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 from ..backend import Array
 from ..nn import Module, SoftmaxCrossEntropy
 from ..optim import Optimizer, clip_grad_norm_
+
+if TYPE_CHECKING:
+    from ..distributed import DataParallel
 
 
 class NonFiniteLoss(RuntimeError):
@@ -13,19 +17,29 @@ class NonFiniteLoss(RuntimeError):
 
 
 def train_step(model: Module, criterion: SoftmaxCrossEntropy, optimizer: Optimizer, x: Array,
-               y: Array, clip_grad_norm: float | None = None) -> tuple[float, Array]:
+               y: Array, clip_grad_norm: float | None = None, parallel: "DataParallel | None" = None,
+               stop_signum: int | None = None) -> tuple[float, Array]:
     """zero_grad, forward, loss, backward, [clip the gradients' global L2 norm to ``clip_grad_norm``],
     update; returns (loss, logits).
 
     A non-finite loss (or gradient norm, when clipping) raises NonFiniteLoss before the update, so the
     parameters are left as they were.
+
+    With ``parallel`` (a distributed.DataParallel; ``x``, ``y`` this rank's shard) the loss returned is the
+    global batch's, agreed by all ranks with their pending stop requests (``stop_signum``: this rank's) before
+    backward, so every rank raises or carries on together; the gradients are averaged over ranks before
+    clipping and the update.
     """
     optimizer.zero_grad()
     logits = model(x)
     loss = criterion(logits, y)
+    if parallel is not None:
+        loss = parallel.agree(loss, logits, y, stop_signum)
     if not math.isfinite(loss):
         raise NonFiniteLoss(f"loss became {loss}")
     model.backward(criterion.backward())
+    if parallel is not None:
+        parallel.sync_gradients()
     if clip_grad_norm:
         norm = clip_grad_norm_(optimizer.params, clip_grad_norm)
         if not math.isfinite(norm):

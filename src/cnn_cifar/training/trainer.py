@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import signal
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .. import backend, nn
 from ..data import BatchLoader
 from ..optim import DropoutSchedule, LRSchedule, Optimizer, ReduceLROnPlateau
+from ..distributed.comm import SingleProcess
 from .checkpoint import Checkpoint, save_checkpoint
 from .ema import ModelEMA
 from .evaluation import evaluate
@@ -19,6 +22,9 @@ from .hooks import Hook, LogLine, ProgressBar, SaveCheckpoints, WriteHistory
 from .interrupt import StopFlag, TrainingInterrupted
 from .mixing import hard_labels
 from .step import NonFiniteLoss, train_step
+
+if TYPE_CHECKING:
+    from ..distributed import DataParallel
 
 
 def _listed(values) -> list | None:
@@ -36,6 +42,11 @@ class Trainer:
     ``model``) the average is updated after every step, evaluated instead of the training weights, and saved
     as the checkpoints' weights (so <model>_best.pkl holds the best average); the training weights and the
     average's step count go in ``optimizer["ema"]`` for ``restore``.
+
+    With ``parallel`` (a distributed.DataParallel; the train loader gives this rank's shard of each global
+    batch, the test loader this rank's part of the test set) every rank runs the loop in step: losses,
+    counts, evaluation and stop requests are agreed over ranks, so all ranks take the same decisions; only
+    rank 0 runs the hooks that print or write (the others keep those marked ``every_rank``).
     """
 
     def __init__(self, model: nn.Module, model_name: str, optimizer: Optimizer,
@@ -44,7 +55,8 @@ class Trainer:
                  test_loader: BatchLoader, num_classes: int, checkpoint_dir: str | Path,
                  log_path: str | Path | None = None, run_info: dict | None = None, quiet: bool = False,
                  hooks: list[Hook] | None = None, stop: StopFlag | None = None,
-                 clip_grad_norm: float | None = None, ema: ModelEMA | None = None):
+                 clip_grad_norm: float | None = None, ema: ModelEMA | None = None,
+                 parallel: DataParallel | None = None):
         self.model, self.model_name, self.optimizer = model, model_name, optimizer
         self.lr_schedule, self.dropout_schedule, self.criterion = lr_schedule, dropout_schedule, criterion
         self.train_loader, self.test_loader, self.num_classes = train_loader, test_loader, num_classes
@@ -56,6 +68,10 @@ class Trainer:
         self.clip_grad_norm, self.ema = clip_grad_norm, ema
         if ema is not None:
             self.hooks.insert(0, ema)               # averaged right after each step
+        self.parallel = parallel
+        self.comm = parallel.comm if parallel is not None else SingleProcess()
+        if not self.comm.is_main:
+            self.hooks = [h for h in self.hooks if h.every_rank]
         self.stop = stop or StopFlag()
         self.epoch = 0                 # epochs completed
         self.step = 0                  # steps completed inside the current epoch
@@ -130,8 +146,29 @@ class Trainer:
         self.finished = reason
 
     def _interrupt(self) -> None:
-        save_checkpoint(self.last_path, self.checkpoint())
+        if self.comm.is_main:
+            save_checkpoint(self.last_path, self.checkpoint())
+        self.comm.barrier()                         # no rank exits while rank 0 is still writing
         raise TrainingInterrupted(self.last_path, self.epoch, self.step)
+
+    def _stop_requested(self) -> bool:
+        """Whether to stop now: this process's Ctrl-C/SIGTERM, or with several ranks any rank's (agreed by
+        all, each taking the signal that asked so the exit status is the same)."""
+        if self.comm.size == 1:
+            return self.stop.requested
+        flags = np.array([self.stop.requested, self.stop.requested and self.stop.signum == signal.SIGTERM],
+                         dtype=np.float64)
+        self.comm.allreduce_sum(flags)
+        return self._agreed_stop(None if not flags[0] else signal.SIGTERM if flags[1] else signal.SIGINT)
+
+    def _pending_signal(self) -> int | None:
+        """This rank's stop request, for the step's agreement (none is asked for in one process)."""
+        return self.stop.signum if self.parallel is not None and self.stop.requested else None
+
+    def _agreed_stop(self, signum: int | None) -> bool:
+        if signum is not None:
+            self.stop.set(signum)
+        return signum is not None
 
     # ----------------------------------------------------------------- loop
     def fit(self, epochs: int) -> list[dict]:
@@ -148,6 +185,7 @@ class Trainer:
                     lr = self._run_steps() if self.step < len(self.train_loader) else self.optimizer.lr
                     self.partial["seconds"] += time.perf_counter() - self._t0
                     self._end_epoch(lr)
+            self.comm.barrier()                    # the last checkpoint is written before any rank exits
         finally:
             for h in self.hooks:
                 h.fit_end(self)
@@ -185,18 +223,24 @@ class Trainer:
                 self.optimizer.lr = lr
                 try:
                     loss, logits = train_step(self.model, self.criterion, self.optimizer, x, y,
-                                              self.clip_grad_norm)
+                                              self.clip_grad_norm, self.parallel, self._pending_signal())
                 except NonFiniteLoss as exc:
                     raise NonFiniteLoss(f"{exc} at epoch {epoch + 1}, step {self.step + 1}; training stopped "
                                         f"(checkpoints in {self.checkpoint_dir} left as they were)") from None
                 self.step += 1
                 p = self.partial
-                p["loss_sum"] += loss * len(y)
-                p["correct"] += int(backend.to_numpy((logits.argmax(axis=1) == hard_labels(y)).sum()))
-                p["seen"] += len(y)
+                if self.parallel is None:
+                    correct, seen = int(backend.to_numpy((logits.argmax(axis=1) == hard_labels(y)).sum())), len(y)
+                    stop = self.stop.requested
+                else:                                       # the global batch's, agreed in the step
+                    correct, seen = self.parallel.correct, self.parallel.seen
+                    stop = self._agreed_stop(self.parallel.stop_signum)
+                p["loss_sum"] += loss * seen
+                p["correct"] += correct
+                p["seen"] += seen
                 for h in self.hooks:
-                    h.step_end(self, loss, len(y))
-                if self.stop.requested:
+                    h.step_end(self, loss, seen)
+                if stop:
                     self.partial["seconds"] += time.perf_counter() - self._t0
                     self._interrupt()
         finally:
@@ -209,8 +253,9 @@ class Trainer:
         t1 = time.perf_counter()
         with self.ema.swapped() if self.ema is not None else contextlib.nullcontext():
             ev = evaluate(self.model, self.test_loader, self.criterion, self.num_classes,
-                          progress=not self.quiet, desc="test", stop=self.stop)
-        if ev is None:
+                          progress=not self.quiet and self.comm.is_main, desc="test",
+                          stop=self.stop if self.comm.size == 1 else None, comm=self.comm)
+        if ev is None or (self.comm.size > 1 and self._stop_requested()):
             self._interrupt()
         p = self.partial
         row = {"epoch": self.epoch + 1, "train_loss": p["loss_sum"] / max(p["seen"], 1),
@@ -226,5 +271,5 @@ class Trainer:
             self.lr_schedule.step(row["test_loss"])
         for h in self.hooks:
             h.epoch_end(self, row)
-        if self.stop.requested:
+        if self._stop_requested():
             raise TrainingInterrupted(self.last_path, self.epoch, 0)

@@ -1,0 +1,103 @@
+"""Data parallelism: every rank holds a replica of the model, computes the gradients of its shard of each
+global batch, and applies the same averaged update, so the replicas stay equal.
+
+Per step (``train_step`` with ``parallel=``): one small all-reduce of (loss sum, correct, images, stop
+requests), so every rank sees the global batch's loss and agrees on stopping, then one all-reduce per
+gradient bucket. The float buffers (BatchNorm running statistics) ride in the last bucket as rank 0's
+values (the other ranks add zeros), as PyTorch's DistributedDataParallel broadcasts rank 0's buffers: the
+replicas evaluate and save identical models.
+"""
+from __future__ import annotations
+
+import signal
+
+import numpy as np
+
+from .. import backend
+from ..backend import Array
+from ..nn import Module
+from .comm import Communicator
+
+BUCKET_BYTES = 25 * 2**20          # as DistributedDataParallel's bucket_cap_mb default
+
+
+def _float_buffers(model: Module) -> list[tuple[Module, str]]:
+    return [(m, key) for m in model.modules() for key, b in m._buffers.items()
+            if np.dtype(b.dtype).kind == "f"]
+
+
+class DataParallel:
+    """Keeps the replicas of ``model`` in step over ``comm``; see the module docstring."""
+
+    def __init__(self, model: Module, comm: Communicator, bucket_bytes: int = BUCKET_BYTES):
+        self.model, self.comm = model, comm
+        self.params = [p for p in model.parameters()]
+        self.buffers = _float_buffers(model)
+        self.buckets: list[list] = [[]]
+        size = 0
+        for p in self.params:
+            nbytes = p.size * p.data.dtype.itemsize
+            if self.buckets[-1] and size + nbytes > bucket_bytes:
+                self.buckets.append([])
+                size = 0
+            self.buckets[-1].append(p)
+            size += nbytes
+        self._flat: list[Array | None] = [None] * len(self.buckets)
+        self.correct = 0            # of the last step's global batch (agree)
+        self.seen = 0
+        self.stop_signum: int | None = None     # a stop agreed by all ranks, and which signal asked for it
+
+    @property
+    def size(self) -> int:
+        return self.comm.size
+
+    def broadcast_state(self) -> None:
+        """Give every rank rank 0's parameters and buffers (weights built from the same seed are equal
+        already; this also covers --resume and --init-from, and checks nothing drifted)."""
+        for p in self.params:
+            self.comm.broadcast(p.data)
+        for m, key in self.buffers:
+            self.comm.broadcast(m._buffers[key])
+
+    def agree(self, loss: float, logits: Array, y, stop_signum: int | None) -> float:
+        """The global batch's mean loss from each rank's shard (shards are equal in size), with the correct
+        count and the stop requests (``stop_signum``: this rank's pending signal) summed over ranks."""
+        from ..training.mixing import hard_labels
+        n = len(logits)
+        correct = int(backend.to_numpy((logits.argmax(axis=1) == hard_labels(y)).sum()))
+        stats = np.array([loss * n, correct, n, stop_signum is not None, stop_signum == signal.SIGTERM],
+                         dtype=np.float64)
+        self.comm.allreduce_sum(stats)
+        self.correct, self.seen = int(stats[1]), int(stats[2])
+        self.stop_signum = None if not stats[3] else (signal.SIGTERM if stats[4] else signal.SIGINT)
+        return float(stats[0] / stats[2])
+
+    def sync_gradients(self) -> None:
+        """Average the gradients over ranks (one all-reduce per bucket) and hand every rank rank 0's
+        float buffers."""
+        xp = backend.get_array_module(self.params[0].data)
+        last = len(self.buckets) - 1
+        main = self.comm.is_main
+        for i, bucket in enumerate(self.buckets):
+            extra = [m._buffers[key] for m, key in self.buffers] if i == last else []
+            total = sum(p.size for p in bucket) + sum(b.size for b in extra)
+            flat = self._flat[i]
+            if flat is None or flat.size != total:
+                flat = self._flat[i] = xp.empty(total, dtype=self.params[0].grad.dtype)
+            off = 0
+            for p in bucket:
+                flat[off:off + p.size] = p.grad.reshape(-1)
+                off += p.size
+            n_grad = off
+            for b in extra:
+                flat[off:off + b.size] = b.reshape(-1) if main else 0
+                off += b.size
+            flat[:n_grad] *= flat.dtype.type(1.0 / self.comm.size)
+            self.comm.allreduce_sum(flat)
+            off = 0
+            for p in bucket:
+                p.grad[...] = flat[off:off + p.size].reshape(p.grad.shape)
+                off += p.size
+            for (m, key), b in zip(self.buffers if i == last else [], extra):
+                m._buffers[key] = flat[off:off + b.size].reshape(b.shape).astype(b.dtype, copy=True)
+                off += b.size
