@@ -14,7 +14,7 @@ import pytest
 
 from cnn_cifar.training import load_checkpoint
 
-from conftest import ROOT, SRC, run_cli, subprocess_env
+from conftest import SRC, STANDIN, run_cli, subprocess_env
 
 pytestmark = pytest.mark.slow
 
@@ -116,3 +116,27 @@ def test_sigterm_to_mpirun_saves_once_and_one_rank_resumes(cifar_root, tmp_path)
                 env=ENV)
     assert r.returncode == 0, r.stderr
     assert load_checkpoint(tmp_path / "ck" / "cnn_last.pkl").epoch == ck.epoch + 1
+
+
+def _gpu_env() -> dict:
+    """The CuPy backend: real CuPy where it runs (NCCL between two GPUs), else the stand-in, whose
+    cupy.cuda.nccl carries NCCL's calls out over MPI so the NCCL communicator's code runs here too."""
+    import cupy                              # (conftest put the stand-in first where real CuPy cannot run)
+    if not getattr(cupy, "IS_STANDIN", False):
+        if cupy.cuda.runtime.getDeviceCount() < 2:
+            pytest.skip("NCCL needs a GPU per rank: 2 ranks need 2 GPUs")
+        return dict(ENV, CNN_CIFAR_BACKEND="cupy")
+    return dict(ENV, CNN_CIFAR_BACKEND="cupy", PYTHONPATH=f"{STANDIN}:{ENV['PYTHONPATH']}")
+
+
+def test_on_the_cupy_backend_ranks_reduce_over_nccl_and_match_one_rank(cifar_root, tmp_path):
+    env = _gpu_env()
+    args = train_args(cifar_root, "one", 2) + ["--backend", "cupy"]
+    one = run_cli("train", *args, cwd=tmp_path, env=env)
+    assert one.returncode == 0, one.stderr
+    args = train_args(cifar_root, "two", 2) + ["--backend", "cupy", "--distributed", "--sync-bn"]
+    two = subprocess.run([str(MPIRUN), "-n", "2", sys.executable, str(SRC / "train_cli.py"), *args], cwd=tmp_path,
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert two.returncode == 0, two.stderr
+    assert "distributed: 2 ranks over NCCL" in two.stdout
+    assert_same_run(tmp_path / "one" / "cnn_last.pkl", tmp_path / "two" / "cnn_last.pkl")

@@ -14,20 +14,25 @@ Strict as CuPy is (see CuPy's "Differences between CuPy and NumPy" and its ndarr
   ``bit_generator.state``.
 * ``matmul`` counts the copies CuPy makes of operands that are not contiguous.
 
+``cupy.cuda.nccl`` carries NCCL's in-place sum and broadcast out over MPI on the arrays behind the device
+pointers (``ndarray.data.ptr``), so the library's NCCL communicator runs under ``mpirun`` in CI.
+
 It counts device operations (``counters['ops']``), bytes written (``'bytes'``) and host synchronisations
 (``'syncs'``); ``reset_counters()`` zeroes them.
 
 What it cannot catch: CUDA compilation or kernel bodies, numerical differences of cuBLAS/cuRAND, speed,
-memory use and asynchrony, and two places where it follows NumPy instead of CuPy: out-of-range integer
+memory use and asynchrony, NCCL itself, and two places where it follows NumPy instead of CuPy: out-of-range integer
 indices raise (CuPy wraps them around) and float-to-int casts of out-of-range values.
 """
 from __future__ import annotations
 
 import types
+import weakref
 
 import numpy as _np
 
 counters = {"ops": 0, "syncs": 0, "bytes": 0}
+_by_ptr: "weakref.WeakValueDictionary[int, _np.ndarray]" = weakref.WeakValueDictionary()
 
 
 def reset_counters() -> None:
@@ -103,6 +108,20 @@ class ndarray:
     def get(self, stream=None, order="C", out=None, blocking=True):
         _sync()
         return _np.array(self._a, order=order)
+
+    def set(self, arr, stream=None):
+        """Upload a host array of the same shape and dtype (CuPy's ``ndarray.set``)."""
+        if not isinstance(arr, _np.ndarray) or arr.shape != self._a.shape or arr.dtype != self._a.dtype:
+            raise ValueError("set needs a NumPy array of the same shape and dtype")
+        self._a[...] = arr
+        _op()
+
+    @property
+    def data(self):
+        """The device pointer (``.data.ptr``), which the NCCL stand-in maps back to this array."""
+        ptr = self._a.__array_interface__["data"][0]
+        _by_ptr[ptr] = self._a
+        return types.SimpleNamespace(ptr=ptr)
 
     def item(self):
         _sync()
@@ -367,6 +386,8 @@ random.Generator = _Generator
 
 # --------------------------------------------------------------------------------------------------- cuda
 class _Stream:
+    ptr = 0
+
     def synchronize(self):
         _sync()
 
@@ -402,3 +423,44 @@ IS_STANDIN = True
 import sys as _sys  # noqa: E402
 
 _this = _sys.modules[__name__]
+
+
+# --------------------------------------------------------------------------------------------------- nccl
+class _NcclCommunicator:
+    """NCCL's calls on device pointers, carried out by MPI on the arrays behind them (under mpirun), so the
+    library's NCCL communicator runs in CI; NCCL itself (and its speed) is what this cannot check."""
+
+    def __init__(self, ndev, commId, rank):
+        from mpi4py import MPI
+        self._mpi, self._comm = MPI, MPI.COMM_WORLD
+        if (self._comm.Get_size(), self._comm.Get_rank()) != (ndev, rank):
+            raise RuntimeError("the NCCL stand-in needs ranks laid out as MPI_COMM_WORLD")
+        if self._comm.bcast(commId, root=0) != commId:
+            raise RuntimeError("ranks were given different NCCL unique ids")
+
+    def _array(self, ptr, count, datatype):
+        a = _by_ptr[ptr].reshape(-1)
+        if a.size != count or a.dtype != _nccl_types[datatype]:
+            raise ValueError("count or datatype does not match the array")
+        return a
+
+    def allReduce(self, sendbuf, recvbuf, count, datatype, op, stream):
+        if op != nccl.NCCL_SUM or sendbuf != recvbuf:
+            raise NotImplementedError("the stand-in does in-place sums only")
+        self._comm.Allreduce(self._mpi.IN_PLACE, self._array(sendbuf, count, datatype), op=self._mpi.SUM)
+        _op()
+
+    def bcast(self, buff, count, datatype, root, stream):
+        self._comm.Bcast(self._array(buff, count, datatype), root=root)
+        _op()
+
+
+nccl = types.ModuleType("cupy.cuda.nccl")
+nccl.NCCL_INT32, nccl.NCCL_INT64, nccl.NCCL_FLOAT32, nccl.NCCL_FLOAT64 = 2, 4, 7, 8
+nccl.NCCL_SUM = 0
+_nccl_types = {2: _np.dtype(_np.int32), 4: _np.dtype(_np.int64), 7: _np.dtype(_np.float32), 8: _np.dtype(_np.float64)}
+nccl.get_unique_id = lambda: tuple(int(v) for v in _np.random.default_rng().integers(0, 256, 128))
+nccl.NcclCommunicator = _NcclCommunicator
+cuda.nccl = nccl
+_sys.modules[__name__ + ".cuda"] = cuda
+_sys.modules[__name__ + ".cuda.nccl"] = nccl
