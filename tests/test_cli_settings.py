@@ -139,7 +139,10 @@ def test_defaults_pinned():
     assert {k: res[k] for k in RECIPE_FIELDS} == dict(
         optimizer="sgd", lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4, batch_size=128, epochs=200,
         lr_schedule="cosine", warmup_epochs=1.0, min_lr=0.0, dropout_schedule="none", dropout_rate=0.0,
-        min_dropout=0.0, max_dropout=0.5)
+        min_dropout=0.0, max_dropout=0.5, beta1=0.9, beta2=0.999, lr_decay_factor=0.1, lr_decay_steps=None,
+        max_lr=None, pct_start=0.3, plateau_factor=0.1, plateau_patience=2, clip_grad_norm=0.0, ema=0.0,
+        label_smoothing=0.0, crop_padding=4, no_flip=False, cutout=0, cutout_fill="mean", cutout_p=1.0,
+        shift_scale_rotate=None, ssr_p=0.5, ssr_border="reflect", color_jitter=None, mixup=0.0, cutmix=0.0)
     assert (cnn["checkpoint_dir"], cnn["log_dir"]) == (res["checkpoint_dir"], res["log_dir"]) == ("checkpoint", "log")
 
 

@@ -15,7 +15,9 @@ from ..nn import Module, dropout_rate
 
 @dataclass(frozen=True)
 class Recipe:
-    """The training settings a model is tuned for (train_cli's defaults for it; flags override each)."""
+    """The training settings a model is tuned for (train_cli's defaults for it; flags override each): the
+    optimizer, the schedules, regularisation and augmentation. What is about the run instead (data, seed,
+    folders) is in training.config.RunConfig."""
     optimizer: str = "sgd"
     lr: float = 0.1
     momentum: float = 0.9
@@ -30,6 +32,28 @@ class Recipe:
     dropout_rate: float = 0.0        # also the rate the model is built with when none is given
     min_dropout: float = 0.0
     max_dropout: float = 0.5
+    beta1: float = 0.9
+    beta2: float = 0.999
+    lr_decay_factor: float = 0.1
+    lr_decay_steps: float | tuple[float, ...] | None = None   # one interval, or milestone epochs
+    max_lr: float | None = None          # onecycle peak (None: lr)
+    pct_start: float = 0.3               # onecycle: fraction of the run spent warming up
+    plateau_factor: float = 0.1
+    plateau_patience: int = 2
+    clip_grad_norm: float = 0.0          # max global L2 norm of the gradients; 0 = no clipping
+    ema: float = 0.0                     # decay of the weights' moving average; 0 = none
+    label_smoothing: float = 0.0
+    crop_padding: int = 4
+    no_flip: bool = False
+    cutout: int = 0
+    cutout_fill: str = "mean"            # mean (0 after normalisation) or zero (black pixels)
+    cutout_p: float = 1.0
+    shift_scale_rotate: tuple[float, float, float] | None = None   # shift, scale, degrees
+    ssr_p: float = 0.5
+    ssr_border: str = "reflect"
+    color_jitter: tuple[float, float, float, float] | None = None  # brightness, contrast, saturation, hue
+    mixup: float = 0.0                   # Beta(alpha, alpha) of mixup; 0 = off
+    cutmix: float = 0.0                  # Beta(alpha, alpha) of cutmix; 0 = off
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -26,29 +26,7 @@ class RunConfig(Recipe):
     seed: int = 0
     backend: str = "auto"
     shortcut: str | None = None          # ResNets: "projection" (their default) or "pad" (option A)
-    beta1: float = 0.9
-    beta2: float = 0.999
-    lr_decay_factor: float = 0.1
-    lr_decay_steps: float | tuple[float, ...] | None = None   # one interval, or milestone epochs
-    max_lr: float | None = None          # onecycle peak (None: --lr)
-    pct_start: float = 0.3               # onecycle: fraction of the run spent warming up
-    plateau_factor: float = 0.1
-    plateau_patience: int = 2
-    clip_grad_norm: float = 0.0          # max global L2 norm of the gradients; 0 = no clipping
-    ema: float = 0.0                     # decay of the weights' moving average; 0 = none
-    label_smoothing: float = 0.0
     no_augment: bool = False
-    crop_padding: int = 4
-    no_flip: bool = False
-    cutout: int = 0
-    cutout_fill: str = "mean"            # mean (0 after normalisation) or zero (black pixels)
-    cutout_p: float = 1.0
-    shift_scale_rotate: tuple[float, float, float] | None = None   # shift, scale, degrees
-    ssr_p: float = 0.5
-    ssr_border: str = "reflect"
-    color_jitter: tuple[float, float, float, float] | None = None  # brightness, contrast, saturation, hue
-    mixup: float = 0.0                   # Beta(alpha, alpha) of mixup; 0 = off
-    cutmix: float = 0.0                  # Beta(alpha, alpha) of cutmix; 0 = off
     early_stop: int = 0                  # patience in epochs without a better test accuracy; 0 = off
     save_every: int = 0                  # keep <model>_epoch<N>.pkl every N epochs; 0 = off
     limit_train: int | None = None
