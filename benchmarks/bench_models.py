@@ -22,7 +22,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_BATCH = {"cnn": 64, "resnet32": 128}
+DEFAULT_BATCH = {"cnn": 64, "resnet32": 128, "net-basic": 128, "net-dilated": 128, "cifarnet": 512, "senet": 128}
+ZOO = ("net-basic", "net-dilated", "cifarnet", "senet")
 
 
 # ----------------------------------------------------------------------------------- workers
@@ -127,7 +128,11 @@ def worker_torch(model_name: str, batch: int, eval_batch: int, warmup: int, repe
         layers += [tnn.AdaptiveAvgPool2d(1), tnn.Flatten(), tnn.Dropout(0.0), tnn.Linear(64, 10)]
         return tnn.Sequential(*layers)
 
-    if model_name == "cnn":
+    if model_name in ZOO:                                 # the zoo's twins (benchmarks/torch_zoo.py)
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from torch_zoo import build_torch
+        model = build_torch(model_name)
+    elif model_name == "cnn":
         model = tnn.Sequential(tnn.Conv2d(3, 8, 3), tnn.BatchNorm2d(8), tnn.ReLU(), tnn.MaxPool2d(2), tnn.Flatten(),
                                tnn.Linear(1800, 128), tnn.BatchNorm1d(128), tnn.ReLU(), tnn.Dropout(0.6),
                                tnn.Linear(128, 10))
@@ -176,7 +181,8 @@ def _run_worker(python: str, fw: str, model: str, args) -> dict:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="+", default=["cnn", "resnet32"])
-    ap.add_argument("--batch", type=int, default=None, help="training batch (default: cnn 64, resnet 128)")
+    ap.add_argument("--batch", type=int, default=None, help="training batch (default: each model's recipe's; "
+                    "cnn 64, cifarnet 512, the others 128)")
     ap.add_argument("--eval-batch", type=int, default=500)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=10)

@@ -77,49 +77,92 @@ def resolve(args, saved: dict | None = None) -> dict:
     return resolve_config(vars(args), saved).to_dict()
 
 
+def _schedule(cell: str) -> dict:
+    if m := re.fullmatch(r"(\w+), ([\d.]+) warmup epochs?", cell):
+        return {"lr_schedule": m[1], "warmup_epochs": float(m[2]), "min_lr": 0.0}
+    if m := re.fullmatch(r"(\w+) to ([\d.e-]+), no warmup", cell):
+        return {"lr_schedule": m[1], "warmup_epochs": 0.0, "min_lr": float(m[2])}
+    if m := re.fullmatch(r"onecycle to ([\d.]+), (\d+)% rising", cell):
+        return {"lr_schedule": "onecycle", "peak_lr": float(m[1]), "pct_start": int(m[2]) / 100}
+    m = re.fullmatch(r"plateau, ×([\d.]+) after (\d+) stalled epochs", cell)
+    return {"lr_schedule": "plateau", "plateau_factor": float(m[1]), "plateau_patience": int(m[2])}
+
+
+def _dropout(cell: str) -> dict:
+    if m := re.fullmatch(r"([\d.]+) → ([\d.]+), (linear|cosine) decay", cell):
+        return {"dropout_rate": float(m[1]), "min_dropout": float(m[2]), "dropout_schedule": f"{m[3]}_decay"}
+    m = re.fullmatch(r"none \(([\d.]+)\)|([\d.]+), fixed.*", cell)
+    return {"dropout_rate": float(m[1] or m[2]), "dropout_schedule": "none"}
+
+
+def _augmentation(cell: str) -> dict:
+    e = {"crop_padding": 0, "no_flip": True, "no_augment": False, "shift_scale_rotate": None, "color_jitter": None,
+         "cutout": 0}
+    for part in cell.split(" + "):
+        if m := re.fullmatch(r"random crop \(pad (\d+)\)", part):
+            e["crop_padding"] = int(m[1])
+        elif part == "horizontal flip":
+            e["no_flip"] = False
+        elif m := re.fullmatch(r"shift-scale-rotate \(([\d.]+), ([\d.]+), ([\d.]+)°\) at p ([\d.]+)", part):
+            e["shift_scale_rotate"], e["ssr_p"] = tuple(float(v) for v in m.groups()[:3]), float(m[4])
+        elif m := re.fullmatch(r"colour jitter \(([\d.]+), ([\d.]+), ([\d.]+), ([\d.]+)\)", part):
+            e["color_jitter"] = tuple(float(v) for v in m.groups())
+        else:
+            m = re.fullmatch(r"(\d+)×\1 cutout(?: at p ([\d.]+))?", part)
+            e["cutout"], e["cutout_p"] = int(m[1]), float(m[2] or 1.0)
+    return e
+
+
+def _also(cell: str) -> dict:
+    e = {"clip_grad_norm": 0.0, "label_smoothing": 0.0}
+    if m := re.fullmatch(r"gradient clipping ([\d.]+)", cell):
+        e["clip_grad_norm"] = float(m[1])
+    elif m := re.fullmatch(r"label smoothing ([\d.]+)", cell):
+        e["label_smoothing"] = float(m[1])
+    return e
+
+
 def readme_defaults() -> dict[str, dict]:
-    """README's "Per-model defaults" table turned into effective-setting values, per column."""
+    """README's "Per-model defaults" table turned into effective-setting values, per model (a column
+    headed `resnet8/14/...` stands for each of those ResNets)."""
     text = (ROOT / "README.md").read_text()
     section = text.split("## Per-model defaults", 1)[1].split("\n## ", 1)[0]
+    lines = [line for line in section.splitlines() if line.startswith("|")]
+    header = [c.strip() for c in lines[0].strip().strip("|").split("|")][1:]
     rows = {}
-    for line in section.splitlines():
+    for line in lines[2:]:
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) == 3 and cells[0] and not set(cells[1]) <= set("-"):
-            rows[cells[0]] = cells[1:]
+        rows[cells[0]] = cells[1:]
     out = {}
-    for col, fam in enumerate(("cnn", "resnet")):
+    for col, head in enumerate(header):
         r = {k: v[col] for k, v in rows.items()}
         e = {"optimizer": r["optimizer"].split(",")[0].strip().lower(),
-             "momentum": float(re.search(r"momentum ([\d.]+)", r["optimizer"])[1]),
+             "momentum": float(m[1]) if (m := re.search(r"momentum ([\d.]+)", r["optimizer"])) else 0.9,
              "nesterov": "Nesterov" in r["optimizer"],
              "lr": float(r["learning rate"]), "weight_decay": float(r["weight decay (L2)"]),
-             "batch_size": int(r["batch size"]), "epochs": int(r["epochs"])}
-        m = re.fullmatch(r"(\w+), ([\d.]+) warmup epochs?", r["schedule"])
-        e["lr_schedule"], e["warmup_epochs"] = m[1], float(m[2])
-        m = re.fullmatch(r"([\d.]+) → ([\d.]+), (linear|cosine) decay", r["dropout"])
-        if m:
-            e.update(dropout_rate=float(m[1]), min_dropout=float(m[2]), dropout_schedule=f"{m[3]}_decay")
-        else:
-            m = re.fullmatch(r"none \(([\d.]+)\)", r["dropout"])
-            e.update(dropout_rate=float(m[1]), dropout_schedule="none")
-        e["crop_padding"] = int(re.search(r"random crop \(pad (\d+)\)", r["augmentation"])[1])
-        e["no_flip"] = "horizontal flip" not in r["augmentation"]
-        e["no_augment"] = False
-        out[fam] = e
+             "batch_size": int(r["batch size"]), "epochs": int(r["epochs"]),
+             **_schedule(r["schedule"]), **_dropout(r["dropout"]), **_augmentation(r["augmentation"]),
+             **_also(r["also"])}
+        first, *numbers = re.fullmatch(r"`([^`]+)`.*", head)[1].split("/")
+        family = re.fullmatch(r"([a-z-]+?)\d*", first)[1]
+        for name in [first] + [family + n for n in numbers]:
+            out[name] = e
     return out
 
 
 def test_readme_table_parses():
     t = readme_defaults()
-    assert set(t) == {"cnn", "resnet"} and len(t["cnn"]) == 15
-    assert t["cnn"]["lr"] != t["resnet"]["lr"]
+    assert set(t) == set(list_models()) and len(t["cnn"]) == 21
+    assert t["cnn"]["lr"] != t["resnet32"]["lr"] and t["cifarnet"]["clip_grad_norm"] == 1.0
 
 
 @pytest.mark.parametrize("model", list_models())
 def test_defaults_match_the_readme_table(model):
-    want = readme_defaults()["cnn" if model == "cnn" else "resnet"]
+    want = dict(readme_defaults()[model])
     eff = resolve(parse("--model", model))
     assert eff["model"] == model
+    if "peak_lr" in want:
+        assert (eff["max_lr"] or eff["lr"]) == want.pop("peak_lr")
     assert {k: eff[k] for k in want} == want
 
 
@@ -447,5 +490,7 @@ def test_nesterov_without_momentum():
 
 def test_help_shows_each_registered_recipe_value():
     text = " ".join(train_cli.build_parser().format_help().split())
-    assert "peak learning rate [cnn: 0.02; resnet8/14/20/32/44/56/110: 0.1]" in text
-    assert "initial rate [cnn: 0.6; resnet8/14/20/32/44/56/110: 0.0]" in text
+    assert ("peak learning rate [cnn: 0.02; resnet8/14/20/32/44/56/110/cifarnet: 0.1; net-basic: 0.001; "
+            "net-dilated: 0.01; senet: 0.2]") in text
+    assert "initial rate [cnn: 0.6; resnet8/14/20/32/44/56/110/senet: 0.0; net-basic: 0.5; net-dilated/cifarnet: 0.05]" in text
+    assert "parameters for 10 classes: cnn 232,314, resnet8 78,042" in text and "senet 330,794" in text

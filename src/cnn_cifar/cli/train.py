@@ -23,11 +23,17 @@ from .config_file import ConfigFileError, config_argv, write_config
 
 
 def _names(names: list[str]) -> str:
-    """['resnet8', 'resnet14'] -> 'resnet8/14' (shared alphabetic prefix written once)."""
-    prefix = re.match(r"[a-z_]*", names[0])[0]
-    if len(names) > 1 and prefix and all(n.startswith(prefix) for n in names):
-        return prefix + "/".join(n[len(prefix):] for n in names)
-    return "/".join(names)
+    """['cnn', 'resnet8', 'resnet14'] -> 'cnn/resnet8/14' (a family's numbered names share their prefix)."""
+    out: list[str] = []
+    last = None
+    for n in names:
+        m = re.fullmatch(r"([a-z_-]+)(\d+)", n)
+        if m and m[1] == last:
+            out.append(m[2])
+        else:
+            out.append(n)
+        last = m[1] if m else None
+    return "/".join(out)
 
 
 def per_model(field: str) -> str:
@@ -40,11 +46,22 @@ def per_model(field: str) -> str:
     return "[" + "; ".join(f"{_names(ns)}: {v}" for v, ns in groups.items()) + "]"
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """Writes the --model help (every model with its parameter count, which means building each) only when
+    help is shown."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.dest == "model":
+            return "architecture [default: cnn]; parameters for 10 classes: " + ", ".join(
+                f"{n} {build_model(n).num_parameters():,}" for n in list_models())
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="train_cli.py", description="Train a CNN on CIFAR-10/100 (from-scratch NumPy/CuPy library). "
         "Options left out take the model's tuned defaults, printed at start.",
-        formatter_class=argparse.HelpFormatter)
+        formatter_class=HelpFormatter)
     g = p.add_argument_group("model and run")
     g.add_argument("--model", choices=list_models(), default=None, help="architecture [default: cnn]")
     g.add_argument("--epochs", type=C.positive_int, default=None, help=f"total epochs {per_model('epochs')}")

@@ -5,6 +5,10 @@ from .registry import (ModelEntry, Recipe, build_model, get_entry, list_models, 
                        unregister)
 from .simple_cnn import SimpleCNN            # registers "cnn"
 from .resnet import ResNet                   # registers "resnet8" ... "resnet110"
+from .net_basic import NetBasic              # registers "net-basic"
+from .net_dilated import NetDilated          # registers "net-dilated"
+from .cifarnet import CIFARNet               # registers "cifarnet"
+from .senet import SENet                     # registers "senet"
 
-__all__ = ["ModelEntry", "Recipe", "ResNet", "SimpleCNN", "build_model", "get_entry", "list_models", "options_of", "recipe",
+__all__ = ["CIFARNet", "ModelEntry", "NetBasic", "NetDilated", "Recipe", "ResNet", "SENet", "SimpleCNN", "build_model", "get_entry", "list_models", "options_of", "recipe",
            "register", "unregister"]

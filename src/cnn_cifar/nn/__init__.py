@@ -1,5 +1,6 @@
 """Hand-written layers with explicit forward and backward, PyTorch-style names and layouts."""
-from .activation import ReLU
+from .activation import ReLU, Sigmoid
+from .blocks import ResidualSum, SqueezeExcitation
 from .conv import Conv2d
 from .dropout import Dropout, Dropout2d, dropout_rate, set_dropout
 from .linear import Flatten, Linear
@@ -12,6 +13,6 @@ from . import init, random
 
 __all__ = [
     "AvgPool2d", "BasicBlock", "PadShortcut", "BatchNorm1d", "BatchNorm2d", "Conv2d", "Dropout", "Dropout2d",
-    "Flatten", "GlobalAvgPool2d", "Linear", "MaxPool2d", "Module", "Parameter", "ReLU",
+    "Flatten", "GlobalAvgPool2d", "Linear", "MaxPool2d", "Module", "Parameter", "ReLU", "ResidualSum", "Sigmoid", "SqueezeExcitation",
     "Sequential", "SoftmaxCrossEntropy", "convert_sync_batchnorm", "dropout_rate", "grad_enabled", "init", "no_grad", "random", "set_dropout",
 ]

@@ -42,3 +42,19 @@ class ReLU(Module):
             runtime.by_channel(lambda c0, c1: xp.multiply(dyc[c0:c1], yc[c0:c1] > 0, out=dxc[c0:c1]), dyc)
             return nchw(dxc)
         return xp.multiply(dy, y > 0)
+
+
+class Sigmoid(Module):
+    """1 / (1 + exp(-x)), computed without overflow for large |x|; backward dy * y * (1 - y)."""
+
+    def forward(self, x: Array) -> Array:
+        xp = get_array_module(x)
+        e = xp.exp(-xp.abs(x))                     # in (0, 1]: no overflow either way
+        y = xp.where(x >= 0, 1.0, e) / (1.0 + e)
+        y = y.astype(x.dtype, copy=False)
+        self.save_for_backward(y)
+        return y
+
+    def backward(self, dy: Array) -> Array:
+        y, = self.saved()
+        return dy * (y * (1.0 - y))

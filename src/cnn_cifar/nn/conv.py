@@ -6,6 +6,7 @@ import numpy as np
 from .. import runtime
 from ..backend import Array, get_array_module
 from . import init
+from .depthwise import depthwise_backward, depthwise_forward
 from .im2col import ConvGeometry, Tile, col2im_add, cols_shape, im2col, tiles
 from .layout import check_4d, chwn, chwn_contiguous, nchw
 from .module import Module, Parameter
@@ -27,6 +28,7 @@ class Conv2d(Module):
     weight matrix; columns are never kept (they are kh*kw times the input).
     Stride-1 backward takes both gradients from one column matrix of dy (see _backward_stride1);
     strided backward rebuilds the columns of x for dW and scatters the column gradient with col2im.
+    A depthwise conv (groups == in == out channels) takes the fast path of depthwise.py instead.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int],
@@ -56,6 +58,13 @@ class Conv2d(Module):
         # False on a network's first layer: the gradient w.r.t. the images is not needed for training
         # (like an input tensor without requires_grad in PyTorch); backward then returns None.
         self.needs_input_grad = True
+        # groups == in == out channels runs as depthwise.py's shifted multiply-adds (False: the general path)
+        self.depthwise_kernel = True
+
+    @property
+    def depthwise(self) -> bool:
+        """Whether this conv runs on the depthwise fast path."""
+        return self.depthwise_kernel and 1 < self.groups == self.in_channels == self.out_channels
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
@@ -78,15 +87,19 @@ class Conv2d(Module):
         xc = chwn_contiguous(x)              # a loader's NCHW images are transposed here, once
         c, n = xc.shape[0], xc.shape[3]
         g, o, geo = self.groups, self.out_channels, self.geometry
-        w2 = self.weight.data.reshape(g, o // g, -1)
-        y = xp.empty((o, ho, wo, n), dtype=x.dtype)
         with runtime.padded(xc, *self.padding) as xpad:
-            def work(run: list[Tile]) -> None:
-                for t in run:
-                    with runtime.workspace(xp, "cols", cols_shape(c, geo, t, n), x.dtype) as buf:
-                        cols = im2col(xpad, geo, t, buf)                      # (C*kh*kw, pixels*N)
-                        xp.matmul(w2, cols.reshape(g, -1, cols.shape[1]), out=t.of(y).reshape(g, o // g, -1))
-            runtime.in_runs(work, tiles(ho, wo, c * geo.taps * n * xc.itemsize, xc), xc)
+            if self.depthwise:
+                y = depthwise_forward(xpad, self.weight.data, geo, ho, wo)
+            else:
+                w2 = self.weight.data.reshape(g, o // g, -1)
+                y = xp.empty((o, ho, wo, n), dtype=x.dtype)
+
+                def work(run: list[Tile]) -> None:
+                    for t in run:
+                        with runtime.workspace(xp, "cols", cols_shape(c, geo, t, n), x.dtype) as buf:
+                            cols = im2col(xpad, geo, t, buf)                      # (C*kh*kw, pixels*N)
+                            xp.matmul(w2, cols.reshape(g, -1, cols.shape[1]), out=t.of(y).reshape(g, o // g, -1))
+                runtime.in_runs(work, tiles(ho, wo, c * geo.taps * n * xc.itemsize, xc), xc)
         if self.bias is not None:
             y += self.bias.data[:, None, None, None]
         self.save_for_backward(xc, ho, wo)
@@ -133,6 +146,12 @@ class Conv2d(Module):
         dyc = chwn(dy)                                              # (O, ho, wo, N)
         if self.bias is not None:
             self.bias.grad += dyc.sum(axis=(1, 2, 3))
+        if self.depthwise:
+            ph, pw = self.padding
+            with runtime.padded(xc, ph, pw) as xpad:
+                dw, dxpad = depthwise_backward(xpad, dyc, self.weight.data, geo, self.needs_input_grad)
+            self.weight.grad += dw
+            return None if dxpad is None else nchw(dxpad[:, ph:ph + h, pw:pw + w])
         qh, qw = geo.flipped_padding()
         if self.needs_input_grad and self.stride == (1, 1) and qh >= 0 and qw >= 0:
             return self._backward_stride1(xc, dy)
