@@ -133,7 +133,7 @@ def cmd_train(a) -> None:
     rng = np.random.default_rng(cfg.seed)
     train = BatchLoader(ds.x_train[:a.limit_train], ds.y_train[:a.limit_train], cfg.batch_size, ds.spec.mean,
                         ds.spec.std, shuffle=True, augment_cfg=cfg.augmentation(), rng=rng, drop_last=True)
-    test = BatchLoader(ds.x_test, ds.y_test, 500, ds.spec.mean, ds.spec.std)
+    test = BatchLoader(ds.x_test[:a.limit_test], ds.y_test[:a.limit_test], 500, ds.spec.mean, ds.spec.std)
     model = build_torch(a.model)
     if cfg.optimizer == "adam":
         opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
@@ -162,7 +162,7 @@ def cmd_train(a) -> None:
             if cfg.clip_grad_norm:
                 tnn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad_norm)
             opt.step()
-            loss_sum += float(loss) * len(yt)
+            loss_sum += loss.item() * len(yt)
             correct += int((out.argmax(1) == yt).sum())
             seen += len(yt)
         seconds = time.perf_counter() - t0
@@ -183,7 +183,8 @@ def main() -> int:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--data", default="data")
     t.add_argument("--threads", type=int, default=1)
-    t.add_argument("--limit-train", type=int, default=None)
+    t.add_argument("--limit-train", type=int, default=None, help="use only the first N training images")
+    t.add_argument("--limit-test", type=int, default=None, help="use only the first N test images")
     a = p.parse_args()
     if a.cmd == "params":
         for name in TWINS:
