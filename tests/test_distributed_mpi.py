@@ -98,6 +98,13 @@ def test_a_failing_rank_ends_the_whole_job_quickly(cifar_root, tmp_path):
     assert not list((tmp_path / "ck").glob("*.tmp*")) if (tmp_path / "ck").exists() else True
 
 
+def test_a_batch_that_does_not_split_over_the_ranks_is_one_error(cifar_root, tmp_path):
+    r = mpirun(3, str(SRC / "train_cli.py"), *train_args(cifar_root, "ck", 1), "--distributed", cwd=tmp_path)
+    assert r.returncode != 0
+    assert r.stderr.count("--batch-size 32 does not divide evenly over 3 ranks") == 1, r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "ck").exists()
+
+
 def test_sigterm_to_mpirun_saves_once_and_one_rank_resumes(cifar_root, tmp_path):
     """What a batch scheduler does: SIGTERM to the launcher, which passes it to every rank; the ranks
     agree on the step, rank 0 saves, every rank exits 143; one process continues the run."""
