@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from cnn_cifar import nn
+from cnn_cifar import backend, nn
 from cnn_cifar.optim import SGD, Adam, DropoutSchedule, LRSchedule
 
 
@@ -220,3 +220,43 @@ def test_plateau_warmup_and_bad_values():
     assert (s(1.0), s(5.0)) == pytest.approx((0.05, 0.1))           # the warmup ramp scales with the cut
     with pytest.raises(ValueError, match=r"--plateau-factor must be in \(0, 1\), got 1"):
         ReduceLROnPlateau(LRSchedule("plateau"), 1.0, 2)
+
+
+# ------------------------------------------------------------------ flat parameter buffers
+def test_optimizer_keeps_parameters_as_views_of_flat_buffers_and_takes_back_replaced_ones(xp):
+    """The update runs on one flat buffer per dtype; a parameter whose array was replaced (load_state_dict,
+    as a resume does after building the optimizer) is copied back in, so the model still trains."""
+    from cnn_cifar.optim.optimizers import FlatParams
+    model = nn.Sequential(nn.Linear(3, 4, rng=np.random.default_rng(0)), nn.ReLU(),
+                          nn.Linear(4, 2, rng=np.random.default_rng(1)))
+    opt = SGD(model.parameters(), lr=0.5, momentum=0.0)
+    assert len(opt.groups) == 1 and isinstance(opt.groups[0], FlatParams) and opt.groups[0].data.size == 26
+    fresh = {k: v + 1.0 for k, v in model.state_dict().items()}
+    model.load_state_dict(fresh)                                  # new arrays, no longer views
+    opt.zero_grad()
+    for p in model.parameters():
+        p.grad += 2.0
+    opt.step()
+    for (k, v), p in zip(fresh.items(), model.parameters()):
+        np.testing.assert_allclose(backend.to_numpy(p.data), v - 0.5 * 2.0, rtol=1e-6, err_msg=k)
+    flat = backend.to_numpy(opt.groups[0].data)
+    np.testing.assert_allclose(flat, np.concatenate([backend.to_numpy(p.data).ravel() for p in model.parameters()]))
+
+
+def test_parameters_of_two_dtypes_make_two_groups_with_the_same_update():
+    a = nn.Parameter(np.array([1.0, 2.0], dtype=np.float32))
+    b = nn.Parameter(np.array([[3.0]], dtype=np.float64))
+    opt = SGD([a, b], lr=0.1, momentum=0.9, weight_decay=0.01)
+    assert len(opt.groups) == 2
+    for _ in range(2):
+        opt.zero_grad()
+        a.grad += 1.0
+        b.grad += 1.0
+        opt.step()
+    # v1 = g1 = 1 + 0.01 p0; p1 = p0 - 0.1 v1; v2 = 0.9 v1 + 1 + 0.01 p1; p2 = p1 - 0.1 v2
+    for p, p0 in ((a, np.array([1.0, 2.0])), (b, np.array([[3.0]]))):
+        v1 = 1 + 0.01 * p0
+        p1 = p0 - 0.1 * v1
+        p2 = p1 - 0.1 * (0.9 * v1 + 1 + 0.01 * p1)
+        np.testing.assert_allclose(p.data, p2, rtol=1e-6)
+        assert p.data.dtype == p.grad.dtype

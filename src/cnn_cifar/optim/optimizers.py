@@ -1,15 +1,67 @@
-"""SGD, Adam and AdamW. They see only parameters (data + grad) and keep their own per-parameter state."""
+"""SGD, Adam and AdamW. They see only parameters (data + grad) and keep their own state.
+
+An optimizer keeps its parameters as views into one flat data buffer and one flat gradient buffer per
+dtype (``FlatParams``), and its state (momentum, moments) flat beside them: ``zero_grad`` is one fill and an
+update a handful of whole-buffer operations, however many parameters the model has. On a GPU that is the
+difference between about 10 kernel launches per step and 8 per parameter.
+"""
 from __future__ import annotations
 
 from typing import Iterable
 
+import numpy as np
+
 from .. import backend
-from ..backend import Array
+from ..backend import Array, get_array_module
 from ..nn import Parameter
 
 
+class FlatParams:
+    """Parameters of one dtype as views into ``data`` and ``grad`` (1-D buffers), in order.
+
+    A parameter whose array was replaced since (``load_state_dict``, ``Module.to``) is taken back in by
+    ``adopt_replaced``: its values are copied into the buffer and it becomes a view again.
+    """
+
+    def __init__(self, params: list[Parameter]):
+        xp = get_array_module(params[0].data)
+        dtype = params[0].data.dtype
+        self.params = params
+        self.slices: list[slice] = []
+        off = 0
+        for p in params:
+            self.slices.append(slice(off, off + p.size))
+            off += p.size
+        self.data = xp.empty(off, dtype=dtype)
+        self.grad = xp.empty(off, dtype=dtype)
+        self.state: dict[str, Array | None] = {}
+        self._views: list[tuple[Array, Array]] = [(None, None)] * len(params)
+        self._adopt(range(len(params)))
+
+    def _adopt(self, indices: Iterable[int]) -> None:
+        for i in indices:
+            p, sl = self.params[i], self.slices[i]
+            shape = p.data.shape
+            self.data[sl] = p.data.reshape(-1)
+            self.grad[sl] = p.grad.reshape(-1)
+            p.data, p.grad = self.data[sl].reshape(shape), self.grad[sl].reshape(shape)
+            self._views[i] = (p.data, p.grad)
+
+    def adopt_replaced(self) -> None:
+        stale = [i for i, (p, (d, g)) in enumerate(zip(self.params, self._views)) if p.data is not d or p.grad is not g]
+        if stale:
+            self._adopt(stale)
+
+    def per_param(self, flat: Array | None) -> list[Array | None]:
+        """A flat state buffer as per-parameter views (None stays None for each)."""
+        return [None if flat is None else flat[sl].reshape(p.data.shape) for p, sl in zip(self.params, self.slices)]
+
+
 class Optimizer:
-    """Base: holds the parameter list, the learning rate and per-parameter state arrays."""
+    """Base: the parameters (flattened into ``groups``, one per dtype), the learning rate, and the state
+    buffers named in ``STATE``, per group, flat (None until first used)."""
+
+    STATE: tuple[str, ...] = ()
 
     def __init__(self, params: Iterable[Parameter], lr: float):
         self.params = list(params)
@@ -19,16 +71,36 @@ class Optimizer:
             raise ValueError(f"{type(self).__name__}: lr must be > 0, got {lr}")
         self.lr = float(lr)
         self.steps = 0
+        by_dtype: dict = {}
+        for p in self.params:
+            by_dtype.setdefault((get_array_module(p.data).__name__, np.dtype(p.data.dtype)), []).append(p)
+        self.groups = [FlatParams(ps) for ps in by_dtype.values()]
+        for g in self.groups:
+            g.state = {k: None for k in self.STATE}
 
     def step(self) -> None:
+        for g in self.groups:
+            g.adopt_replaced()
+        self._update()
+        self.steps += 1
+
+    def _update(self) -> None:
         raise NotImplementedError
 
     def zero_grad(self) -> None:
-        for p in self.params:
-            p.grad[...] = 0
+        for g in self.groups:
+            g.adopt_replaced()
+            g.grad.fill(0)
 
     def _state_arrays(self) -> dict[str, list]:
-        return {}
+        """Per-parameter views of the state, in parameter order (what a checkpoint keeps)."""
+        out: dict[str, list] = {k: [None] * len(self.params) for k in self.STATE}
+        index = {id(p): i for i, p in enumerate(self.params)}
+        for g in self.groups:
+            for k in self.STATE:
+                for p, view in zip(g.params, g.per_param(g.state[k])):
+                    out[k][index[id(p)]] = view
+        return out
 
     def state_dict(self) -> dict:
         """Plain data with host NumPy arrays (per-parameter state in parameter order)."""
@@ -40,16 +112,27 @@ class Optimizer:
     def load_state_dict(self, state: dict) -> None:
         if state.get("type") != type(self).__name__:
             raise ValueError(f"optimizer state is for {state.get('type')!r}, not {type(self).__name__}")
-        self.lr, self.steps = float(state["lr"]), int(state["steps"])
+        index = {id(p): i for i, p in enumerate(self.params)}
         for key, arrays in state["state"].items():
-            own = self._state_arrays()[key]
-            if len(arrays) != len(own):
-                raise ValueError(f"optimizer state has {len(arrays)} '{key}' entries for {len(own)} parameters")
+            if key not in self.STATE:
+                raise ValueError(f"optimizer state has an unknown entry '{key}'")
+            if len(arrays) != len(self.params):
+                raise ValueError(f"optimizer state has {len(arrays)} '{key}' entries for {len(self.params)} parameters")
             for i, a in enumerate(arrays):
                 if a is not None and tuple(a.shape) != tuple(self.params[i].shape):
                     raise ValueError(f"optimizer state '{key}'[{i}] has shape {tuple(a.shape)}, parameter "
                                      f"has {self.params[i].shape}")
-                own[i] = None if a is None else backend.to_device(a, self.params[i].data.dtype)
+            for g in self.groups:
+                mine = [arrays[index[id(p)]] for p in g.params]
+                if all(a is None for a in mine):
+                    g.state[key] = None
+                    continue
+                flat = get_array_module(g.data).zeros_like(g.data)
+                for a, sl in zip(mine, g.slices):
+                    if a is not None:
+                        flat[sl] = backend.to_device(np.asarray(a).reshape(-1), g.data.dtype)
+                g.state[key] = flat
+        self.lr, self.steps = float(state["lr"]), int(state["steps"])
 
     def _hyper(self) -> dict:
         return {}
@@ -59,6 +142,8 @@ class SGD(Optimizer):
     """SGD with momentum (PyTorch's form: v = mu*v + g; p -= lr*v), optional Nesterov, and L2 weight
     decay added to the gradient (coupled, as torch.optim.SGD); decay applies to all parameters."""
 
+    STATE = ("velocity",)
+
     def __init__(self, params: Iterable[Parameter], lr: float, momentum: float = 0.9,
                  nesterov: bool = False, weight_decay: float = 0.0):
         super().__init__(params, lr)
@@ -67,34 +152,31 @@ class SGD(Optimizer):
         if nesterov and momentum == 0:
             raise ValueError("SGD: Nesterov momentum needs momentum > 0")
         self.momentum, self.nesterov, self.weight_decay = float(momentum), bool(nesterov), float(weight_decay)
-        self.velocity: list[Array | None] = [None] * len(self.params)
 
     def _hyper(self) -> dict:
         return {"momentum": self.momentum, "nesterov": self.nesterov, "weight_decay": self.weight_decay}
 
-    def _state_arrays(self) -> dict[str, list]:
-        return {"velocity": self.velocity}
-
-    def step(self) -> None:
+    def _update(self) -> None:
         mu, wd, lr = self.momentum, self.weight_decay, self.lr
-        for i, p in enumerate(self.params):
-            g = p.grad
+        for grp in self.groups:
+            g = grp.grad
             if wd:
-                g = g + wd * p.data
+                g = g + wd * grp.data
             if mu:
-                v = self.velocity[i]
+                v = grp.state["velocity"]
                 if v is None:
-                    v = self.velocity[i] = g.copy()
+                    v = grp.state["velocity"] = g.copy()
                 else:
                     v *= mu
                     v += g
                 g = g + mu * v if self.nesterov else v
-            p.data -= lr * g
-        self.steps += 1
+            grp.data -= lr * g
 
 
 class Adam(Optimizer):
     """Adam (Kingma & Ba) with bias correction; weight_decay is L2 added to the gradient (as torch.optim.Adam)."""
+
+    STATE = ("m", "v")
 
     def __init__(self, params: Iterable[Parameter], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0):
@@ -105,34 +187,31 @@ class Adam(Optimizer):
         if weight_decay < 0 or eps <= 0:
             raise ValueError("Adam: weight_decay must be >= 0 and eps > 0")
         self.beta1, self.beta2, self.eps, self.weight_decay = float(b1), float(b2), float(eps), float(weight_decay)
-        xp = backend.xp
-        self.m = [xp.zeros_like(p.data) for p in self.params]
-        self.v = [xp.zeros_like(p.data) for p in self.params]
+        for grp in self.groups:
+            grp.state = {"m": get_array_module(grp.data).zeros_like(grp.data),
+                         "v": get_array_module(grp.data).zeros_like(grp.data)}
 
     def _hyper(self) -> dict:
         return {"betas": (self.beta1, self.beta2), "eps": self.eps, "weight_decay": self.weight_decay}
 
-    def _state_arrays(self) -> dict[str, list]:
-        return {"m": self.m, "v": self.v}
-
-    def step(self) -> None:
+    def _update(self) -> None:
         self._adam_update(self.weight_decay)
 
     def _adam_update(self, l2: float) -> None:
         """One Adam step with ``l2`` times the weights added to each gradient."""
-        self.steps += 1
-        b1, b2, t = self.beta1, self.beta2, self.steps
+        b1, b2, t = self.beta1, self.beta2, self.steps + 1
         step_size = self.lr / (1 - b1 ** t)
         corr2 = 1 - b2 ** t
-        for p, m, v in zip(self.params, self.m, self.v):
-            g = p.grad + l2 * p.data if l2 else p.grad
+        for grp in self.groups:
+            m, v = grp.state["m"], grp.state["v"]
+            g = grp.grad + l2 * grp.data if l2 else grp.grad
             m *= b1
             m += (1 - b1) * g
             v *= b2
             v += (1 - b2) * (g * g)
-            denom = backend.get_array_module(v).sqrt(v / corr2)
+            denom = get_array_module(v).sqrt(v / corr2)
             denom += self.eps
-            p.data -= step_size * (m / denom)
+            grp.data -= step_size * (m / denom)
 
 
 class AdamW(Adam):
@@ -144,11 +223,11 @@ class AdamW(Adam):
                  eps: float = 1e-8, weight_decay: float = 1e-2):
         super().__init__(params, lr, betas, eps, weight_decay)
 
-    def step(self) -> None:
+    def _update(self) -> None:
         if self.weight_decay:
             shrink = 1.0 - self.lr * self.weight_decay
-            for p in self.params:
-                p.data *= shrink
+            for grp in self.groups:
+                grp.data *= shrink
         self._adam_update(0.0)
 
 
