@@ -71,8 +71,9 @@ def _small_net(bn: bool, seed: int) -> nn.Module:
     return nn.Sequential(*layers).to(np.float64)
 
 
+@pytest.mark.parametrize("flat", [False, True], ids=["packed", "optimizer-buffers"])
 @pytest.mark.parametrize("bn", [False, True], ids=["no-bn", "sync-bn"])
-def test_data_parallel_steps_equal_one_process_steps(bn):
+def test_data_parallel_steps_equal_one_process_steps(bn, flat):
     """Two ranks, each with half of every global batch (and different initial weights, made equal by the
     start-up broadcast), take the same SGD-momentum steps as one process on the whole batches."""
     rng = np.random.default_rng(1)
@@ -93,9 +94,10 @@ def test_data_parallel_steps_equal_one_process_steps(bn):
         model = models[comm.rank]
         if bn:
             nn.convert_sync_batchnorm(model, comm)
-        par = DataParallel(model, comm)
-        par.broadcast_state()
         o = SGD(list(model.parameters()), lr=0.1, momentum=0.9, weight_decay=1e-3)
+        par = DataParallel(model, comm, bucket_bytes=200, optimizer=o if flat else None)     # several buckets
+        assert (len(par.flat_slices) > 1) is flat and (len(par.buckets) > 1) is not flat
+        par.broadcast_state()
         losses = [train_step(model, nn.SoftmaxCrossEntropy(), o, x[comm.rank * 4:(comm.rank + 1) * 4],
                              y[comm.rank * 4:(comm.rank + 1) * 4], parallel=par)[0] for x, y in batches]
         return losses, model.state_dict(), par.seen

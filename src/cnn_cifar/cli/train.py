@@ -136,12 +136,13 @@ def _main(argv: list[str] | None = None) -> int:
     if args.plot:
         from ..viz import PlotProgress        # matplotlib is imported only when plots are asked for
         hooks.append(PlotProgress(f"viz/{name}"))
-    trainer = Trainer(model, name, cfg.build_optimizer(model.parameters()),
+    optimizer = cfg.build_optimizer(model.parameters())
+    trainer = Trainer(model, name, optimizer,
                       cfg.make_lr_schedule(steps_per_epoch=len(train_loader)), cfg.make_dropout_schedule(),
                       criterion, train_loader, test_loader, num_classes, cfg.checkpoint_dir, f"{cfg.log_dir}/{name}.log",
                       run_info={"args": cfg.run_settings(), "dataset": cfg.dataset, "classes": ds.classes},
                       quiet=quiet, hooks=hooks, clip_grad_norm=cfg.clip_grad_norm or None, ema=cfg.make_ema(model),
-                      parallel=DataParallel(model, comm) if args.distributed else None)
+                      parallel=DataParallel(model, comm, optimizer=optimizer) if args.distributed else None)
     if ck is not None:
         trainer.restore(ck)
         print(f"resumed from {args.resume}: {trainer.epoch} epoch(s) done"

@@ -3,13 +3,15 @@ global batch, and applies the same averaged update, so the replicas stay equal.
 
 Per step (``train_step`` with ``parallel=``): one small all-reduce of (loss sum, correct, images, stop
 requests), so every rank sees the global batch's loss and agrees on stopping, then one all-reduce per
-gradient bucket. The float buffers (BatchNorm running statistics) ride in the last bucket as rank 0's
+gradient bucket: slices of the optimizer's flat gradient buffer when it is given (no copies), else
+buckets the gradients are packed into. The float buffers (BatchNorm running statistics) ride in the last bucket as rank 0's
 values (the other ranks add zeros), as PyTorch's DistributedDataParallel broadcasts rank 0's buffers: the
 replicas evaluate and save identical models.
 """
 from __future__ import annotations
 
 import signal
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -17,6 +19,9 @@ from .. import backend
 from ..backend import Array
 from ..nn import Module
 from .comm import Communicator
+
+if TYPE_CHECKING:
+    from ..optim import Optimizer
 
 BUCKET_BYTES = 25 * 2**20          # as DistributedDataParallel's bucket_cap_mb default
 
@@ -29,10 +34,20 @@ def _float_buffers(model: Module) -> list[tuple[Module, str]]:
 class DataParallel:
     """Keeps the replicas of ``model`` in step over ``comm``; see the module docstring."""
 
-    def __init__(self, model: Module, comm: Communicator, bucket_bytes: int = BUCKET_BYTES):
+    def __init__(self, model: Module, comm: Communicator, bucket_bytes: int = BUCKET_BYTES,
+                 optimizer: "Optimizer | None" = None):
         self.model, self.comm = model, comm
         self.params = [p for p in model.parameters()]
         self.buffers = _float_buffers(model)
+        # With the optimizer's flat gradient buffers (every model parameter in them) the all-reduce runs on
+        # slices of those, with no packing copies; else the gradients are packed into buckets.
+        self.flat_slices: list = []
+        if optimizer is not None and {id(p) for p in self.params} <= {id(p) for g in optimizer.groups
+                                                                      for p in g.params}:
+            for g in optimizer.groups:
+                step = max(1, bucket_bytes // g.grad.dtype.itemsize)
+                self.flat_slices += [(g, slice(i, min(i + step, g.grad.size))) for i in range(0, g.grad.size, step)]
+            self.params = []                      # nothing left to pack but the buffers
         self.buckets: list[list] = [[]]
         size = 0
         for p in self.params:
@@ -54,7 +69,7 @@ class DataParallel:
     def broadcast_state(self) -> None:
         """Give every rank rank 0's parameters and buffers (weights built from the same seed are equal
         already; this also covers --resume and --init-from, and checks nothing drifted)."""
-        for p in self.params:
+        for p in self.model.parameters():
             self.comm.broadcast(p.data)
         for m, key in self.buffers:
             self.comm.broadcast(m._buffers[key])
@@ -75,15 +90,19 @@ class DataParallel:
     def sync_gradients(self) -> None:
         """Average the gradients over ranks (one all-reduce per bucket) and hand every rank rank 0's
         float buffers."""
-        xp = backend.get_array_module(self.params[0].data)
+        for g, sl in self.flat_slices:
+            self.comm.allreduce_mean(g.grad[sl])
         last = len(self.buckets) - 1
         main = self.comm.is_main
         for i, bucket in enumerate(self.buckets):
             extra = [m._buffers[key] for m, key in self.buffers] if i == last else []
             total = sum(p.size for p in bucket) + sum(b.size for b in extra)
+            if total == 0:
+                continue
+            ref = (bucket[0].grad if bucket else extra[0])
             flat = self._flat[i]
             if flat is None or flat.size != total:
-                flat = self._flat[i] = xp.empty(total, dtype=self.params[0].grad.dtype)
+                flat = self._flat[i] = backend.get_array_module(ref).empty(total, dtype=ref.dtype)
             off = 0
             for p in bucket:
                 flat[off:off + p.size] = p.grad.reshape(-1)
