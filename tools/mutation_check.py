@@ -63,6 +63,17 @@ MUTATIONS = [
      "tests/test_gpu_path.py -k test_cli_on_cupy"),
     ("resume after Ctrl-C in evaluation replays the epoch's stream", "src/cnn_cifar/training/trainer.py",
      "        elif self.step < len(self.train_loader):", "        else:", "tests/test_interrupts.py -k resume"),
+    ("synchronised batch norm divides by the local count", "src/cnn_cifar/nn/norm.py",
+     "        sums /= count\n", "        sums /= count / group.size\n", "tests/test_distributed.py -k synchronised"),
+    ("every rank's BN statistics summed, not rank 0's", "src/cnn_cifar/distributed/data_parallel.py",
+     "flat[off:off + b.size] = b.reshape(-1) if main else 0", "flat[off:off + b.size] = b.reshape(-1)",
+     "tests/test_distributed.py -k steps_equal"),
+    ("depthwise weight gradient of the wrong tap", "src/cnn_cifar/nn/depthwise.py",
+     'dw[:, i, j] = xp.einsum("chwn,chwn->c", dy, xpad[:, rows, cols])',
+     'dw[:, j, i] = xp.einsum("chwn,chwn->c", dy, xpad[:, rows, cols])', "tests/test_zoo.py -k depthwise"),
+    ("a replaced parameter array not taken back into the flat buffer", "src/cnn_cifar/optim/optimizers.py",
+     "        if stale:\n            self._adopt(stale)", "        if stale:\n            pass",
+     "tests/test_optim.py -k flat_buffers"),
 ]
 results = []
 for what, path, old, new, tests in MUTATIONS:
