@@ -6,7 +6,8 @@
 
 For SimpleCNN and ResNet-32 at their default global batch (split over the ranks) it times, per rank, a
 whole data-parallel training step (forward, the agreed loss, backward, gradient all-reduce, update) and
-the all-reduce alone (DataParallel.sync_gradients: packing the flat buffer, the collective, unpacking),
+the all-reduce alone (DataParallel.sync_gradients: the gradients in place on the optimizer's flat
+buffer, the batch-norm statistics packed),
 and prints medians with the bytes a ring all-reduce moves per rank, 2(N-1)/N x gradient bytes. Set
 CNN_CIFAR_THREADS and OMP_NUM_THREADS so that the ranks do not share cores (1 each on 2 cores).
 """
@@ -55,7 +56,8 @@ def main() -> int:
     rows = []
     for name in args.models:
         model = build_model(name, seed=0)
-        par = DataParallel(model, comm)
+        opt = SGD(list(model.parameters()), lr=0.01, momentum=0.9)
+        par = DataParallel(model, comm, optimizer=opt)        # as train_cli: all-reduce on the flat buffer
         par.broadcast_state()
         batch = recipe(name).batch_size
         if batch % comm.size:
@@ -63,7 +65,6 @@ def main() -> int:
         rng = np.random.default_rng(comm.rank)
         x = backend.to_device(rng.standard_normal((batch // comm.size, 3, 32, 32)).astype(np.float32))
         y = backend.to_device(rng.integers(0, 10, batch // comm.size))
-        opt = SGD(list(model.parameters()), lr=0.01, momentum=0.9)
         crit = nn.SoftmaxCrossEntropy()
 
         def step():
