@@ -115,9 +115,7 @@ def _main(argv: list[str] | None = None) -> int:
     nn.random.set_rank(comm.rank)                     # each rank its own dropout masks
     if args.sync_bn:
         nn.convert_sync_batchnorm(model, comm)
-    bs = min(cfg.batch_size, len(x_tr))
-    if bs % comm.size:
-        raise ValueError(f"--batch-size {bs} does not divide evenly over {comm.size} ranks")
+    bs = min(cfg.batch_size, len(x_tr))           # (the loader's shard checks it splits over the ranks)
     # Weights from a checkpoint keep the normalisation they were trained with; a new run uses the dataset's.
     mean, std = base.normalization(ds.spec.mean, ds.spec.std) if base is not None else (ds.spec.mean, ds.spec.std)
     train_loader = BatchLoader(x_tr, y_tr, bs, mean, std, shuffle=True, augment_cfg=cfg.augmentation(),

@@ -5,7 +5,7 @@ Launch: ``uv run mpirun -n 2 python src/train_cli.py --model cnn --distributed``
 """
 from __future__ import annotations
 
-from .comm import Communicator, MPICommunicator, SingleProcess, load_mpi
+from .comm import Communicator, MPICommunicator, SingleProcess
 from .data_parallel import DataParallel
 
 __all__ = ["Communicator", "DataParallel", "MPICommunicator", "SingleProcess", "connect"]

@@ -31,6 +31,16 @@ def _float_buffers(model: Module) -> list[tuple[Module, str]]:
             if np.dtype(b.dtype).kind == "f"]
 
 
+def _stop_flags(stop_signum: int | None) -> tuple[bool, bool]:
+    """A rank's stop request as two numbers to sum over ranks: asked at all, asked by SIGTERM."""
+    return stop_signum is not None, stop_signum == signal.SIGTERM
+
+
+def _agreed_signal(summed) -> int | None:
+    """The stop all ranks agree on from the summed flags: none, SIGTERM if any rank got one, else SIGINT."""
+    return None if not summed[0] else (signal.SIGTERM if summed[1] else signal.SIGINT)
+
+
 class DataParallel:
     """Keeps the replicas of ``model`` in step over ``comm``; see the module docstring."""
 
@@ -77,15 +87,20 @@ class DataParallel:
     def agree(self, loss: float, logits: Array, y, stop_signum: int | None) -> float:
         """The global batch's mean loss from each rank's shard (shards are equal in size), with the correct
         count and the stop requests (``stop_signum``: this rank's pending signal) summed over ranks."""
-        from ..training.mixing import hard_labels
+        from ..training.mixing import correct_count
         n = len(logits)
-        correct = int(backend.to_numpy((logits.argmax(axis=1) == hard_labels(y)).sum()))
-        stats = np.array([loss * n, correct, n, stop_signum is not None, stop_signum == signal.SIGTERM],
-                         dtype=np.float64)
+        stats = np.array([loss * n, correct_count(logits, y), n, *_stop_flags(stop_signum)], dtype=np.float64)
         self.comm.allreduce_sum(stats)
         self.correct, self.seen = int(stats[1]), int(stats[2])
-        self.stop_signum = None if not stats[3] else (signal.SIGTERM if stats[4] else signal.SIGINT)
+        self.stop_signum = _agreed_signal(stats[3:])
         return float(stats[0] / stats[2])
+
+    def agree_stop(self, stop_signum: int | None) -> int | None:
+        """Outside a step: whether any rank asks to stop (``stop_signum``: this rank's pending signal), and
+        with which signal (SIGTERM if any rank got one), the same answer on every rank."""
+        flags = np.array(_stop_flags(stop_signum), dtype=np.float64)
+        self.comm.allreduce_sum(flags)
+        return _agreed_signal(flags)
 
     def sync_gradients(self) -> None:
         """Average the gradients over ranks (one all-reduce per bucket) and hand every rank rank 0's

@@ -70,12 +70,16 @@ class _BatchNorm(Module):
             xp.multiply(xh, weight[c0:c1, None], out=y[c0:c1])
             y[c0:c1] += bias[c0:c1, None]
         runtime.by_channel(apply_train, x2)
-        mom = self.momentum
-        self.running_mean = (1 - mom) * self.running_mean + mom * mean
-        self.running_var = (1 - mom) * self.running_var + mom * var * (m / (m - 1))
-        self.num_batches_tracked = self.num_batches_tracked + 1
+        self._track(mean, var, m)
         self.save_for_backward(xhat, invstd, True)
         return y
+
+    def _track(self, mean: Array, var: Array, count) -> None:
+        """Move the running statistics towards this batch's (the variance unbiased over ``count`` values)."""
+        mom = self.momentum
+        self.running_mean = (1 - mom) * self.running_mean + mom * mean
+        self.running_var = (1 - mom) * self.running_var + mom * var * (count / (count - 1))
+        self.num_batches_tracked = self.num_batches_tracked + 1
 
     def _forward_synced(self, x2: Array, group) -> Array:
         """Training forward with the mean and variance of the whole global batch: one all-reduce of the
@@ -95,10 +99,7 @@ class _BatchNorm(Module):
         xhat *= invstd[:, None]
         y = xhat * self.weight.data[:, None]
         y += self.bias.data[:, None]
-        mom = self.momentum
-        self.running_mean = (1 - mom) * self.running_mean + mom * (sums[:c] / count)
-        self.running_var = (1 - mom) * self.running_var + mom * var * (count / (count - 1))
-        self.num_batches_tracked = self.num_batches_tracked + 1
+        self._track(sums[:c] / count, var, count)
         self.save_for_backward(xhat, invstd, (group, count))
         return y
 

@@ -8,7 +8,7 @@ without a soft-target loss in ``nn``.
 """
 from __future__ import annotations
 
-from ..backend import Array
+from ..backend import Array, to_numpy
 from ..data.augment import MixedTargets
 from ..nn import SoftmaxCrossEntropy, grad_enabled
 
@@ -16,6 +16,11 @@ from ..nn import SoftmaxCrossEntropy, grad_enabled
 def hard_labels(y: Array | MixedTargets) -> Array:
     """The labels train accuracy counts: for a mixed batch, the one with the larger share."""
     return y.dominant if isinstance(y, MixedTargets) else y
+
+
+def correct_count(logits: Array, y: Array | MixedTargets) -> int:
+    """How many rows of ``logits`` have their argmax at the (hard) label: train accuracy's numerator."""
+    return int(to_numpy((logits.argmax(axis=1) == hard_labels(y)).sum()))
 
 
 class MixedCrossEntropy:

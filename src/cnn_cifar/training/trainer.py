@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import signal
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .. import backend, nn
+from .. import nn
 from ..data import BatchLoader
 from ..optim import DropoutSchedule, LRSchedule, Optimizer, ReduceLROnPlateau
 from ..distributed.comm import SingleProcess
@@ -20,7 +19,7 @@ from .ema import ModelEMA
 from .evaluation import evaluate
 from .hooks import Hook, LogLine, ProgressBar, SaveCheckpoints, WriteHistory
 from .interrupt import StopFlag, TrainingInterrupted
-from .mixing import hard_labels
+from .mixing import correct_count
 from .step import NonFiniteLoss, train_step
 
 if TYPE_CHECKING:
@@ -154,12 +153,9 @@ class Trainer:
     def _stop_requested(self) -> bool:
         """Whether to stop now: this process's Ctrl-C/SIGTERM, or with several ranks any rank's (agreed by
         all, each taking the signal that asked so the exit status is the same)."""
-        if self.comm.size == 1:
+        if self.parallel is None:
             return self.stop.requested
-        flags = np.array([self.stop.requested, self.stop.requested and self.stop.signum == signal.SIGTERM],
-                         dtype=np.float64)
-        self.comm.allreduce_sum(flags)
-        return self._agreed_stop(None if not flags[0] else signal.SIGTERM if flags[1] else signal.SIGINT)
+        return self._agreed_stop(self.parallel.agree_stop(self._pending_signal()))
 
     def _pending_signal(self) -> int | None:
         """This rank's stop request, for the step's agreement (none is asked for in one process)."""
@@ -230,7 +226,7 @@ class Trainer:
                 self.step += 1
                 p = self.partial
                 if self.parallel is None:
-                    correct, seen = int(backend.to_numpy((logits.argmax(axis=1) == hard_labels(y)).sum())), len(y)
+                    correct, seen = correct_count(logits, y), len(y)
                     stop = self.stop.requested
                 else:                                       # the global batch's, agreed in the step
                     correct, seen = self.parallel.correct, self.parallel.seen
@@ -255,7 +251,7 @@ class Trainer:
             ev = evaluate(self.model, self.test_loader, self.criterion, self.num_classes,
                           progress=not self.quiet and self.comm.is_main, desc="test",
                           stop=self.stop if self.comm.size == 1 else None, comm=self.comm)
-        if ev is None or (self.comm.size > 1 and self._stop_requested()):
+        if ev is None or (self.parallel is not None and self._stop_requested()):
             self._interrupt()
         p = self.partial
         row = {"epoch": self.epoch + 1, "train_loss": p["loss_sum"] / max(p["seen"], 1),
