@@ -114,11 +114,16 @@ def _augmentation(cell: str) -> dict:
 
 
 def _also(cell: str) -> dict:
-    e = {"clip_grad_norm": 0.0, "label_smoothing": 0.0}
-    if m := re.fullmatch(r"gradient clipping ([\d.]+)", cell):
-        e["clip_grad_norm"] = float(m[1])
-    elif m := re.fullmatch(r"label smoothing ([\d.]+)", cell):
-        e["label_smoothing"] = float(m[1])
+    e = {"clip_grad_norm": 0.0, "label_smoothing": 0.0, "amp": False}
+    for part in cell.split(" + "):
+        if m := re.fullmatch(r"gradient clipping ([\d.]+)", part):
+            e["clip_grad_norm"] = float(m[1])
+        elif m := re.fullmatch(r"label smoothing ([\d.]+)", part):
+            e["label_smoothing"] = float(m[1])
+        elif part == "mixed precision (CuPy)":
+            e["amp"] = True
+        else:
+            assert part == "–", f"unknown 'also' entry {part!r}"
     return e
 
 
@@ -152,8 +157,9 @@ def readme_defaults() -> dict[str, dict]:
 
 def test_readme_table_parses():
     t = readme_defaults()
-    assert set(t) == set(list_models()) and len(t["cnn"]) == 21
+    assert set(t) == set(list_models()) and len(t["cnn"]) == 22
     assert t["cnn"]["lr"] != t["resnet32"]["lr"] and t["cifarnet"]["clip_grad_norm"] == 1.0
+    assert t["cifarnet"]["amp"] and not t["cnn"]["amp"]
 
 
 @pytest.mark.parametrize("model", list_models())
@@ -173,7 +179,7 @@ def test_defaults_pinned():
         model="cnn", shortcut=None, optimizer="sgd", lr=0.02, momentum=0.9, nesterov=False, weight_decay=5e-4, batch_size=64,
         epochs=200, lr_schedule="cosine", warmup_epochs=10.0, min_lr=0.0, dropout_schedule="linear_decay",
         dropout_rate=0.6, min_dropout=0.2, max_dropout=0.7, dataset="cifar10", data="data", seed=0, beta1=0.9,
-        beta2=0.999, lr_decay_factor=0.1, lr_decay_steps=None, label_smoothing=0.0, crop_padding=4, cutout=0,
+        beta2=0.999, lr_decay_factor=0.1, lr_decay_steps=None, label_smoothing=0.0, amp=False, crop_padding=4, cutout=0,
         no_augment=False, no_flip=False, limit_train=None, limit_test=None,
         max_lr=None, pct_start=0.3, plateau_factor=0.1, plateau_patience=2, clip_grad_norm=0.0, ema=0.0,
         cutout_fill="mean", cutout_p=1.0, shift_scale_rotate=None, ssr_p=0.5, ssr_border="reflect", color_jitter=None,
@@ -184,7 +190,7 @@ def test_defaults_pinned():
         lr_schedule="cosine", warmup_epochs=1.0, min_lr=0.0, dropout_schedule="none", dropout_rate=0.0,
         min_dropout=0.0, max_dropout=0.5, beta1=0.9, beta2=0.999, lr_decay_factor=0.1, lr_decay_steps=None,
         max_lr=None, pct_start=0.3, plateau_factor=0.1, plateau_patience=2, clip_grad_norm=0.0, ema=0.0,
-        label_smoothing=0.0, crop_padding=4, no_flip=False, cutout=0, cutout_fill="mean", cutout_p=1.0,
+        label_smoothing=0.0, amp=False, crop_padding=4, no_flip=False, cutout=0, cutout_fill="mean", cutout_p=1.0,
         shift_scale_rotate=None, ssr_p=0.5, ssr_border="reflect", color_jitter=None, mixup=0.0, cutmix=0.0)
     assert (cnn["checkpoint_dir"], cnn["log_dir"]) == (res["checkpoint_dir"], res["log_dir"]) == ("checkpoint", "log")
 

@@ -68,3 +68,23 @@ def test_missing_tensorboardx_is_a_one_line_error(cifar_root, monkeypatch, capsy
         "train_cli.py: error: --tensorboard needs tensorboardX, which is not installed: uv sync --group "
         "tensorboard (or pip install tensorboardX)")
     assert not Path("ck").exists()
+
+
+def test_mixed_precision_logs_the_loss_scale(cifar_root):
+    """On the CuPy backend (real or the stand-in) --amp adds the loss scale and the skipped-step count to the
+    per-step scalars; the last logged scale is the checkpoint's. Float32 runs log neither."""
+    pytest.importorskip("cupy")
+    from cnn_cifar import backend
+    try:
+        assert train_cli.main(["--backend", "cupy", "--amp", "--data", str(cifar_root), *BASE, "--epochs", "1",
+                               "--tensorboard", "amp", "--tensorboard-every", "2"]) == 0
+    finally:
+        backend.set_backend("numpy")
+    s = read_scalars(Path("amp"))
+    ck = load_checkpoint("ck/cnn_last.pkl")
+    assert [st for st, _ in s["step/loss_scale"]] == [2, 4] and [st for st, _ in s["step/skipped_steps"]] == [2, 4]
+    assert s["step/loss_scale"][-1][1] == ck.optimizer["grad_scaler"]["scale"]
+    assert s["step/skipped_steps"][-1][1] == ck.optimizer["grad_scaler"]["skipped"]
+    assert train_cli.main(["--data", str(cifar_root), *BASE, "--epochs", "1", "--checkpoint-dir", "f32",
+                           "--tensorboard", "f32", "--tensorboard-every", "2"]) == 0
+    assert "step/loss_scale" not in read_scalars(Path("f32"))

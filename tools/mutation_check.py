@@ -56,7 +56,7 @@ MUTATIONS = [
      "out[_join(name, key)] = backend.to_numpy(p.data).copy()", "out[_join(name, key)] = p.data.copy()",
      "tests/test_gpu_path.py -k test_cli_on_cupy"),
     ("a per-step host read (float) in the train step", "src/cnn_cifar/training/step.py",
-     "    model.backward(criterion.backward())\n", "    float(logits.sum())\n    model.backward(criterion.backward())\n",
+     "    dlogits = criterion.backward()\n", "    float(logits.sum())\n    dlogits = criterion.backward()\n",
      "tests/test_gpu_path.py -k budget"),
     ("the device dropout stream's position not restored on resume", "src/cnn_cifar/nn/random.py",
      '        _state["key"], _state["draws"] = int(state["key"]), int(state.get("draws", 0))', "        pass",
@@ -74,6 +74,17 @@ MUTATIONS = [
     ("a replaced parameter array not taken back into the flat buffer", "src/cnn_cifar/optim/optimizers.py",
      "        if stale:\n            self._adopt(stale)", "        if stale:\n            pass",
      "tests/test_optim.py -k flat_buffers"),
+    ("the loss scale kept after an overflow", "src/cnn_cifar/optim/grad_scaler.py",
+     "            self.scale_value *= self.backoff_factor\n", "            self.scale_value *= 1.0\n",
+     "tests/test_amp.py -k skips_overflowing"),
+    ("gradients left scaled after unscale_", "src/cnn_cifar/optim/grad_scaler.py",
+     "            g.grad *= inv\n", "            g.grad *= 1.0\n", "tests/test_amp.py -k unscale"),
+    ("batch norm computing in float16 under autocast", "src/cnn_cifar/nn/norm.py",
+     "return x if x.dtype.itemsize >= wide.itemsize else x.astype(wide)", "return x",
+     "tests/test_amp.py -k batchnorm_statistics"),
+    ("the loss scale not saved with the checkpoint", "src/cnn_cifar/training/trainer.py",
+     '            optimizer["grad_scaler"] = self.scaler.state_dict()', '            pass',
+     "tests/test_amp.py -k train_cli_amp"),
 ]
 results = []
 for what, path, old, new, tests in MUTATIONS:

@@ -9,6 +9,7 @@ import numpy as np
 from .. import backend, nn
 from ..data import BatchLoader, get_spec, load_dataset
 from ..models import build_model, options_of
+from ..optim import GradScaler
 from ..training import (CheckpointError, RunConfig, Trainer, interrupt_guard, load_checkpoint, resolve,
                         transfer_weights)
 from ..training.mixing import MixedCrossEntropy
@@ -72,9 +73,9 @@ def _main(argv: list[str] | None = None) -> int:
     if args.distributed:
         parallel.join(cfg.backend)
     C.select_backend(cfg.backend, quiet=False)
-    if args.amp:
-        print("--amp: mixed precision needs the CuPy backend; training in float32" if backend.name == "numpy" else
-              "--amp: mixed precision is not implemented for CuPy yet; training in float32", flush=True)
+    amp = cfg.amp and backend.name == "cupy"
+    if cfg.amp and not amp:
+        print("--amp: mixed precision needs the CuPy backend; training in float32", flush=True)
     if not quiet:
         print_settings(cfg)
 
@@ -140,7 +141,8 @@ def _main(argv: list[str] | None = None) -> int:
                       criterion, train_loader, test_loader, num_classes, cfg.checkpoint_dir, f"{cfg.log_dir}/{name}.log",
                       run_info={"args": cfg.run_settings(), "dataset": cfg.dataset, "classes": ds.classes},
                       quiet=quiet, hooks=hooks, clip_grad_norm=cfg.clip_grad_norm or None, ema=cfg.make_ema(model),
-                      parallel=DataParallel(model, comm, optimizer=optimizer) if args.distributed else None)
+                      parallel=DataParallel(model, comm, optimizer=optimizer) if args.distributed else None,
+                      scaler=GradScaler(enabled=amp))
     if ck is not None:
         trainer.restore(ck)
         print(f"resumed from {args.resume}: {trainer.epoch} epoch(s) done"

@@ -167,9 +167,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write the effective settings to a TOML file (for --config) and exit")
 
     g = p.add_argument_group("advanced")
-    g.add_argument("--amp", action="store_true",
-                   help="mixed precision: needs the CuPy backend and is not implemented yet; says so and trains "
-                   "in float32")
+    g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                   help="mixed precision on the CuPy backend: float16 convolutions and matrix products, float32 "
+                   "master weights, batch-norm statistics and loss, dynamic loss scaling; on NumPy it says so "
+                   f"and trains in float32 {per_model('amp')}")
     g.add_argument("--distributed", action="store_true",
                    help="data-parallel training over the ranks mpirun/srun started (uv sync --group distributed); "
                    "--batch-size stays the global batch, split evenly over the ranks")

@@ -43,6 +43,7 @@ class Recipe:
     clip_grad_norm: float = 0.0          # max global L2 norm of the gradients; 0 = no clipping
     ema: float = 0.0                     # decay of the weights' moving average; 0 = none
     label_smoothing: float = 0.0
+    amp: bool = False                    # mixed precision (float16 compute, loss scaling) on CuPy
     crop_padding: int = 4
     no_flip: bool = False
     cutout: int = 0

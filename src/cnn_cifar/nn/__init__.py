@@ -9,10 +9,11 @@ from .module import Module, Parameter, Sequential, grad_enabled, no_grad
 from .norm import BatchNorm1d, BatchNorm2d, convert_sync_batchnorm
 from .pooling import AvgPool2d, GlobalAvgPool2d, MaxPool2d
 from .residual import BasicBlock, PadShortcut
-from . import init, random
+from . import amp, init, random
+from .amp import autocast
 
 __all__ = [
     "AvgPool2d", "BasicBlock", "PadShortcut", "BatchNorm1d", "BatchNorm2d", "Conv2d", "Dropout", "Dropout2d",
     "Flatten", "GlobalAvgPool2d", "Linear", "MaxPool2d", "Module", "Parameter", "ReLU", "ResidualSum", "Sigmoid", "SqueezeExcitation",
-    "Sequential", "SoftmaxCrossEntropy", "convert_sync_batchnorm", "dropout_rate", "grad_enabled", "init", "no_grad", "random", "set_dropout",
+    "Sequential", "SoftmaxCrossEntropy", "amp", "autocast", "convert_sync_batchnorm", "dropout_rate", "grad_enabled", "init", "no_grad", "random", "set_dropout",
 ]

@@ -5,7 +5,7 @@ import numpy as np
 
 from .. import runtime
 from ..backend import Array, get_array_module
-from . import init
+from . import amp, init
 from .depthwise import depthwise_backward, depthwise_forward
 from .im2col import ConvGeometry, Tile, col2im_add, cols_shape, im2col, tiles
 from .layout import check_4d, chwn, chwn_contiguous, nchw
@@ -29,6 +29,8 @@ class Conv2d(Module):
     Stride-1 backward takes both gradients from one column matrix of dy (see _backward_stride1);
     strided backward rebuilds the columns of x for dW and scatters the column gradient with col2im.
     A depthwise conv (groups == in == out channels) takes the fast path of depthwise.py instead.
+    Under ``amp.autocast`` input and weight are cast to float16 and the output is float16; the weight
+    gradient is accumulated into the float32 ``weight.grad``.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int],
@@ -84,14 +86,15 @@ class Conv2d(Module):
     def forward(self, x: Array) -> Array:
         xp = get_array_module(x)
         ho, wo = self._out_size(x)
+        x, weight = amp.lower(x), amp.lower(self.weight.data)       # float16 under autocast
         xc = chwn_contiguous(x)              # a loader's NCHW images are transposed here, once
         c, n = xc.shape[0], xc.shape[3]
         g, o, geo = self.groups, self.out_channels, self.geometry
         with runtime.padded(xc, *self.padding) as xpad:
             if self.depthwise:
-                y = depthwise_forward(xpad, self.weight.data, geo, ho, wo)
+                y = depthwise_forward(xpad, weight, geo, ho, wo)
             else:
-                w2 = self.weight.data.reshape(g, o // g, -1)
+                w2 = weight.reshape(g, o // g, -1)
                 y = xp.empty((o, ho, wo, n), dtype=x.dtype)
 
                 def work(run: list[Tile]) -> None:
@@ -102,10 +105,10 @@ class Conv2d(Module):
                 runtime.in_runs(work, tiles(ho, wo, c * geo.taps * n * xc.itemsize, xc), xc)
         if self.bias is not None:
             y += self.bias.data[:, None, None, None]
-        self.save_for_backward(xc, ho, wo)
+        self.save_for_backward(xc, weight, ho, wo)
         return nchw(y)
 
-    def _backward_stride1(self, xc: Array, dy: Array) -> Array:
+    def _backward_stride1(self, xc: Array, weight: Array, dy: Array) -> Array:
         """Both gradients of a stride-1 conv from the columns of dy alone (no im2col of x).
 
         dcols = im2col(dy) with "full" padding (qh, qw) has rows (o, i, j). The input gradient is the
@@ -119,12 +122,12 @@ class Conv2d(Module):
         og, cg = o // g, c // g
         qh, qw = geo.flipped_padding()
         flip = ConvGeometry(kh, kw, 1, 1, qh, qw, geo.dh, geo.dw)
-        wt = self.weight.data.reshape(g, og, cg, kh, kw)[:, :, :, ::-1, ::-1].transpose(0, 2, 1, 3, 4)
+        wt = weight.reshape(g, og, cg, kh, kw)[:, :, :, ::-1, ::-1].transpose(0, 2, 1, 3, 4)
         wt = wt.reshape(g, cg, og * kh * kw)
         dx = xp.empty((c, h, w, n), dtype=dy.dtype)
         with runtime.padded(chwn(dy), qh, qw) as dypad:
             def work(run: list[Tile]) -> Array:                        # returns this run's dW part
-                gw = xp.zeros((g, og * kh * kw, cg), dtype=dy.dtype)
+                gw = xp.zeros((g, og * kh * kw, cg), dtype=self.weight.grad.dtype)
                 for t in run:
                     with runtime.workspace(xp, "dcols", cols_shape(o, flip, t, n), dy.dtype) as buf:
                         dcols_g = im2col(dypad, flip, t, buf).reshape(g, og * kh * kw, -1)
@@ -138,32 +141,34 @@ class Conv2d(Module):
         return nchw(dx)
 
     def backward(self, dy: Array) -> Array | None:
-        xc, ho, wo = self.saved()
+        xc, weight, ho, wo = self.saved()
         xp = get_array_module(dy)
+        if dy.dtype != xc.dtype:                                    # float32 into an autocast layer
+            dy = dy.astype(xc.dtype)
         c, h, w, n = xc.shape
         g, o, geo = self.groups, self.out_channels, self.geometry
         og, cg = o // g, c // g
         dyc = chwn(dy)                                              # (O, ho, wo, N)
         if self.bias is not None:
-            self.bias.grad += dyc.sum(axis=(1, 2, 3))
+            self.bias.grad += dyc.sum(axis=(1, 2, 3), dtype=self.bias.grad.dtype)
         if self.depthwise:
             ph, pw = self.padding
             with runtime.padded(xc, ph, pw) as xpad:
-                dw, dxpad = depthwise_backward(xpad, dyc, self.weight.data, geo, self.needs_input_grad)
+                dw, dxpad = depthwise_backward(xpad, dyc, weight, geo, self.needs_input_grad)
             self.weight.grad += dw
             return None if dxpad is None else nchw(dxpad[:, ph:ph + h, pw:pw + w])
         qh, qw = geo.flipped_padding()
         if self.needs_input_grad and self.stride == (1, 1) and qh >= 0 and qw >= 0:
-            return self._backward_stride1(xc, dy)
+            return self._backward_stride1(xc, weight, dy)
         # General case: dW from the columns of x; dx (if wanted) as the column gradient W^T @ dy,
         # scattered back into the padded input with col2im.
         ph, pw = self.padding
-        w2 = self.weight.data.reshape(g, og, -1)
+        w2 = weight.reshape(g, og, -1)
         k = cg * geo.taps
         dxpad = xp.zeros((c, h + 2 * ph, w + 2 * pw, n), dtype=dy.dtype) if self.needs_input_grad else None
         with runtime.padded(xc, ph, pw) as xpad:
             def work(run: list[Tile]) -> Array:                        # returns this run's dW part
-                gw = xp.zeros((g, og, k), dtype=dy.dtype)
+                gw = xp.zeros((g, og, k), dtype=self.weight.grad.dtype)
                 for t in run:
                     dy_g = t.of(dyc).reshape(g, og, -1)                   # (g, og, pixels*N)
                     shape = cols_shape(c, geo, t, n)

@@ -4,13 +4,14 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import Array, get_array_module
-from . import init
+from . import amp, init
 from .layout import chwn, nchw
 from .module import Module, Parameter
 
 
 class Linear(Module):
-    """y = x W^T + b with PyTorch's weight layout (out_features, in_features)."""
+    """y = x W^T + b with PyTorch's weight layout (out_features, in_features); in float16 under
+    ``amp.autocast`` (the weight gradient still accumulates into the float32 ``weight.grad``)."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True,
                  rng: np.random.Generator | None = None, dtype: type = init.DEFAULT_DTYPE):
@@ -27,18 +28,21 @@ class Linear(Module):
     def forward(self, x: Array) -> Array:
         if x.ndim != 2 or x.shape[1] != self.in_features:
             raise ValueError(f"{self.label} expects input (N, {self.in_features}), got shape {tuple(x.shape)}")
-        y = x @ self.weight.data.T
+        x, weight = amp.lower(x), amp.lower(self.weight.data)
+        y = x @ weight.T
         if self.bias is not None:
             y += self.bias.data
-        self.save_for_backward(x)
+        self.save_for_backward(x, weight)
         return y
 
     def backward(self, dy: Array) -> Array:
-        x, = self.saved()
+        x, weight = self.saved()
+        if dy.dtype != x.dtype:                     # the loss's float32 gradient into an autocast layer
+            dy = dy.astype(x.dtype)
         self.weight.grad += dy.T @ x
         if self.bias is not None:
-            self.bias.grad += dy.sum(axis=0)
-        return dy @ self.weight.data
+            self.bias.grad += dy.sum(axis=0, dtype=self.bias.grad.dtype)
+        return dy @ weight
 
 
 class Flatten(Module):

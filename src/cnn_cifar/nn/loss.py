@@ -10,6 +10,7 @@ class SoftmaxCrossEntropy(Module):
 
     Like PyTorch's CrossEntropyLoss with ``label_smoothing``: the target distribution is (1 - eps) on the
     label plus eps/K everywhere. The gradient is computed and kept only when gradients are enabled.
+    Float16 logits (mixed precision) are upcast: the loss and its gradient are float32.
     """
 
     def __init__(self, label_smoothing: float = 0.0):
@@ -30,6 +31,8 @@ class SoftmaxCrossEntropy(Module):
             raise ValueError(f"SoftmaxCrossEntropy expects logits (N, K) and targets (N,), got "
                              f"{tuple(logits.shape)} and {tuple(targets.shape)}")
         n, k = logits.shape
+        if logits.dtype.itemsize < 4:
+            logits = logits.astype(xp.float32)
         z = logits - logits.max(axis=1, keepdims=True)
         ez = xp.exp(z)
         s = ez.sum(axis=1, keepdims=True)

@@ -9,7 +9,12 @@ from .module import Module, Parameter, grad_enabled
 
 
 class _BatchNorm(Module):
-    """Shared core: normalises a (C, M) matrix of channels by columns."""
+    """Shared core: normalises a (C, M) matrix of channels by columns.
+
+    Under mixed precision a float16 input is widened to the parameters' float32 for the statistics and the
+    normalisation, and the output narrowed back to float16 (as PyTorch's autocast runs batch norm); backward
+    does the same with the gradient.
+    """
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1,
                  dtype: type = init.DEFAULT_DTYPE):
@@ -26,6 +31,16 @@ class _BatchNorm(Module):
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
+
+    def _widen(self, x: Array) -> Array:
+        """``x`` in the parameters' dtype where it is narrower (float16 under autocast)."""
+        wide = self.weight.data.dtype
+        return x if x.dtype.itemsize >= wide.itemsize else x.astype(wide)
+
+    @staticmethod
+    def _narrow(y: Array, like: Array) -> Array:
+        """``y`` back in the dtype of ``like`` (the forward input, or the gradient backward was given)."""
+        return y if y.dtype == like.dtype else y.astype(like.dtype)
 
     def _forward_rows(self, x2: Array) -> Array:
         """x2: (C, M) -> normalised (C, M); channel chunks run in parallel for large host arrays."""
@@ -161,13 +176,14 @@ class BatchNorm2d(_BatchNorm):
     def forward(self, x: Array) -> Array:
         check_4d(self, x, self.num_features)
         n, c, h, w = x.shape
-        y = self._forward_rows(rows(x))
-        return nchw(y.reshape(c, h, w, n))
+        y = self._forward_rows(rows(self._widen(x)))
+        return self._narrow(nchw(y.reshape(c, h, w, n)), x)
 
     def backward(self, dy: Array) -> Array:
         saved = self.saved()
         n, c, h, w = dy.shape
-        return nchw(self._backward_rows(rows(dy), saved).reshape(c, h, w, n))
+        dx = self._backward_rows(rows(self._widen(dy)), saved)
+        return self._narrow(nchw(dx.reshape(c, h, w, n)), dy)
 
 
 class BatchNorm1d(_BatchNorm):
@@ -176,7 +192,7 @@ class BatchNorm1d(_BatchNorm):
     def forward(self, x: Array) -> Array:
         if x.ndim != 2 or x.shape[1] != self.num_features:
             raise ValueError(f"{self.label} expects input (N, {self.num_features}), got shape {tuple(x.shape)}")
-        return self._forward_rows(x.T).T
+        return self._narrow(self._forward_rows(self._widen(x).T).T, x)
 
     def backward(self, dy: Array) -> Array:
-        return self._backward_rows(dy.T, self.saved()).T
+        return self._narrow(self._backward_rows(self._widen(dy).T, self.saved()).T, dy)

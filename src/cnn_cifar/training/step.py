@@ -1,12 +1,15 @@
 """One training step, the same for the trainer and the benchmarks."""
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from ..backend import Array
-from ..nn import Module, SoftmaxCrossEntropy
-from ..optim import Optimizer, clip_grad_norm_
+from ..nn import Module, SoftmaxCrossEntropy, autocast
+from ..optim import GradScaler, Optimizer, clip_grad_norm_
 
 if TYPE_CHECKING:
     from ..distributed import DataParallel
@@ -18,31 +21,46 @@ class NonFiniteLoss(RuntimeError):
 
 def train_step(model: Module, criterion: SoftmaxCrossEntropy, optimizer: Optimizer, x: Array,
                y: Array, clip_grad_norm: float | None = None, parallel: "DataParallel | None" = None,
-               stop_signum: int | None = None) -> tuple[float, Array]:
+               stop_signum: int | None = None, scaler: GradScaler | None = None) -> tuple[float, Array]:
     """zero_grad, forward, loss, backward, [clip the gradients' global L2 norm to ``clip_grad_norm``],
     update; returns (loss, logits).
 
     A non-finite loss (or gradient norm, when clipping) raises NonFiniteLoss before the update, so the
     parameters are left as they were.
 
+    With an enabled ``scaler`` (mixed precision) the forward runs under ``autocast``, the loss gradient is
+    scaled before backward and the gradients unscaled (and checked) before clipping; a step whose gradients
+    overflowed is skipped and the scale backed off, as with PyTorch's GradScaler (no error: overflow is
+    how the scale finds its level).
+
     With ``parallel`` (a distributed.DataParallel; ``x``, ``y`` this rank's shard) the loss returned is the
     global batch's, agreed by all ranks with their pending stop requests (``stop_signum``: this rank's) before
     backward, so every rank raises or carries on together; the gradients are averaged over ranks before
     clipping and the update.
     """
+    amp = scaler is not None and scaler.enabled
     optimizer.zero_grad()
-    logits = model(x)
+    with autocast(amp):
+        logits = model(x)
     loss = criterion(logits, y)
     if parallel is not None:
         loss = parallel.agree(loss, logits, y, stop_signum)
     if not math.isfinite(loss):
         raise NonFiniteLoss(f"loss became {loss}")
-    model.backward(criterion.backward())
+    dlogits = criterion.backward()
+    # Under loss scaling float16 overflow is an expected event (the step is skipped): no NumPy warnings.
+    with np.errstate(over="ignore", invalid="ignore") if amp else contextlib.nullcontext():
+        model.backward(scaler.scale(dlogits) if amp else dlogits)
     if parallel is not None:
         parallel.sync_gradients()
-    if clip_grad_norm:
+    overflow = scaler.unscale_(optimizer) if amp else False
+    if clip_grad_norm and not overflow:
         norm = clip_grad_norm_(optimizer.params, clip_grad_norm)
         if not math.isfinite(norm):
             raise NonFiniteLoss(f"gradient norm became {norm}")
-    optimizer.step()
+    if amp:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
     return loss, logits

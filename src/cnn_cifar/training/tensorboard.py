@@ -23,7 +23,8 @@ def tensorboard_available() -> bool:
 
 class TensorBoardLogger(Hook):
     """Per epoch: train/test loss and accuracy, lr, dropout and seconds at step = epoch number. Every
-    ``every`` optimizer steps (0: never): the batch loss and the lr at step = optimizer steps so far. A
+    ``every`` optimizer steps (0: never): the batch loss and the lr at step = optimizer steps so far, and
+    under mixed precision the loss scale and the count of skipped (overflowed) steps. A
     resumed run purges what a stopped run wrote after the point it resumes from, so nothing is logged twice.
     """
 
@@ -48,6 +49,9 @@ class TensorBoardLogger(Hook):
         if self.every and step % self.every == 0:
             self.writer.add_scalar("step/loss", loss, step)
             self.writer.add_scalar("step/lr", trainer.optimizer.lr, step)
+            if trainer.scaler is not None:
+                self.writer.add_scalar("step/loss_scale", trainer.scaler.get_scale(), step)
+                self.writer.add_scalar("step/skipped_steps", trainer.scaler.skipped, step)
 
     def train_end(self, trainer: "Trainer") -> None:
         if self.writer is not None:

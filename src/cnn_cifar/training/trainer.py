@@ -12,7 +12,7 @@ import numpy as np
 
 from .. import nn
 from ..data import BatchLoader
-from ..optim import DropoutSchedule, LRSchedule, Optimizer, ReduceLROnPlateau
+from ..optim import DropoutSchedule, GradScaler, LRSchedule, Optimizer, ReduceLROnPlateau
 from ..distributed.comm import SingleProcess
 from .checkpoint import Checkpoint, save_checkpoint
 from .ema import ModelEMA
@@ -42,6 +42,9 @@ class Trainer:
     as the checkpoints' weights (so <model>_best.pkl holds the best average); the training weights and the
     average's step count go in ``optimizer["ema"]`` for ``restore``.
 
+    With an enabled ``scaler`` (a GradScaler: mixed precision) the steps and the evaluation run under
+    ``nn.autocast``; the loss scale and its growth counter are saved in ``optimizer["grad_scaler"]``.
+
     With ``parallel`` (a distributed.DataParallel; the train loader gives this rank's shard of each global
     batch, the test loader this rank's part of the test set) every rank runs the loop in step: losses,
     counts, evaluation and stop requests are agreed over ranks, so all ranks take the same decisions; only
@@ -55,7 +58,7 @@ class Trainer:
                  log_path: str | Path | None = None, run_info: dict | None = None, quiet: bool = False,
                  hooks: list[Hook] | None = None, stop: StopFlag | None = None,
                  clip_grad_norm: float | None = None, ema: ModelEMA | None = None,
-                 parallel: DataParallel | None = None):
+                 parallel: DataParallel | None = None, scaler: GradScaler | None = None):
         self.model, self.model_name, self.optimizer = model, model_name, optimizer
         self.lr_schedule, self.dropout_schedule, self.criterion = lr_schedule, dropout_schedule, criterion
         self.train_loader, self.test_loader, self.num_classes = train_loader, test_loader, num_classes
@@ -65,6 +68,7 @@ class Trainer:
         self.hooks: list[Hook] = ([] if quiet else [ProgressBar()]) + [
             SaveCheckpoints(), WriteHistory(), LogLine(log_path)] + list(hooks or [])
         self.clip_grad_norm, self.ema = clip_grad_norm, ema
+        self.scaler = scaler if scaler is not None and scaler.enabled else None
         if ema is not None:
             self.hooks.insert(0, ema)               # averaged right after each step
         self.parallel = parallel
@@ -102,6 +106,8 @@ class Trainer:
         if self.ema is not None:                   # the evaluated weights are the average's
             optimizer["ema"] = {**self.ema.state_dict(), "training_weights": weights}
             weights = self.ema.weights()
+        if self.scaler is not None:
+            optimizer["grad_scaler"] = self.scaler.state_dict()
         return Checkpoint(
             model=self.model_name, state_dict=weights, epoch=self.epoch, step=self.step,
             model_config=dict(getattr(self.model, "config", {})), optimizer=optimizer,
@@ -125,6 +131,8 @@ class Trainer:
                 self.ema.reset()                    # averaging starts now, from the restored weights
         if ck.optimizer is not None:
             self.optimizer.load_state_dict(ck.optimizer)
+            if self.scaler is not None and ck.optimizer.get("grad_scaler"):
+                self.scaler.load_state_dict(ck.optimizer["grad_scaler"])
         self.epoch, self.step = ck.epoch, ck.step
         self.history = list(ck.history)
         self.best_accuracy = ck.best_accuracy
@@ -219,7 +227,8 @@ class Trainer:
                 self.optimizer.lr = lr
                 try:
                     loss, logits = train_step(self.model, self.criterion, self.optimizer, x, y,
-                                              self.clip_grad_norm, self.parallel, self._pending_signal())
+                                              self.clip_grad_norm, self.parallel, self._pending_signal(),
+                                              self.scaler)
                 except NonFiniteLoss as exc:
                     raise NonFiniteLoss(f"{exc} at epoch {epoch + 1}, step {self.step + 1}; training stopped "
                                         f"(checkpoints in {self.checkpoint_dir} left as they were)") from None
@@ -247,7 +256,8 @@ class Trainer:
     def _end_epoch(self, lr: float) -> None:
         """Evaluate, count the epoch, and run the end-of-epoch hooks."""
         t1 = time.perf_counter()
-        with self.ema.swapped() if self.ema is not None else contextlib.nullcontext():
+        with self.ema.swapped() if self.ema is not None else contextlib.nullcontext(), \
+                nn.autocast(self.scaler is not None):
             ev = evaluate(self.model, self.test_loader, self.criterion, self.num_classes,
                           progress=not self.quiet and self.comm.is_main, desc="test",
                           stop=self.stop if self.comm.size == 1 else None, comm=self.comm)
