@@ -3,9 +3,12 @@
 
     uv run python benchmarks/bench_models.py                       # ours only
     uv run python benchmarks/bench_models.py --compare-torch        # ours vs PyTorch, alternating
+    python3 benchmarks/bench_models.py --backend cupy --device cuda --compare-torch --amp   # mixed precision
 
 A training step is forward + loss + backward + SGD update on random float32 data; inference is
-eval mode without caching for backward. Each (framework, model) runs in its own subprocess so peak
+eval mode without caching for backward. With --amp both sides train under autocast with a GradScaler
+(ours: nn.autocast + optim.GradScaler; PyTorch: torch.autocast + torch.amp.GradScaler) and infer under
+autocast; it is meant for GPUs (float16 on a CPU is emulated). Each (framework, model) runs in its own subprocess so peak
 RSS is per run; with --compare-torch the runs alternate ours/PyTorch for --rounds rounds and the
 medians and their ratio are printed. PyTorch is never a dependency of the project: point
 --torch-python at an interpreter that has it (default: bench-venv/bin/python if present).
@@ -55,12 +58,13 @@ def _time_it(fn, warmup: int, repeats: int, sync=lambda: None) -> float:
     return statistics.median(times)
 
 
-def worker_ours(model_name: str, batch: int, eval_batch: int, warmup: int, repeats: int, backend_name: str) -> dict:
+def worker_ours(model_name: str, batch: int, eval_batch: int, warmup: int, repeats: int, backend_name: str,
+                amp: bool = False) -> dict:
     sys.path.insert(0, str(ROOT / "src"))
     import numpy as np
     from cnn_cifar import backend, nn, runtime
     from cnn_cifar.models import build_model
-    from cnn_cifar.optim import SGD
+    from cnn_cifar.optim import SGD, GradScaler
     from cnn_cifar.training import train_step as one_step
 
     backend.set_backend(backend_name)
@@ -74,11 +78,13 @@ def worker_ours(model_name: str, batch: int, eval_batch: int, warmup: int, repea
     y = backend.to_device(rng.integers(0, 10, batch))
     xe = backend.to_device(rng.standard_normal((eval_batch, 3, 32, 32)).astype(np.float32))
 
+    scaler = GradScaler(enabled=amp)
+
     def train_step():
-        one_step(model, crit, opt, x, y)
+        one_step(model, crit, opt, x, y, scaler=scaler)
 
     def infer():
-        with nn.no_grad():
+        with nn.no_grad(), nn.autocast(amp):
             model(xe)
 
     model.train()
@@ -89,13 +95,13 @@ def worker_ours(model_name: str, batch: int, eval_batch: int, warmup: int, repea
     gpu_mib = None
     if backend.name == "cupy":                    # what CuPy's memory pool holds after the runs
         gpu_mib = backend.xp.get_default_memory_pool().total_bytes() / 2 ** 20
-    return {"framework": "ours", "backend": backend.describe(), "blas": _blas_info(),
+    return {"framework": "ours", "backend": backend.describe() + (", amp" if amp else ""), "blas": _blas_info(),
             "train_ips": batch / t_train, "infer_ips": eval_batch / t_inf, "peak_rss_mib": _peak_rss_mib(),
             "gpu_mib": gpu_mib}
 
 
 def worker_torch(model_name: str, batch: int, eval_batch: int, warmup: int, repeats: int, threads: int,
-                 device: str = "cpu") -> dict:
+                 device: str = "cpu", amp: bool = False) -> dict:
     import torch
     import torch.nn as tnn
 
@@ -146,13 +152,18 @@ def worker_torch(model_name: str, batch: int, eval_batch: int, warmup: int, repe
     xe = torch.randn(eval_batch, 3, 32, 32, device=device)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
+    scaler = torch.amp.GradScaler(device, enabled=amp)
+
     def train_step():
         opt.zero_grad()
-        crit(model(x), y).backward()
-        opt.step()
+        with torch.autocast(device, dtype=torch.float16, enabled=amp):
+            loss = crit(model(x), y)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
 
     def infer():
-        with torch.no_grad():
+        with torch.no_grad(), torch.autocast(device, dtype=torch.float16, enabled=amp):
             model(xe)
 
     model.train()
@@ -161,7 +172,7 @@ def worker_torch(model_name: str, batch: int, eval_batch: int, warmup: int, repe
     t_inf = _time_it(infer, max(1, warmup // 2), max(3, repeats // 2), sync)
     where = (f"CUDA on {torch.cuda.get_device_name()}, cuDNN {torch.backends.cudnn.version()}" if device == "cuda"
              else f"CPU, {torch.get_num_threads()} threads")
-    return {"framework": "torch", "backend": f"torch {torch.__version__} {where}",
+    return {"framework": "torch", "backend": f"torch {torch.__version__} {where}" + (", amp" if amp else ""),
             "blas": "cuBLAS/cuDNN" if device == "cuda" else "oneDNN/MKL (torch)", "train_ips": batch / t_train,
             "infer_ips": eval_batch / t_inf, "peak_rss_mib": _peak_rss_mib(),
             "gpu_mib": torch.cuda.max_memory_reserved() / 2 ** 20 if device == "cuda" else None}
@@ -171,7 +182,8 @@ def worker_torch(model_name: str, batch: int, eval_batch: int, warmup: int, repe
 def _run_worker(python: str, fw: str, model: str, args) -> dict:
     cmd = [python, __file__, "--worker", fw, "--models", model, "--batch", str(args.batch_for(model)),
            "--eval-batch", str(args.eval_batch), "--warmup", str(args.warmup), "--repeats", str(args.repeats),
-           "--backend", args.backend, "--threads", str(args.threads), "--device", args.device]
+           "--backend", args.backend, "--threads", str(args.threads), "--device", args.device] + (
+        ["--amp"] if args.amp else [])
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode != 0:
         raise SystemExit(f"benchmark worker failed ({fw}, {model}):\n{out.stderr.strip()[-2000:]}")
@@ -192,6 +204,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--compare-torch", action="store_true")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where PyTorch runs")
     ap.add_argument("--torch-python", default=None, help="interpreter with torch (default: bench-venv/bin/python)")
+    ap.add_argument("--amp", action="store_true", help="mixed precision on both sides (for GPUs)")
     ap.add_argument("--json", default=None, help="also write all measurements here")
     ap.add_argument("--worker", choices=["ours", "torch"], help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -200,7 +213,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.worker:
         m = args.models[0]
         fn = worker_ours if args.worker == "ours" else worker_torch
-        extra = (args.backend,) if args.worker == "ours" else (args.threads, args.device)
+        extra = (args.backend, args.amp) if args.worker == "ours" else (args.threads, args.device, args.amp)
         res = fn(m, args.batch_for(m), args.eval_batch, args.warmup, args.repeats, *extra)
         res.update(model=m, batch=args.batch_for(m), eval_batch=args.eval_batch)
         print(json.dumps(res))

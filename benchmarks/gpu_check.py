@@ -6,7 +6,8 @@
 1. The environment: GPU, CuPy, CUDA, PyTorch.
 2. The test suite's CuPy half under real CuPy (``pytest -k cupy``).
 3. Throughput side by side: ours on CuPy against PyTorch eager with cuDNN on the same GPU, same models,
-   batches and dtype (float32), training and inference, with the GPU memory each holds.
+   batches and dtype (float32, then mixed precision: autocast + GradScaler on both sides), training and
+   inference, with the GPU memory each holds.
 4. A ResNet-32 training run of the default recipe on the full data copy for a fixed time budget (stopped
    with SIGTERM, which saves the position), with its epochs and best test accuracy.
 
@@ -69,15 +70,15 @@ def suite(smoke: bool) -> list[str]:
 
 
 def throughput(smoke: bool) -> list[str]:
-    rows = ["| model, batch | ours train img/s | torch train img/s | ratio | ours infer img/s | torch infer img/s "
+    rows = ["| model, batch, precision | ours train img/s | torch train img/s | ratio | ours infer img/s | torch infer img/s "
             "| ratio | ours GPU MiB | torch GPU MiB |", "|---|---|---|---|---|---|---|---|---|"]
-    for model, batch in (("cnn", 64), ("resnet32", 128)):
+    for model, batch, amp in (("cnn", 64, False), ("resnet32", 128, False), ("resnet32", 128, True)):
         res = {}
         for fw, extra in (("ours", ["--backend", "numpy" if smoke else "cupy"]),
                           ("torch", ["--device", "cpu" if smoke else "cuda"])):
             cmd = [sys.executable, "benchmarks/bench_models.py", "--worker", fw, "--models", model, "--batch",
                    str(8 if smoke else batch), "--eval-batch", str(16 if smoke else 500), "--warmup",
-                   "1" if smoke else "5", "--repeats", "2" if smoke else "20", *extra]
+                   "1" if smoke else "5", "--repeats", "2" if smoke else "20", *extra, *(["--amp"] if amp else [])]
             p = sh(cmd, timeout=1800)
             if p.returncode:
                 return rows + [f"- {fw} {model} failed: `{p.stderr.strip()[-500:]}`"]
@@ -86,7 +87,7 @@ def throughput(smoke: bool) -> list[str]:
 
         def mib(v):
             return "-" if v is None else f"{v:,.0f}"
-        rows.append(f"| {model}, {o['batch']} | {o['train_ips']:,.0f} | {t['train_ips']:,.0f} | "
+        rows.append(f"| {model}, {o['batch']}, {'amp' if amp else 'float32'} | {o['train_ips']:,.0f} | {t['train_ips']:,.0f} | "
                     f"{o['train_ips'] / t['train_ips']:.2f}x | {o['infer_ips']:,.0f} | {t['infer_ips']:,.0f} | "
                     f"{o['infer_ips'] / t['infer_ips']:.2f}x | {mib(o.get('gpu_mib'))} | {mib(t.get('gpu_mib'))} |")
         rows.append(f"<!-- {model}: ours {o['backend']}; torch {t['backend']} -->")
