@@ -85,6 +85,12 @@ MUTATIONS = [
     ("the loss scale not saved with the checkpoint", "src/cnn_cifar/training/trainer.py",
      '            optimizer["grad_scaler"] = self.scaler.state_dict()', '            pass',
      "tests/test_amp.py -k train_cli_amp"),
+    ("a sign flipped in batch norm's fused GPU backward", "src/cnn_cifar/nn/kernels.py",
+     "scale * (dy - (dbeta + xhat * dgamma) * inv_m))", "scale * (dy - (dbeta - xhat * dgamma) * inv_m))",
+     "tests/test_gpu_path.py -k batchnorm_device"),
+    ("running variance not unbiased on the GPU", "src/cnn_cifar/nn/norm.py",
+     "self.momentum, m / (m - 1), self.running_mean", "self.momentum, 1.0, self.running_mean",
+     "tests/test_gpu_path.py -k batchnorm_device"),
 ]
 results = []
 for what, path, old, new, tests in MUTATIONS:

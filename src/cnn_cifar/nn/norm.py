@@ -1,9 +1,11 @@
 """Batch normalisation (PyTorch semantics: batch statistics in training, running ones in eval)."""
 from __future__ import annotations
 
+import numpy as np
+
 from .. import backend, runtime
 from ..backend import Array, get_array_module
-from . import init
+from . import init, kernels
 from .layout import check_4d, nchw, rows
 from .module import Module, Parameter, grad_enabled
 
@@ -49,6 +51,9 @@ class _BatchNorm(Module):
         weight, bias = self.weight.data, self.bias.data
         y = xp.empty((c, m), dtype=x2.dtype)
         keep = grad_enabled()
+        if not self.training and not keep and xp is not np:        # GPU inference: one pass
+            return kernels.bn_eval(x2, self.running_mean[:, None], self.running_var[:, None], weight[:, None],
+                                   bias[:, None], self.eps)
         if not self.training:
             invstd = 1.0 / xp.sqrt(self.running_var + self.eps)
             scale = weight * invstd
@@ -70,6 +75,8 @@ class _BatchNorm(Module):
         if m < 2:
             raise ValueError(f"{self.label}: training needs more than one value per channel, "
                              f"got input rows of shape {tuple(x2.shape)}")
+        if xp is not np:
+            return self._forward_device(x2)
         xhat = xp.empty((c, m), dtype=x2.dtype)    # kept for backward; also the normalised values here
         mean = xp.empty(c, dtype=x2.dtype)
         var = xp.empty(c, dtype=x2.dtype)
@@ -87,6 +94,18 @@ class _BatchNorm(Module):
         runtime.by_channel(apply_train, x2)
         self._track(mean, var, m)
         self.save_for_backward(xhat, invstd, True)
+        return y
+
+    def _forward_device(self, x2: Array) -> Array:
+        """The training forward on a GPU in five launches (mean, squared deviations, variance and invstd,
+        normalise-and-scale, running statistics) instead of a dozen: see kernels.py."""
+        c, m = x2.shape
+        mean = x2.mean(axis=1, keepdims=True)                                        # (C, 1)
+        var, invstd = kernels.bn_invstd(kernels.bn_sqdev_sum(x2, mean, axis=1, keepdims=True), 1.0 / m, self.eps)
+        xhat, y = kernels.bn_forward(x2, mean, invstd, self.weight.data[:, None], self.bias.data[:, None])
+        kernels.bn_track(mean[:, 0], var[:, 0], self.momentum, m / (m - 1), self.running_mean, self.running_var)
+        self.num_batches_tracked += 1
+        self.save_for_backward(xhat, invstd[:, 0], True)
         return y
 
     def _track(self, mean: Array, var: Array, count) -> None:
@@ -125,6 +144,13 @@ class _BatchNorm(Module):
         scale = self.weight.data * invstd
         if isinstance(training, tuple):                  # synchronised statistics: (group, global count)
             return self._backward_synced(dy2, xhat, scale, *training)
+        if training and xp is not np:                    # GPU: two reductions and one fused pass
+            dbeta = dy2.sum(axis=1, keepdims=True)
+            dgamma = kernels.bn_dot_sum(dy2, xhat, axis=1, keepdims=True)
+            dx = kernels.bn_backward(dy2, xhat, scale[:, None], dbeta, dgamma, 1.0 / m)
+            self.weight.grad += dgamma[:, 0]
+            self.bias.grad += dbeta[:, 0]
+            return dx
         dx = xp.empty((c, m), dtype=dy2.dtype)
         dbeta = xp.empty(c, dtype=dy2.dtype)
         dgamma = xp.empty(c, dtype=dy2.dtype)

@@ -20,7 +20,10 @@ pointers (``ndarray.data.ptr``), so the library's NCCL communicator runs under `
 It counts device operations (``counters['ops']``), bytes written (``'bytes'``) and host synchronisations
 (``'syncs'``); ``reset_counters()`` zeroes them.
 
-What it cannot catch: CUDA compilation or kernel bodies, numerical differences of cuBLAS/cuRAND, speed,
+``ElementwiseKernel`` and ``ReductionKernel`` run the NumPy reference the library keeps beside each kernel's
+CUDA source (``cnn_cifar.nn.kernels.REFERENCES``, by kernel name), as one counted operation.
+
+What it cannot catch: CUDA compilation or kernel bodies (that a body computes what its reference does), numerical differences of cuBLAS/cuRAND, speed,
 memory use and asynchrony, NCCL itself, and two places where it follows NumPy instead of CuPy: out-of-range integer
 indices raise (CuPy wraps them around) and float-to-int casts of out-of-range values.
 """
@@ -347,6 +350,72 @@ def get_array_module(*args):
         if isinstance(a, ndarray):
             return _this
     return _np
+
+
+def _params(spec: str) -> list[str]:
+    return [p.split()[-1] for p in spec.split(",") if p.strip()]
+
+
+def _reference(name):
+    """The NumPy reference the library keeps beside a kernel's CUDA source (cnn_cifar.nn.kernels)."""
+    from cnn_cifar.nn.kernels import REFERENCES
+    if name not in REFERENCES:
+        raise NotImplementedError(f"the stand-in has no NumPy reference for kernel {name!r}: add one where the "
+                                  f"kernel is defined (cnn_cifar/nn/kernels.py)")
+    return REFERENCES[name]
+
+
+def _kernel_arg(x):
+    if isinstance(x, _np.ndarray):
+        raise _unsupported(x)
+    return _in(x)
+
+
+class ElementwiseKernel:
+    """cupy.ElementwiseKernel: here the kernel's NumPy reference runs instead of its CUDA body, as one
+    counted operation. Inputs broadcast; outputs may be passed after the inputs (written in place, and
+    their current values given to the reference, as a CUDA body may read them) or are allocated."""
+
+    def __init__(self, in_params, out_params, operation, name="kernel", **kwargs):
+        self.ins, self.outs, self.operation, self.name = _params(in_params), _params(out_params), operation, name
+
+    def __call__(self, *args, size=None, block_size=None):
+        if len(args) not in (len(self.ins), len(self.ins) + len(self.outs)):
+            raise TypeError(f"{self.name}: wrong number of arguments ({len(args)})")
+        vals = [_kernel_arg(a) for a in args]
+        res = _reference(self.name)(*vals)
+        res = res if isinstance(res, tuple) else (res,)
+        given = args[len(self.ins):]
+        out = []
+        for i, r in enumerate(res):
+            r = _np.asarray(r)
+            if given:
+                given[i]._a[...] = r
+                out.append(given[i])
+            else:
+                dt = _np.result_type(*[v for v in vals if isinstance(v, _np.ndarray)])
+                out.append(ndarray._wrap(_np.ascontiguousarray(r.astype(dt, copy=False))))
+        _op(out[0]._a)
+        return out[0] if len(out) == 1 else tuple(out)
+
+
+class ReductionKernel:
+    """cupy.ReductionKernel: the kernel's NumPy reference, given ``axis`` and ``keepdims``, as one operation."""
+
+    def __init__(self, in_params, out_params, map_expr, reduce_expr, post_map_expr, identity, name="reduce_kernel",
+                 **kwargs):
+        self.ins, self.name = _params(in_params), name
+
+    def __call__(self, *args, axis=None, keepdims=False, out=None):
+        vals = [_kernel_arg(a) for a in args]
+        r = _np.asarray(_reference(self.name)(*vals, axis=axis, keepdims=keepdims))
+        dt = _np.result_type(*[v for v in vals if isinstance(v, _np.ndarray)])
+        r = ndarray._wrap(_np.ascontiguousarray(r.astype(dt, copy=False)))
+        _op(r._a)
+        if out is not None:
+            out._a[...] = r._a
+            return out
+        return r
 
 
 def fuse(*args, **kwargs):
