@@ -91,6 +91,12 @@ MUTATIONS = [
     ("running variance not unbiased on the GPU", "src/cnn_cifar/nn/norm.py",
      "self.momentum, m / (m - 1), self.running_mean", "self.momentum, 1.0, self.running_mean",
      "tests/test_gpu_path.py -k batchnorm_device"),
+    ("overlapping columns overwritten, not summed, in the GPU col2im", "src/cnn_cifar/nn/kernels.py",
+     "        acc[:, hs, ws] += c6[:, i, j]", "        acc[:, hs, ws] = c6[:, i, j]",
+     "tests/test_layers_gradcheck.py -k cupy"),
+    ("dilation ignored by the GPU im2col", "src/cnn_cifar/nn/kernels.py",
+     "    g = ConvGeometry(kh, kw, sh, sw, ph, pw, dh, dw)", "    g = ConvGeometry(kh, kw, sh, sw, ph, pw, 1, 1)",
+     "tests/test_layers_gradcheck.py tests/test_layers_reference.py -k cupy"),
 ]
 results = []
 for what, path, old, new, tests in MUTATIONS:

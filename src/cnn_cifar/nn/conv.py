@@ -5,7 +5,7 @@ import numpy as np
 
 from .. import runtime
 from ..backend import Array, get_array_module
-from . import amp, init
+from . import amp, init, kernels
 from .depthwise import depthwise_backward, depthwise_forward
 from .im2col import ConvGeometry, Tile, col2im_add, cols_shape, im2col, tiles
 from .layout import check_4d, chwn, chwn_contiguous, nchw
@@ -29,6 +29,8 @@ class Conv2d(Module):
     Stride-1 backward takes both gradients from one column matrix of dy (see _backward_stride1);
     strided backward rebuilds the columns of x for dW and scatters the column gradient with col2im.
     A depthwise conv (groups == in == out channels) takes the fast path of depthwise.py instead.
+    On a GPU the column matrix is built whole by one kernel and the input gradient gathered by another
+    (kernels.im2col_gpu / col2im_gpu): a handful of launches per direction instead of kh*kw copies.
     Under ``amp.autocast`` input and weight are cast to float16 and the output is float16; the weight
     gradient is accumulated into the float32 ``weight.grad``.
     """
@@ -90,6 +92,10 @@ class Conv2d(Module):
         xc = chwn_contiguous(x)              # a loader's NCHW images are transposed here, once
         c, n = xc.shape[0], xc.shape[3]
         g, o, geo = self.groups, self.out_channels, self.geometry
+        if not runtime.is_host(xc) and not self.depthwise:
+            y = self._forward_device(xc, weight, ho, wo)
+            self.save_for_backward(xc, weight, ho, wo)
+            return nchw(y)
         with runtime.padded(xc, *self.padding) as xpad:
             if self.depthwise:
                 y = depthwise_forward(xpad, weight, geo, ho, wo)
@@ -107,6 +113,50 @@ class Conv2d(Module):
             y += self.bias.data[:, None, None, None]
         self.save_for_backward(xc, weight, ho, wo)
         return nchw(y)
+
+    def _geometry_args(self, xc: Array, ho: int, wo: int) -> tuple[int, ...]:
+        c, h, w, n = xc.shape
+        g = self.geometry
+        return (h, w, n, ho, wo, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, g.dh, g.dw)
+
+    def _cols_device(self, xc: Array, ho: int, wo: int) -> Array:
+        """The whole (C*kh*kw, Ho*Wo*N) column matrix of contiguous xc, in one kernel."""
+        xp = get_array_module(xc)
+        cols = xp.empty((xc.shape[0] * self.geometry.taps, ho * wo * xc.shape[3]), dtype=xc.dtype)
+        return kernels.im2col_gpu(xc, *self._geometry_args(xc, ho, wo), cols)
+
+    def _forward_device(self, xc: Array, weight: Array, ho: int, wo: int) -> Array:
+        """y (O, Ho, Wo, N): one im2col kernel and one matrix multiply (2-D when groups == 1), plus the bias."""
+        xp = get_array_module(xc)
+        g, o, n = self.groups, self.out_channels, xc.shape[3]
+        cols = self._cols_device(xc, ho, wo)
+        if g == 1:
+            y = xp.matmul(weight.reshape(o, -1), cols)
+        else:
+            y = xp.matmul(weight.reshape(g, o // g, -1), cols.reshape(g, -1, cols.shape[1]))
+        y = y.reshape(o, ho, wo, n)
+        if self.bias is not None:
+            y += self.bias.data[:, None, None, None]
+        return y
+
+    def _backward_device(self, xc: Array, weight: Array, dyc: Array, ho: int, wo: int) -> Array | None:
+        """Both gradients from the recomputed columns of x: dW = dy cols^T, dx = col2im(W^T dy)."""
+        xp = get_array_module(dyc)
+        g, o = self.groups, self.out_channels
+        cols = self._cols_device(xc, ho, wo)
+        dy2 = xp.ascontiguousarray(dyc).reshape(o, -1)
+        if g == 1:
+            self.weight.grad += xp.matmul(dy2, cols.T).reshape(self.weight.grad.shape)
+            dcols = xp.matmul(weight.reshape(o, -1).T, dy2) if self.needs_input_grad else None
+        else:
+            dy3, cols3 = dy2.reshape(g, o // g, -1), cols.reshape(g, -1, cols.shape[1])
+            self.weight.grad += xp.matmul(dy3, cols3.transpose(0, 2, 1)).reshape(self.weight.grad.shape)
+            dcols = (xp.matmul(weight.reshape(g, o // g, -1).transpose(0, 2, 1), dy3).reshape(cols.shape)
+                     if self.needs_input_grad else None)
+        if dcols is None:
+            return None
+        dx = xp.empty(xc.shape, dtype=dcols.dtype)
+        return nchw(kernels.col2im_gpu(dcols, *self._geometry_args(xc, ho, wo), dx))
 
     def _backward_stride1(self, xc: Array, weight: Array, dy: Array) -> Array:
         """Both gradients of a stride-1 conv from the columns of dy alone (no im2col of x).
@@ -151,6 +201,8 @@ class Conv2d(Module):
         dyc = chwn(dy)                                              # (O, ho, wo, N)
         if self.bias is not None:
             self.bias.grad += dyc.sum(axis=(1, 2, 3), dtype=self.bias.grad.dtype)
+        if not runtime.is_host(xc) and not self.depthwise:
+            return self._backward_device(xc, weight, dyc, ho, wo)
         if self.depthwise:
             ph, pw = self.padding
             with runtime.padded(xc, ph, pw) as xpad:

@@ -95,3 +95,83 @@ bn_eval = elementwise(
     "T x, T rmean, T rvar, T w, T b, T eps", "T y", "y = (x - rmean) * rsqrt(rvar + eps) * w + b", "cnn_bn_eval",
     lambda x, rmean, rvar, w, b, eps: (x - rmean) / np.sqrt(rvar + eps) * w + b)
 """Inference with the running statistics, in one pass."""
+
+
+# ------------------------------------------------------------------------------------------ im2col / col2im
+# On a GPU a convolution builds its whole column matrix in one launch, reading the unpadded (C, H, W, N) input
+# with the padding applied by a bounds check (no padded copy), instead of kh*kw strided copies; the input
+# gradient gathers each pixel's column entries in one launch (no zero fill, no scatter-add, no atomics).
+
+_GEOMETRY = ("int32 H, int32 W, int32 N, int32 Ho, int32 Wo, int32 KH, int32 KW, int32 SH, int32 SW, "
+             "int32 PH, int32 PW, int32 DH, int32 DW")
+
+
+def _taps(c, h, w, n, ho, wo, kh, kw, sh, sw, ph, pw, dh, dw):
+    """(padded shape, [(i, j, rows slice, cols slice)]) of the taps: the reference's shared geometry."""
+    from .im2col import ConvGeometry
+    g = ConvGeometry(kh, kw, sh, sw, ph, pw, dh, dw)
+    return (c, h + 2 * ph, w + 2 * pw, n), [(i, j, *g.window(i, j, ho, wo)) for i in range(kh) for j in range(kw)]
+
+
+def _im2col_reference(x, h, w, n, ho, wo, kh, kw, sh, sw, ph, pw, dh, dw, cols):
+    c = x.shape[0]
+    padded, taps = _taps(c, h, w, n, ho, wo, kh, kw, sh, sw, ph, pw, dh, dw)
+    xpad = np.zeros(padded, dtype=x.dtype)
+    xpad[:, ph:ph + h, pw:pw + w] = x.reshape(c, h, w, n)
+    out = np.empty((c, kh, kw, ho, wo, n), dtype=x.dtype)
+    for i, j, hs, ws in taps:
+        out[:, i, j] = xpad[:, hs, ws]
+    return out.reshape(cols.shape)
+
+
+def _col2im_reference(cols, h, w, n, ho, wo, kh, kw, sh, sw, ph, pw, dh, dw, dx):
+    c = dx.shape[0]
+    padded, taps = _taps(c, h, w, n, ho, wo, kh, kw, sh, sw, ph, pw, dh, dw)
+    acc = np.zeros(padded, dtype=cols.dtype)
+    c6 = cols.reshape(c, kh, kw, ho, wo, n)
+    for i, j, hs, ws in taps:
+        acc[:, hs, ws] += c6[:, i, j]
+    return acc[:, ph:ph + h, pw:pw + w].reshape(dx.shape)
+
+
+im2col_gpu = elementwise(
+    "raw T x, " + _GEOMETRY, "T cols",
+    """
+    ptrdiff_t t = i;
+    const int n = t % N; t /= N;
+    const int xo = t % Wo; t /= Wo;
+    const int yo = t % Ho; t /= Ho;
+    const int kj = t % KW; t /= KW;
+    const int ki = t % KH;
+    const ptrdiff_t c = t / KH;
+    const int yy = yo * SH + ki * DH - PH;
+    const int xx = xo * SW + kj * DW - PW;
+    cols = (yy >= 0 && yy < H && xx >= 0 && xx < W) ? x[((c * H + yy) * W + xx) * N + n] : (T)0;
+    """, "cnn_im2col", _im2col_reference)
+"""cols (C*kh*kw, Ho*Wo*N), rows (c, i, j), columns (y, x, n), from the contiguous unpadded x (C, H, W, N)."""
+
+col2im_gpu = elementwise(
+    "raw T cols, " + _GEOMETRY, "T dx",
+    """
+    ptrdiff_t t = i;
+    const int n = t % N; t /= N;
+    const int xx = t % W; t /= W;
+    const int yy = t % H;
+    const ptrdiff_t c = t / H;
+    T acc = 0;
+    for (int ki = 0; ki < KH; ++ki) {
+        const int ynum = yy + PH - ki * DH;
+        if (ynum < 0 || ynum % SH != 0) continue;
+        const int yo = ynum / SH;
+        if (yo >= Ho) continue;
+        for (int kj = 0; kj < KW; ++kj) {
+            const int xnum = xx + PW - kj * DW;
+            if (xnum < 0 || xnum % SW != 0) continue;
+            const int xo = xnum / SW;
+            if (xo >= Wo) continue;
+            acc += cols[((((c * KH + ki) * KW + kj) * Ho + yo) * Wo + xo) * N + n];
+        }
+    }
+    dx = acc;
+    """, "cnn_col2im", _col2im_reference)
+"""dx (C, H, W, N): each input pixel's sum of the column entries that read it (im2col's adjoint), gathered."""
