@@ -175,3 +175,10 @@ col2im_gpu = elementwise(
     dx = acc;
     """, "cnn_col2im", _col2im_reference)
 """dx (C, H, W, N): each input pixel's sum of the column entries that read it (im2col's adjoint), gathered."""
+
+
+# ------------------------------------------------------------------------------------------ activations
+relu_backward = elementwise(
+    "T dy, T y", "T dx", "dx = y > (T)0 ? dy : (T)0", "cnn_relu_backward",
+    lambda dy, y: np.where(y > 0, dy, 0).astype(dy.dtype))
+"""ReLU's input gradient from its output: one pass instead of a comparison and a multiply."""
