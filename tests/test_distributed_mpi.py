@@ -147,3 +147,20 @@ def test_on_the_cupy_backend_ranks_reduce_over_nccl_and_match_one_rank(cifar_roo
     assert two.returncode == 0, two.stderr
     assert "distributed: 2 ranks over NCCL" in two.stdout
     assert_same_run(tmp_path / "one" / "cnn_last.pkl", tmp_path / "two" / "cnn_last.pkl")
+
+
+def test_mixed_precision_on_two_ranks_matches_one_rank(cifar_root, tmp_path):
+    """--amp with --distributed --sync-bn on the CuPy backend: the ranks unscale the all-reduced gradients and
+    take the same skip-or-step decisions, so two ranks train what one rank trains (to float16's rounding of
+    differently ordered sums) and keep the same loss scale."""
+    env = _gpu_env()
+    args = train_args(cifar_root, "one", 1) + ["--backend", "cupy", "--amp"]
+    one = run_cli("train", *args, cwd=tmp_path, env=env)
+    assert one.returncode == 0, one.stderr
+    args = train_args(cifar_root, "two", 1) + ["--backend", "cupy", "--amp", "--distributed", "--sync-bn"]
+    two = subprocess.run([str(MPIRUN), "-n", "2", sys.executable, str(SRC / "train_cli.py"), *args], cwd=tmp_path,
+                         env=env, capture_output=True, text=True, timeout=180)
+    assert two.returncode == 0, two.stderr
+    assert_same_run(tmp_path / "one" / "cnn_last.pkl", tmp_path / "two" / "cnn_last.pkl", rtol=2e-2)
+    a, b = (load_checkpoint(tmp_path / d / "cnn_last.pkl").optimizer["grad_scaler"] for d in ("one", "two"))
+    assert a == b
