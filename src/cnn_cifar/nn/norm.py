@@ -1,8 +1,6 @@
 """Batch normalisation (PyTorch semantics: batch statistics in training, running ones in eval)."""
 from __future__ import annotations
 
-import numpy as np
-
 from .. import backend, runtime
 from ..backend import Array, get_array_module
 from . import init, kernels
@@ -51,7 +49,7 @@ class _BatchNorm(Module):
         weight, bias = self.weight.data, self.bias.data
         y = xp.empty((c, m), dtype=x2.dtype)
         keep = grad_enabled()
-        if not self.training and not keep and xp is not np:        # GPU inference: one pass
+        if not self.training and not keep and not runtime.is_host(x2):        # GPU inference: one pass
             return kernels.bn_eval(x2, self.running_mean[:, None], self.running_var[:, None], weight[:, None],
                                    bias[:, None], self.eps)
         if not self.training:
@@ -75,7 +73,7 @@ class _BatchNorm(Module):
         if m < 2:
             raise ValueError(f"{self.label}: training needs more than one value per channel, "
                              f"got input rows of shape {tuple(x2.shape)}")
-        if xp is not np:
+        if not runtime.is_host(x2):
             return self._forward_device(x2)
         xhat = xp.empty((c, m), dtype=x2.dtype)    # kept for backward; also the normalised values here
         mean = xp.empty(c, dtype=x2.dtype)
@@ -144,7 +142,7 @@ class _BatchNorm(Module):
         scale = self.weight.data * invstd
         if isinstance(training, tuple):                  # synchronised statistics: (group, global count)
             return self._backward_synced(dy2, xhat, scale, *training)
-        if training and xp is not np:                    # GPU: two reductions and one fused pass
+        if training and not runtime.is_host(dy2):                    # GPU: two reductions and one fused pass
             dbeta = dy2.sum(axis=1, keepdims=True)
             dgamma = kernels.bn_dot_sum(dy2, xhat, axis=1, keepdims=True)
             dx = kernels.bn_backward(dy2, xhat, scale[:, None], dbeta, dgamma, 1.0 / m)
