@@ -100,6 +100,9 @@ MUTATIONS = [
     ("ReLU's GPU backward passing the gradient where the output is 0", "src/cnn_cifar/nn/kernels.py",
      "lambda dy, y: np.where(y > 0, dy, 0)", "lambda dy, y: np.where(y >= 0, dy, 0)",
      "tests/test_layers_gradcheck.py -k cupy"),
+    ("Nesterov ignored by the GPU SGD update", "src/cnn_cifar/nn/kernels.py",
+     "return p - lr * (d + mu * v if nesterov else v), v", "return p - lr * v, v",
+     "tests/test_gpu_path.py -k optimizer_device"),
 ]
 results = []
 for what, path, old, new, tests in MUTATIONS:
