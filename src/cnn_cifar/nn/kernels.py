@@ -10,7 +10,9 @@ the two agree. NumPy arrays never reach these kernels: the layers keep their own
 Adding one: ``elementwise(in_params, out_params, operation, name, reference)`` or ``reduction(...)`` with
 CuPy's argument conventions (``T`` is the dtype of the arrays, float32 in training and float64 in the
 gradient checks); the reference takes the same inputs as NumPy arrays (and, for reductions, ``axis``) and
-returns the outputs. Names start with ``cnn_`` and are unique: the stand-in finds references by name.
+returns the outputs. Names start with ``cnn_`` and are unique: the stand-in finds references by name. In the
+CUDA bodies ``i`` is the element index and, as CuPy reserves them, no variable is named ``n``, ``i`` or
+``_...`` (nor ``a``/``b`` in a reduction's map expression).
 """
 from __future__ import annotations
 
@@ -138,7 +140,7 @@ im2col_gpu = elementwise(
     "raw T x, " + _GEOMETRY, "T cols",
     """
     ptrdiff_t t = i;
-    const int n = t % N; t /= N;
+    const int smp = t % N; t /= N;
     const int xo = t % Wo; t /= Wo;
     const int yo = t % Ho; t /= Ho;
     const int kj = t % KW; t /= KW;
@@ -146,7 +148,7 @@ im2col_gpu = elementwise(
     const ptrdiff_t c = t / KH;
     const int yy = yo * SH + ki * DH - PH;
     const int xx = xo * SW + kj * DW - PW;
-    cols = (yy >= 0 && yy < H && xx >= 0 && xx < W) ? x[((c * H + yy) * W + xx) * N + n] : (T)0;
+    cols = (yy >= 0 && yy < H && xx >= 0 && xx < W) ? x[((c * H + yy) * W + xx) * N + smp] : (T)0;
     """, "cnn_im2col", _im2col_reference)
 """cols (C*kh*kw, Ho*Wo*N), rows (c, i, j), columns (y, x, n), from the contiguous unpadded x (C, H, W, N)."""
 
@@ -154,7 +156,7 @@ col2im_gpu = elementwise(
     "raw T cols, " + _GEOMETRY, "T dx",
     """
     ptrdiff_t t = i;
-    const int n = t % N; t /= N;
+    const int smp = t % N; t /= N;
     const int xx = t % W; t /= W;
     const int yy = t % H;
     const ptrdiff_t c = t / H;
@@ -169,7 +171,7 @@ col2im_gpu = elementwise(
             if (xnum < 0 || xnum % SW != 0) continue;
             const int xo = xnum / SW;
             if (xo >= Wo) continue;
-            acc += cols[((((c * KH + ki) * KW + kj) * Ho + yo) * Wo + xo) * N + n];
+            acc += cols[((((c * KH + ki) * KW + kj) * Ho + yo) * Wo + xo) * N + smp];
         }
     }
     dx = acc;
