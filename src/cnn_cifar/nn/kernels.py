@@ -12,7 +12,8 @@ CuPy's argument conventions (``T`` is the dtype of the arrays, float32 in traini
 gradient checks); the reference takes the same inputs as NumPy arrays (and, for reductions, ``axis``) and
 returns the outputs. Names start with ``cnn_`` and are unique: the stand-in finds references by name. In the
 CUDA bodies ``i`` is the element index and, as CuPy reserves them, no variable is named ``n``, ``i`` or
-``_...`` (nor ``a``/``b`` in a reduction's map expression).
+``_...`` (nor ``a``/``b`` in a reduction's map expression), and constants of type ``T`` are written
+``(T)(0.0f)`` (a float converts to CuPy's float16 as to float and double; an int may not).
 """
 from __future__ import annotations
 
@@ -148,7 +149,7 @@ im2col_gpu = elementwise(
     const ptrdiff_t c = t / KH;
     const int yy = yo * SH + ki * DH - PH;
     const int xx = xo * SW + kj * DW - PW;
-    cols = (yy >= 0 && yy < H && xx >= 0 && xx < W) ? x[((c * H + yy) * W + xx) * N + smp] : (T)0;
+    cols = (yy >= 0 && yy < H && xx >= 0 && xx < W) ? x[((c * H + yy) * W + xx) * N + smp] : (T)(0.0f);
     """, "cnn_im2col", _im2col_reference)
 """cols (C*kh*kw, Ho*Wo*N), rows (c, i, j), columns (y, x, n), from the contiguous unpadded x (C, H, W, N)."""
 
@@ -160,7 +161,7 @@ col2im_gpu = elementwise(
     const int xx = t % W; t /= W;
     const int yy = t % H;
     const ptrdiff_t c = t / H;
-    T acc = 0;
+    T acc = (T)(0.0f);
     for (int ki = 0; ki < KH; ++ki) {
         const int ynum = yy + PH - ki * DH;
         if (ynum < 0 || ynum % SH != 0) continue;
@@ -181,7 +182,7 @@ col2im_gpu = elementwise(
 
 # ------------------------------------------------------------------------------------------ activations
 relu_backward = elementwise(
-    "T dy, T y", "T dx", "dx = y > (T)0 ? dy : (T)0", "cnn_relu_backward",
+    "T dy, T y", "T dx", "dx = y > (T)(0.0f) ? dy : (T)(0.0f)", "cnn_relu_backward",
     lambda dy, y: np.where(y > 0, dy, 0).astype(dy.dtype))
 """ReLU's input gradient from its output: one pass instead of a comparison and a multiply."""
 
