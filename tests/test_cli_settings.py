@@ -500,3 +500,10 @@ def test_help_shows_each_registered_recipe_value():
             "net-dilated: 0.01; senet: 0.2]") in text
     assert "initial rate [cnn: 0.6; resnet8/14/20/32/44/56/110/senet: 0.0; net-basic: 0.5; net-dilated/cifarnet: 0.05]" in text
     assert "parameters for 10 classes: cnn 232,314, resnet8 78,042" in text and "senet 330,794" in text
+
+
+def test_amp_is_a_recipe_setting_a_flag_can_turn_off():
+    assert resolve(parse("--model", "cifarnet"))["amp"] is True                  # 004's recipe trains with AMP
+    assert resolve(parse("--model", "cifarnet", "--no-amp"))["amp"] is False
+    assert resolve(parse("--model", "resnet32", "--amp"))["amp"] is True
+    assert resolve(parse("--model", "resnet32"))["amp"] is False
