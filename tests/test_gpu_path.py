@@ -230,3 +230,43 @@ def test_optimizer_device_kernels_equal_the_host_updates(case):
     for key, arrays in out["numpy"][1].items():
         for a, b in zip(arrays, out["cupy"][1][key]):
             np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.skipif(not STANDIN, reason="the stand-in counts synchronisations")
+def test_a_training_step_reads_the_device_once(cifar_root, tmp_path):
+    """In a training run on the GPU each step reads one value back (the loss, for the non-finite check
+    before the update); train accuracy is counted on the device and read at the epoch's end. The progress
+    bar reads it when it redraws, at most twice a second."""
+    from cnn_cifar import nn
+    from cnn_cifar.data import BatchLoader, load_dataset
+    from cnn_cifar.data.datasets import CIFAR10
+    from cnn_cifar.models import build_model
+    from cnn_cifar.optim import SGD, DropoutSchedule, LRSchedule
+    from cnn_cifar.training import Hook, Trainer
+
+    class Syncs(Hook):
+        def __init__(self):
+            self.at = []
+
+        def step_end(self, trainer, loss, batch):
+            self.at.append(cupy.counters["syncs"])
+
+    def run(name, hooks):
+        backend.set_backend(name)
+        try:
+            ds = load_dataset("cifar10", cifar_root, download=False)
+            model = build_model("cnn", seed=0, dropout=0.0)
+            train = BatchLoader(ds.x_train[:256], ds.y_train[:256], 32, CIFAR10.mean, CIFAR10.std, shuffle=True,
+                                rng=np.random.default_rng(0), drop_last=True, prefetch=False)
+            test = BatchLoader(ds.x_test[:64], ds.y_test[:64], 64, CIFAR10.mean, CIFAR10.std, prefetch=False)
+            trainer = Trainer(model, "cnn", SGD(model.parameters(), 0.01, 0.9), LRSchedule("none", 0.01, 1),
+                              DropoutSchedule("none", 0.0), nn.SoftmaxCrossEntropy(), train, test, 10,
+                              tmp_path / name, quiet=True, hooks=hooks)
+            return trainer.fit(1)[0]
+        finally:
+            backend.set_backend("numpy")
+
+    spy = Syncs()
+    gpu, cpu = run("cupy", [spy]), run("numpy", [])
+    assert np.diff(spy.at).tolist() == [1] * 7                          # 8 steps, one read each
+    assert gpu["train_acc"] == cpu["train_acc"] and 0 < gpu["train_acc"] < 1    # the device's count, read once

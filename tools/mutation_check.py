@@ -103,6 +103,8 @@ MUTATIONS = [
     ("Nesterov ignored by the GPU SGD update", "src/cnn_cifar/nn/kernels.py",
      "return p - lr * (d + mu * v if nesterov else v), v", "return p - lr * v, v",
      "tests/test_gpu_path.py -k optimizer_device"),
+    ("the device's count of correct predictions not read at the epoch's end", "src/cnn_cifar/training/trainer.py",
+     "        p = self.read_partial()\n", "        p = self.partial\n", "tests/test_gpu_path.py -k reads_the_device"),
 ]
 results = []
 for what, path, old, new, tests in MUTATIONS:

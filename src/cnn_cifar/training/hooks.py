@@ -48,20 +48,30 @@ class Hook:
 
 
 class ProgressBar(Hook):
-    """A tqdm bar per epoch with the running loss, accuracy and images per second."""
+    """A tqdm bar per epoch with the running loss, accuracy and images per second. The figures are
+    refreshed after the first step, then at most every ``every_s`` seconds and at the epoch's last step: on a
+    GPU reading the accuracy is a host synchronisation (``trainer.read_partial``), which a bar shown to a
+    person need not pay every step."""
 
-    def __init__(self) -> None:
+    def __init__(self, every_s: float = 0.5) -> None:
         self.bar: tqdm | None = None
+        self.every_s = every_s
+        self._shown = 0.0
 
     def epoch_start(self, trainer: "Trainer") -> None:
         self.bar = tqdm(total=len(trainer.train_loader), initial=trainer.step,
                         desc=f"epoch {trainer.epoch + 1}/{trainer.target_epochs}", unit="batch", leave=False,
                         dynamic_ncols=True)
         self.t0, self.seen0 = time.perf_counter(), trainer.partial["seen"]
+        self._shown = 0.0
 
     def step_end(self, trainer: "Trainer", loss: float, batch: int) -> None:
-        p = trainer.partial
         self.bar.update(1)
+        now = time.perf_counter()
+        if self._shown and now - self._shown < self.every_s and self.bar.n < self.bar.total:
+            return
+        self._shown = now
+        p = trainer.read_partial()
         self.bar.set_postfix(loss=f"{p['loss_sum'] / p['seen']:.4f}", acc=f"{100 * p['correct'] / p['seen']:.2f}%",
                              img_s=f"{(p['seen'] - self.seen0) / max(time.perf_counter() - self.t0, 1e-9):.0f}",
                              refresh=False)

@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .. import nn
+from .. import nn, runtime
+from ..backend import to_numpy
 from ..data import BatchLoader
 from ..optim import DropoutSchedule, GradScaler, LRSchedule, Optimizer, ReduceLROnPlateau
 from ..distributed.comm import SingleProcess
@@ -19,7 +20,7 @@ from .ema import ModelEMA
 from .evaluation import evaluate
 from .hooks import Hook, LogLine, ProgressBar, SaveCheckpoints, WriteHistory
 from .interrupt import StopFlag, TrainingInterrupted
-from .mixing import correct_count
+from .mixing import correct_count, hard_labels
 from .step import NonFiniteLoss, train_step
 
 if TYPE_CHECKING:
@@ -85,11 +86,20 @@ class Trainer:
         self.dropout_p = dropout_schedule.rate
         self.epoch_rng_state: dict | None = None
         self.partial = self._fresh_partial()
+        self._correct_pending = None   # on a GPU: correct predictions counted on the device, not yet read
         self._t0 = 0.0                 # when the current epoch's steps started (for its seconds)
 
     @staticmethod
     def _fresh_partial() -> dict:
         return {"loss_sum": 0.0, "correct": 0, "seen": 0, "seconds": 0.0}
+
+    def read_partial(self) -> dict:
+        """The epoch's running sums (``partial``), with the correct predictions a GPU has counted since the
+        last read folded in: one host read, where reading every step would be one more per step."""
+        if self._correct_pending is not None:
+            self.partial["correct"] += int(to_numpy(self._correct_pending))
+            self._correct_pending = None
+        return self.partial
 
     # ----------------------------------------------------------------- checkpoints
     @property
@@ -113,7 +123,7 @@ class Trainer:
             model_config=dict(getattr(self.model, "config", {})), optimizer=optimizer,
             schedule={"lr": self.lr_schedule.to_dict(), "dropout": self.dropout_schedule.to_dict(),
                       "dropout_p": self.dropout_p},
-            partial=dict(self.partial), best_accuracy=self.best_accuracy, history=copy.deepcopy(self.history),
+            partial=dict(self.read_partial()), best_accuracy=self.best_accuracy, history=copy.deepcopy(self.history),
             rng={"data": self.train_loader.rng.bit_generator.state, "epoch_start": self.epoch_rng_state,
                  "dropout": nn.random.get_state()},
             args=dict(self.run_info.get("args", {})), dataset=self.run_info.get("dataset"),
@@ -141,6 +151,7 @@ class Trainer:
         if lr_state is not None and hasattr(self.lr_schedule, "load_state_dict"):
             self.lr_schedule.load_state_dict(lr_state)      # ReduceLROnPlateau: best, bad epochs, lr
         self.partial = dict(ck.partial or self._fresh_partial())
+        self._correct_pending = None
         if ck.rng.get("data") is not None:
             self.train_loader.rng.bit_generator.state = ck.rng["data"]
         self.epoch_rng_state = ck.rng.get("epoch_start")
@@ -203,7 +214,7 @@ class Trainer:
             self.dropout_p = self.dropout_schedule.next_rate(self.epoch, self.dropout_p, prev.get("train_acc"),
                                                              prev.get("test_acc"))
             self.epoch_rng_state = copy.deepcopy(rng.bit_generator.state)
-            self.partial = self._fresh_partial()
+            self.partial, self._correct_pending = self._fresh_partial(), None
         elif self.step < len(self.train_loader):
             # Resuming inside an epoch: replay the data stream from the epoch's start to this step. (Stopped
             # after the last step, in evaluation, the saved stream is already at the epoch's end.)
@@ -235,8 +246,14 @@ class Trainer:
                 self.step += 1
                 p = self.partial
                 if self.parallel is None:
-                    correct, seen = correct_count(logits, y), len(y)
-                    stop = self.stop.requested
+                    seen, stop = len(y), self.stop.requested
+                    if runtime.is_host(logits):
+                        correct = correct_count(logits, y)
+                    else:                                   # counted on the device, read when shown or saved
+                        hits = (logits.argmax(axis=1) == hard_labels(y)).sum()
+                        pending = self._correct_pending
+                        self._correct_pending = hits if pending is None else pending + hits
+                        correct = 0
                 else:                                       # the global batch's, agreed in the step
                     correct, seen = self.parallel.correct, self.parallel.seen
                     stop = self._agreed_stop(self.parallel.stop_signum)
@@ -263,7 +280,7 @@ class Trainer:
                           stop=self.stop if self.comm.size == 1 else None, comm=self.comm)
         if ev is None or (self.parallel is not None and self._stop_requested()):
             self._interrupt()
-        p = self.partial
+        p = self.read_partial()
         row = {"epoch": self.epoch + 1, "train_loss": p["loss_sum"] / max(p["seen"], 1),
                "train_acc": p["correct"] / max(p["seen"], 1), "test_loss": ev["loss"],
                "test_acc": ev["accuracy"], "lr": lr, "dropout": self.dropout_p,
