@@ -270,3 +270,34 @@ def test_a_training_step_reads_the_device_once(cifar_root, tmp_path):
     gpu, cpu = run("cupy", [spy]), run("numpy", [])
     assert np.diff(spy.at).tolist() == [1] * 7                          # 8 steps, one read each
     assert gpu["train_acc"] == cpu["train_acc"] and 0 < gpu["train_acc"] < 1    # the device's count, read once
+
+
+@pytest.mark.skipif(not STANDIN, reason="the stand-in counts synchronisations")
+def test_evaluation_reads_the_device_twice_and_equals_the_host(cifar_root):
+    """evaluate() on the GPU keeps its sums and predictions on the device and reads them back in two transfers
+    however many batches; loss, top-k, confusion matrix and predictions equal the NumPy backend's."""
+    from cnn_cifar import nn
+    from cnn_cifar.data import BatchLoader, load_dataset
+    from cnn_cifar.data.datasets import CIFAR10
+    from cnn_cifar.models import build_model
+    from cnn_cifar.training import evaluate
+
+    out, syncs = {}, None
+    for name in ("numpy", "cupy"):
+        backend.set_backend(name)
+        try:
+            ds = load_dataset("cifar10", cifar_root, download=False)
+            model = build_model("cnn", seed=0, dropout=0.0)
+            loader = BatchLoader(ds.x_test[:100], ds.y_test[:100], 16, CIFAR10.mean, CIFAR10.std, prefetch=False)
+            if name == "cupy":
+                cupy.reset_counters()
+            out[name] = evaluate(model, loader, nn.SoftmaxCrossEntropy(0.1), 10)
+            if name == "cupy":
+                syncs = cupy.counters["syncs"]
+        finally:
+            backend.set_backend("numpy")
+    assert syncs == 2                                             # 7 batches
+    a, b = out["numpy"], out["cupy"]
+    assert b["loss"] == pytest.approx(a["loss"], rel=1e-5) and b["accuracy"] == a["accuracy"] and b["n"] == 100
+    assert b["topk"] == a["topk"] and np.array_equal(b["confusion_matrix"], a["confusion_matrix"])
+    assert np.array_equal(b["y_pred"], a["y_pred"]) and np.array_equal(b["y_true"], a["y_true"])

@@ -48,7 +48,7 @@ MUTATIONS = [
     ("dropout keeps its mask under no_grad (save bypassing the rule)", "src/cnn_cifar/nn/dropout.py",
      "        self.save_for_backward(mask)\n", "        object.__setattr__(self, '_saved', (mask,))\n", "tests/test_structure.py -k no_grad"),
     ("np.asarray on a device array (CuPy path)", "src/cnn_cifar/training/evaluation.py",
-     "preds.append(backend.to_numpy(logits.argmax(axis=1)))", "preds.append(np.asarray(logits.argmax(axis=1)))",
+     "        sums = backend.to_numpy(device)\n", "        sums = np.asarray(device)\n",
      "tests/test_gpu_path.py -k test_cli_on_cupy"),
     ("a NumPy-only function on the CuPy path", "src/cnn_cifar/nn/loss.py",
      "logp = z - xp.log(s)", "logp = z - __import__('numpy').log(s)", "tests/test_layers_gradcheck.py -k softmax"),

@@ -26,6 +26,11 @@ class SoftmaxCrossEntropy(Module):
         return self.forward(logits, targets)
 
     def forward(self, logits: Array, targets: Array) -> float:  # type: ignore[override]
+        return float(self.loss_array(logits, targets))
+
+    def loss_array(self, logits: Array, targets: Array) -> Array:
+        """The mean loss as a 0-d array on the logits' device (``forward`` without the host read), keeping
+        the gradient for ``backward`` as ``forward`` does."""
         xp = get_array_module(logits)
         if logits.ndim != 2 or targets.shape != (logits.shape[0],):
             raise ValueError(f"SoftmaxCrossEntropy expects logits (N, K) and targets (N,), got "
@@ -50,7 +55,7 @@ class SoftmaxCrossEntropy(Module):
             self.save_for_backward(grad)
         else:
             self.save_for_backward()
-        return float(loss.mean())
+        return loss.mean()
 
     def backward(self) -> Array:  # type: ignore[override]
         grad, = self.saved()

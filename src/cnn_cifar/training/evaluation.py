@@ -7,7 +7,7 @@ import os
 import numpy as np
 from tqdm.auto import tqdm
 
-from .. import backend, nn
+from .. import backend, nn, runtime
 from ..data import BatchLoader, load_dataset
 from . import metrics
 from .checkpoint import CheckpointError, load_checkpoint
@@ -19,7 +19,8 @@ def evaluate(model: nn.Module, loader: BatchLoader, criterion: nn.SoftmaxCrossEn
              ks: tuple[int, ...] = (1, 3, 5), progress: bool = False, desc: str = "eval",
              stop: StopFlag | None = None, comm=None) -> dict | None:
     """Eval-mode pass over a loader (BN running stats, no dropout): loss, accuracy, top-k and the confusion
-    matrix. Returns None if ``stop`` was set part-way.
+    matrix. Returns None if ``stop`` was set part-way. On a GPU the sums, predictions and labels stay on the
+    device until the last batch and are read back together (two host reads per evaluation, not six per batch).
 
     With ``comm`` (a Communicator; each rank's loader holds its own part of the test set) the sums are
     reduced over ranks, so every rank returns the figures of the whole set; ``y_true``/``y_pred`` stay
@@ -27,24 +28,40 @@ def evaluate(model: nn.Module, loader: BatchLoader, criterion: nn.SoftmaxCrossEn
     was_training = model.training
     model.eval()
     loss_sum, n = 0.0, 0
-    top = {k: 0 for k in ks}
+    top: dict = {k: 0 for k in ks}
     preds, labels = [], []
+    device = None                   # a GPU's running sums (loss, top-k), read back once at the end
     try:
         with nn.no_grad():
             for x, y in tqdm(loader, desc=desc, leave=False, disable=not progress, unit="batch"):
                 logits = model(x)
-                loss_sum += criterion(logits, y) * len(y)
                 n += len(y)
-                for k, c in metrics.topk_correct(logits, y, ks).items():
-                    top[k] += c
-                preds.append(backend.to_numpy(logits.argmax(axis=1)))
-                labels.append(backend.to_numpy(y))
+                batch_loss, hits = criterion.loss_array(logits, y), metrics.topk_hits(logits, y, ks)
+                if runtime.is_host(logits):
+                    loss_sum += float(batch_loss) * len(y)
+                    for k, c in hits.items():
+                        top[k] += int(c)
+                else:
+                    xp = backend.get_array_module(logits)
+                    row = xp.stack([batch_loss.astype(xp.float64) * len(y)]
+                                   + [hits[k].astype(xp.float64) for k in ks])
+                    device = row if device is None else device + row
+                preds.append(logits.argmax(axis=1))
+                labels.append(y)
                 if stop is not None and stop.requested:
                     return None
     finally:
         model.train(was_training)
-    y_true = np.concatenate(labels) if labels else np.zeros(0, np.int64)
-    y_pred = np.concatenate(preds) if preds else np.zeros(0, np.int64)
+    if device is not None:                             # two transfers: the sums, then predictions and labels
+        xp = backend.get_array_module(device)
+        sums = backend.to_numpy(device)
+        loss_sum, top = float(sums[0]), {k: int(v) for k, v in zip(ks, sums[1:])}
+        both = backend.to_numpy(xp.stack([xp.concatenate(preds).astype(xp.int64),
+                                          xp.concatenate(labels).astype(xp.int64)]))
+        y_pred, y_true = both[0], both[1]
+    else:
+        y_true = np.concatenate(labels).astype(np.int64) if labels else np.zeros(0, np.int64)
+        y_pred = np.concatenate(preds).astype(np.int64) if preds else np.zeros(0, np.int64)
     cm = metrics.confusion_matrix(y_true, y_pred, num_classes)
     if comm is not None and comm.size > 1:
         sums = np.concatenate([[loss_sum, n], [top[k] for k in ks], cm.ravel()]).astype(np.float64)

@@ -12,14 +12,20 @@ def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -
     return np.bincount(idx, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
 
 
-def topk_correct(logits: Array, y: Array, ks: tuple[int, ...] = (1, 3, 5)) -> dict[int, int]:
-    """How many samples have their label among the k highest logits, for each k (on any backend)."""
+def topk_hits(logits: Array, y: Array, ks: tuple[int, ...] = (1, 3, 5)) -> dict[int, Array]:
+    """How many samples have their label among the k highest logits, for each k, as 0-d arrays on the logits'
+    device (no host read)."""
     xp = get_array_module(logits)
     k_max = min(max(ks), logits.shape[1])
     # A stable sort ranks tied logits by class index, as argmax does, so top-1 equals accuracy on ties.
     top = (xp.argsort(-logits, axis=1, kind="stable") if xp is np else xp.argsort(-logits, axis=1))[:, :k_max]
     hit = top == y[:, None]
-    return {k: int(to_numpy(hit[:, :min(k, k_max)].any(axis=1).sum())) for k in ks}
+    return {k: hit[:, :min(k, k_max)].any(axis=1).sum() for k in ks}
+
+
+def topk_correct(logits: Array, y: Array, ks: tuple[int, ...] = (1, 3, 5)) -> dict[int, int]:
+    """``topk_hits`` read back as ints (on any backend)."""
+    return {k: int(to_numpy(v)) for k, v in topk_hits(logits, y, ks).items()}
 
 
 def _safe_div(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -48,6 +48,11 @@ class MixedCrossEntropy:
         self._grad = grad
         return lam * loss_a + (1.0 - lam) * loss_b
 
+    def loss_array(self, logits: Array, targets: Array) -> Array:
+        """The plain-label loss as a device array (evaluation; mixed batches go through ``__call__``)."""
+        self._grad = None
+        return self.base.loss_array(logits, targets)
+
     def backward(self) -> Array:
         if self._grad is None:
             return self.base.backward()
