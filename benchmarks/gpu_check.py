@@ -4,7 +4,8 @@
     PYTHONPATH=src python3 benchmarks/gpu_check.py --data data --out gpu_report.md [--budget-min 10]
 
 1. The environment: GPU, CuPy, CUDA, PyTorch.
-2. The test suite's CuPy half under real CuPy (``pytest -k cupy``).
+2. The test suite's CuPy half under real CuPy (``pytest -k "cupy or gpu_path"``: every CuPy case, and the
+   fused kernels' CUDA bodies against the host path).
 3. Throughput side by side: ours on CuPy against PyTorch eager with cuDNN on the same GPU, same models,
    batches and dtype (float32, then mixed precision: autocast + GradScaler on both sides), training and
    inference, with the GPU memory each holds.
@@ -56,7 +57,8 @@ def environment(smoke: bool) -> list[str]:
 
 
 def suite(smoke: bool) -> list[str]:
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "cupy", "-m", "not slow",
+    # every test with a CuPy case, and the whole of test_gpu_path.py (the kernels against the host path)
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "cupy or gpu_path", "-m", "not slow",
            "--continue-on-collection-errors", "tests"]
     if smoke:
         cmd[cmd.index("tests")] = "tests/test_gpu_path.py"
