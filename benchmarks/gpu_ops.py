@@ -39,9 +39,9 @@ def count(model_name: str = "resnet32", batch: int = 128, eval_batch: int = 500)
     y = backend.to_device(rng.integers(0, 10, batch))
     xe = backend.to_device(rng.standard_normal((eval_batch, 3, 32, 32)).astype(np.float32))
     model.train()
-    train_step(model, crit, opt, x, y)
+    train_step(model, crit, opt, x, y, defer=True)       # as the Trainer runs a step on a GPU
     cupy.reset_counters()
-    train_step(model, crit, opt, x, y)
+    train_step(model, crit, opt, x, y, defer=True)
     out = {"train": (cupy.counters["ops"], cupy.counters["syncs"])}
     model.eval()
     with nn.no_grad():

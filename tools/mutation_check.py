@@ -101,8 +101,11 @@ MUTATIONS = [
      "lambda dy, y: np.where(y > 0, dy, 0)", "lambda dy, y: np.where(y >= 0, dy, 0)",
      "tests/test_layers_gradcheck.py -k cupy"),
     ("Nesterov ignored by the GPU SGD update", "src/cnn_cifar/nn/kernels.py",
-     "return p - lr * (d + mu * v if nesterov else v), v", "return p - lr * v, v",
+     "p_new = p - lr * (d + mu * v_new if nesterov else v_new)", "p_new = p - lr * v_new",
      "tests/test_gpu_path.py -k optimizer_device"),
+    ("a non-finite loss's update not skipped on the GPU", "src/cnn_cifar/training/step.py",
+     "optimizer.step(only_if=get_array_module(loss_array).isfinite(loss_array))", "optimizer.step()",
+     "tests/test_gpu_path.py -k non_finite"),
     ("the device's count of correct predictions not read at the epoch's end", "src/cnn_cifar/training/trainer.py",
      "        p = self.read_partial()\n", "        p = self.partial\n", "tests/test_gpu_path.py -k reads_the_device"),
 ]

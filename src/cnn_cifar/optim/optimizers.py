@@ -78,13 +78,21 @@ class Optimizer:
         for g in self.groups:
             g.state = {k: None for k in self.STATE}
 
-    def step(self) -> None:
+    def step(self, only_if: Array | None = None) -> None:
+        """Update the parameters from their gradients. ``only_if``, a 0-d device bool array, makes the update
+        conditional on the device (no host read): where it is false the parameters and state stay as they
+        are. (The step count advances either way.)"""
         for g in self.groups:
             g.adopt_replaced()
-        self._update()
+        if only_if is not None and any(runtime.is_host(g.data) for g in self.groups):
+            if not bool(only_if):
+                self.steps += 1
+                return
+            only_if = None
+        self._update(only_if)
         self.steps += 1
 
-    def _update(self) -> None:
+    def _update(self, ok: Array | None = None) -> None:
         raise NotImplementedError
 
     def zero_grad(self) -> None:
@@ -156,13 +164,16 @@ class SGD(Optimizer):
     def _hyper(self) -> dict:
         return {"momentum": self.momentum, "nesterov": self.nesterov, "weight_decay": self.weight_decay}
 
-    def _update(self) -> None:
+    def _update(self, ok: Array | None = None) -> None:
         mu, wd, lr = self.momentum, self.weight_decay, self.lr
         for grp in self.groups:
-            if mu and not runtime.is_host(grp.data):            # GPU: one fused kernel
-                if grp.state["velocity"] is None:
-                    grp.state["velocity"] = get_array_module(grp.data).zeros_like(grp.data)
-                kernels.sgd_update(grp.grad, lr, mu, wd, self.nesterov, grp.data, grp.state["velocity"])
+            if not runtime.is_host(grp.data) and (mu or ok is not None):     # GPU: one fused kernel
+                v = grp.state["velocity"]
+                if v is None:
+                    v = get_array_module(grp.data).zeros_like(grp.data)
+                    if mu:
+                        grp.state["velocity"] = v
+                kernels.sgd_update(grp.grad, lr, mu, wd, self.nesterov, True if ok is None else ok, grp.data, v)
                 continue
             g = grp.grad
             if wd:
@@ -199,10 +210,10 @@ class Adam(Optimizer):
     def _hyper(self) -> dict:
         return {"betas": (self.beta1, self.beta2), "eps": self.eps, "weight_decay": self.weight_decay}
 
-    def _update(self) -> None:
-        self._adam_update(self.weight_decay)
+    def _update(self, ok: Array | None = None) -> None:
+        self._adam_update(self.weight_decay, ok=ok)
 
-    def _adam_update(self, l2: float, shrink: float = 1.0) -> None:
+    def _adam_update(self, l2: float, shrink: float = 1.0, ok: Array | None = None) -> None:
         """One Adam step with ``l2`` times the weights added to each gradient, after the weights are scaled by
         ``shrink`` (AdamW's decoupled decay; 1 for Adam)."""
         b1, b2, t = self.beta1, self.beta2, self.steps + 1
@@ -211,7 +222,8 @@ class Adam(Optimizer):
         for grp in self.groups:
             m, v = grp.state["m"], grp.state["v"]
             if not runtime.is_host(grp.data):                     # GPU: one fused kernel
-                kernels.adam_update(grp.grad, step_size, b1, b2, corr2, self.eps, l2, shrink, grp.data, m, v)
+                kernels.adam_update(grp.grad, step_size, b1, b2, corr2, self.eps, l2, shrink,
+                                    True if ok is None else ok, grp.data, m, v)
                 continue
             if shrink != 1.0:
                 grp.data *= shrink
@@ -234,8 +246,8 @@ class AdamW(Adam):
                  eps: float = 1e-8, weight_decay: float = 1e-2):
         super().__init__(params, lr, betas, eps, weight_decay)
 
-    def _update(self) -> None:
-        self._adam_update(0.0, 1.0 - self.lr * self.weight_decay)
+    def _update(self, ok: Array | None = None) -> None:
+        self._adam_update(0.0, 1.0 - self.lr * self.weight_decay, ok=ok)
 
 
 OPTIMIZERS = ("sgd", "adam", "adamw")

@@ -20,7 +20,8 @@ class Hook:
     """Called by the Trainer: ``fit_start`` once when ``fit`` begins (after any restore), ``epoch_start``
     before an epoch's first (or resumed) step, ``step_end`` after each step, ``train_end`` when the steps
     stop (normally or not), ``epoch_end`` with the epoch's history row once it is evaluated and counted,
-    ``fit_end`` when ``fit`` returns or raises (to release files). Each default does nothing. A hook ends
+    ``fit_end`` when ``fit`` returns or raises (to release files). Each default does nothing. ``step_end``'s
+    ``loss`` is a float, or on a GPU a 0-d device array (``float(loss)`` reads it: do so only when needed). A hook ends
     the run early with ``trainer.finish(reason)``.
 
     In data-parallel runs only rank 0 runs the hooks, except those with ``every_rank`` set: the ones that

@@ -36,22 +36,21 @@ class MixedCrossEntropy:
         return self.base.label_smoothing
 
     def __call__(self, logits: Array, targets: Array | MixedTargets) -> float:
+        return float(self.loss_array(logits, targets))
+
+    def loss_array(self, logits: Array, targets: Array | MixedTargets) -> Array:
+        """The loss as a 0-d array on the logits' device (no host read), keeping the gradient for backward."""
         if not isinstance(targets, MixedTargets):
             self._grad = None
-            return self.base(logits, targets)
+            return self.base.loss_array(logits, targets)
         lam, keep = float(targets.lam), grad_enabled()
-        loss_a = self.base(logits, targets.y_a)
+        loss_a = self.base.loss_array(logits, targets.y_a)
         grad = self.base.backward() * lam if keep else None
-        loss_b = self.base(logits, targets.y_b)
+        loss_b = self.base.loss_array(logits, targets.y_b)
         if keep:
             grad += (1.0 - lam) * self.base.backward()
         self._grad = grad
         return lam * loss_a + (1.0 - lam) * loss_b
-
-    def loss_array(self, logits: Array, targets: Array) -> Array:
-        """The plain-label loss as a device array (evaluation; mixed batches go through ``__call__``)."""
-        self._grad = None
-        return self.base.loss_array(logits, targets)
 
     def backward(self) -> Array:
         if self._grad is None:

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..backend import Array
+from ..backend import Array, get_array_module
 from ..nn import Module, SoftmaxCrossEntropy, autocast
 from ..optim import GradScaler, Optimizer, clip_grad_norm_
 
@@ -21,7 +21,8 @@ class NonFiniteLoss(RuntimeError):
 
 def train_step(model: Module, criterion: SoftmaxCrossEntropy, optimizer: Optimizer, x: Array,
                y: Array, clip_grad_norm: float | None = None, parallel: "DataParallel | None" = None,
-               stop_signum: int | None = None, scaler: GradScaler | None = None) -> tuple[float, Array]:
+               stop_signum: int | None = None, scaler: GradScaler | None = None,
+               defer: bool = False) -> tuple[float | Array, Array]:
     """zero_grad, forward, loss, backward, [clip the gradients' global L2 norm to ``clip_grad_norm``],
     update; returns (loss, logits).
 
@@ -37,11 +38,22 @@ def train_step(model: Module, criterion: SoftmaxCrossEntropy, optimizer: Optimiz
     global batch's, agreed by all ranks with their pending stop requests (``stop_signum``: this rank's) before
     backward, so every rank raises or carries on together; the gradients are averaged over ranks before
     clipping and the update.
+
+    With ``defer`` (a GPU, one process, no scaler, no clipping) nothing is read back: the loss is returned as
+    a 0-d device array, and a non-finite one skips the update on the device (``optimizer.step(only_if=...)``)
+    instead of raising; the caller checks the losses when it reads them (the Trainer does, every few steps).
     """
     amp = scaler is not None and scaler.enabled
     optimizer.zero_grad()
     with autocast(amp):
         logits = model(x)
+    if defer:
+        if amp or clip_grad_norm or parallel is not None:
+            raise ValueError("train_step(defer=True) is for one process without loss scaling or clipping")
+        loss_array = criterion.loss_array(logits, y)
+        model.backward(criterion.backward())
+        optimizer.step(only_if=get_array_module(loss_array).isfinite(loss_array))
+        return loss_array, logits
     loss = criterion(logits, y)
     if parallel is not None:
         loss = parallel.agree(loss, logits, y, stop_signum)

@@ -47,7 +47,7 @@ class TensorBoardLogger(Hook):
     def step_end(self, trainer: "Trainer", loss: float, batch: int) -> None:
         step = self._global_step(trainer)
         if self.every and step % self.every == 0:
-            self.writer.add_scalar("step/loss", loss, step)
+            self.writer.add_scalar("step/loss", float(loss), step)     # (a device array on a GPU: read here)
             self.writer.add_scalar("step/lr", trainer.optimizer.lr, step)
             if trainer.scaler is not None:
                 self.writer.add_scalar("step/loss_scale", trainer.scaler.get_scale(), step)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .. import nn, runtime
-from ..backend import to_numpy
+from ..backend import Array, get_array_module, to_numpy
 from ..data import BatchLoader
 from ..optim import DropoutSchedule, GradScaler, LRSchedule, Optimizer, ReduceLROnPlateau
 from ..distributed.comm import SingleProcess
@@ -69,6 +69,7 @@ class Trainer:
         self.hooks: list[Hook] = ([] if quiet else [ProgressBar()]) + [
             SaveCheckpoints(), WriteHistory(), LogLine(log_path)] + list(hooks or [])
         self.clip_grad_norm, self.ema = clip_grad_norm, ema
+        self.check_every = 50          # GPU steps between reads of the device's running figures (NaN check)
         self.scaler = scaler if scaler is not None and scaler.enabled else None
         if ema is not None:
             self.hooks.insert(0, ema)               # averaged right after each step
@@ -86,7 +87,11 @@ class Trainer:
         self.dropout_p = dropout_schedule.rate
         self.epoch_rng_state: dict | None = None
         self.partial = self._fresh_partial()
-        self._correct_pending = None   # on a GPU: correct predictions counted on the device, not yet read
+        # On a GPU the step's figures stay on the device until read (read_partial): correct predictions, the
+        # sum of the losses, and the first step whose loss was not finite (0: none).
+        self._correct_pending = None
+        self._loss_pending = None
+        self._bad_step = None
         self._t0 = 0.0                 # when the current epoch's steps started (for its seconds)
 
     @staticmethod
@@ -94,12 +99,37 @@ class Trainer:
         return {"loss_sum": 0.0, "correct": 0, "seen": 0, "seconds": 0.0}
 
     def read_partial(self) -> dict:
-        """The epoch's running sums (``partial``), with the correct predictions a GPU has counted since the
-        last read folded in: one host read, where reading every step would be one more per step."""
-        if self._correct_pending is not None:
-            self.partial["correct"] += int(to_numpy(self._correct_pending))
-            self._correct_pending = None
+        """The epoch's running sums (``partial``), with what a GPU has counted since the last read folded in:
+        one host read, where reading every step would stall the device every step. Raises NonFiniteLoss if a
+        step's loss was not finite (that step's update was skipped on the device)."""
+        pending = [v for v in (self._correct_pending, self._loss_pending, self._bad_step) if v is not None]
+        if not pending:
+            return self.partial
+        xp = get_array_module(pending[0])
+        zero = xp.zeros((), dtype=xp.float64)
+        vals = to_numpy(xp.stack([zero if v is None else v.astype(xp.float64)
+                                  for v in (self._correct_pending, self._loss_pending, self._bad_step)]))
+        self._correct_pending = self._loss_pending = self._bad_step = None
+        self.partial["correct"] += int(vals[0])
+        self.partial["loss_sum"] += float(vals[1])
+        if vals[2] > 0:
+            raise NonFiniteLoss(f"loss became non-finite (NaN or infinite) at epoch {self.epoch + 1}, step "
+                                f"{int(vals[2])}; training stopped (checkpoints in {self.checkpoint_dir} left as "
+                                f"they were)")
         return self.partial
+
+    def _count_on_device(self, loss: Array, logits: Array, y, seen: int) -> None:
+        """A GPU step's loss, correct predictions and finiteness, added up on the device (no host read)."""
+        xp = get_array_module(logits)
+        hits = (logits.argmax(axis=1) == hard_labels(y)).sum()
+        self._correct_pending = hits if self._correct_pending is None else self._correct_pending + hits
+        if loss is None:
+            return
+        finite = xp.isfinite(loss)
+        part = xp.where(finite, loss * seen, 0.0)
+        self._loss_pending = part if self._loss_pending is None else self._loss_pending + part
+        here = xp.where(finite, 0, self.step)
+        self._bad_step = here if self._bad_step is None else xp.where(self._bad_step > 0, self._bad_step, here)
 
     # ----------------------------------------------------------------- checkpoints
     @property
@@ -151,7 +181,7 @@ class Trainer:
         if lr_state is not None and hasattr(self.lr_schedule, "load_state_dict"):
             self.lr_schedule.load_state_dict(lr_state)      # ReduceLROnPlateau: best, bad epochs, lr
         self.partial = dict(ck.partial or self._fresh_partial())
-        self._correct_pending = None
+        self._correct_pending = self._loss_pending = self._bad_step = None
         if ck.rng.get("data") is not None:
             self.train_loader.rng.bit_generator.state = ck.rng["data"]
         self.epoch_rng_state = ck.rng.get("epoch_start")
@@ -214,7 +244,8 @@ class Trainer:
             self.dropout_p = self.dropout_schedule.next_rate(self.epoch, self.dropout_p, prev.get("train_acc"),
                                                              prev.get("test_acc"))
             self.epoch_rng_state = copy.deepcopy(rng.bit_generator.state)
-            self.partial, self._correct_pending = self._fresh_partial(), None
+            self.partial = self._fresh_partial()
+            self._correct_pending = self._loss_pending = self._bad_step = None
         elif self.step < len(self.train_loader):
             # Resuming inside an epoch: replay the data stream from the epoch's start to this step. (Stopped
             # after the last step, in evaluation, the saved stream is already at the epoch's end.)
@@ -232,14 +263,17 @@ class Trainer:
         for h in self.hooks:
             h.epoch_start(self)
         lr = self.optimizer.lr
+        # On a GPU, one process without loss scaling or clipping: no host read per step (train_step(defer)).
+        defer = self.parallel is None and self.scaler is None and not self.clip_grad_norm
         try:
             for x, y in batches:
                 lr = self.lr_schedule(epoch + (self.step + 1) / steps)
                 self.optimizer.lr = lr
+                on_device = not runtime.is_host(x)
                 try:
                     loss, logits = train_step(self.model, self.criterion, self.optimizer, x, y,
                                               self.clip_grad_norm, self.parallel, self._pending_signal(),
-                                              self.scaler)
+                                              self.scaler, defer=defer and on_device)
                 except NonFiniteLoss as exc:
                     raise NonFiniteLoss(f"{exc} at epoch {epoch + 1}, step {self.step + 1}; training stopped "
                                         f"(checkpoints in {self.checkpoint_dir} left as they were)") from None
@@ -247,21 +281,22 @@ class Trainer:
                 p = self.partial
                 if self.parallel is None:
                     seen, stop = len(y), self.stop.requested
-                    if runtime.is_host(logits):
+                    if not on_device:
                         correct = correct_count(logits, y)
                     else:                                   # counted on the device, read when shown or saved
-                        hits = (logits.argmax(axis=1) == hard_labels(y)).sum()
-                        pending = self._correct_pending
-                        self._correct_pending = hits if pending is None else pending + hits
+                        self._count_on_device(loss if defer else None, logits, y, seen)
                         correct = 0
                 else:                                       # the global batch's, agreed in the step
                     correct, seen = self.parallel.correct, self.parallel.seen
                     stop = self._agreed_stop(self.parallel.stop_signum)
-                p["loss_sum"] += loss * seen
+                if not (defer and on_device):
+                    p["loss_sum"] += loss * seen
                 p["correct"] += correct
                 p["seen"] += seen
                 for h in self.hooks:
                     h.step_end(self, loss, seen)
+                if defer and on_device and (self.step % self.check_every == 0 or self.step == steps):
+                    self.read_partial()                     # a non-finite loss stops the run here
                 if stop:
                     self.partial["seconds"] += time.perf_counter() - self._t0
                     self._interrupt()
