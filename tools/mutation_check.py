@@ -108,7 +108,7 @@ MUTATIONS = [
      "optimizer.step(only_if=get_array_module(loss_array).isfinite(loss_array))", "optimizer.step()",
      "tests/test_gpu_path.py -k non_finite"),
     ("the device's count of correct predictions dropped when read", "src/cnn_cifar/training/trainer.py",
-     '        self.partial["correct"] += int(vals[0])', '        self.partial["correct"] += 0',
+     '        self.partial["correct"] += int(vals["correct"])', '        self.partial["correct"] += 0',
      "tests/test_gpu_path.py -k read_nothing"),
 ]
 results = []

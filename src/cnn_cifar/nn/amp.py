@@ -51,6 +51,12 @@ def autocast_dtype() -> np.dtype | None:
     return _mode.dtype
 
 
+def like(a: Array, ref: Array) -> Array:
+    """``a`` in ``ref``'s dtype (a copy only where they differ): a gradient meeting the dtype its layer's
+    forward saved, or an output going back in the dtype its input came in."""
+    return a if a.dtype == ref.dtype else a.astype(ref.dtype)
+
+
 def lower(a: Array) -> Array:
     """``a`` in the autocast dtype when autocast is on and ``a`` is wider floating point; else ``a``."""
     dt = _mode.dtype

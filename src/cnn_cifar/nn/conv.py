@@ -193,8 +193,7 @@ class Conv2d(Module):
     def backward(self, dy: Array) -> Array | None:
         xc, weight, ho, wo = self.saved()
         xp = get_array_module(dy)
-        if dy.dtype != xc.dtype:                                    # float32 into an autocast layer
-            dy = dy.astype(xc.dtype)
+        dy = amp.like(dy, xc)                                       # float32 into an autocast layer
         c, h, w, n = xc.shape
         g, o, geo = self.groups, self.out_channels, self.geometry
         og, cg = o // g, c // g

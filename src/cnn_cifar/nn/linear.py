@@ -37,8 +37,7 @@ class Linear(Module):
 
     def backward(self, dy: Array) -> Array:
         x, weight = self.saved()
-        if dy.dtype != x.dtype:                     # the loss's float32 gradient into an autocast layer
-            dy = dy.astype(x.dtype)
+        dy = amp.like(dy, x)                        # the loss's float32 gradient into an autocast layer
         self.weight.grad += dy.T @ x
         if self.bias is not None:
             self.bias.grad += dy.sum(axis=0, dtype=self.bias.grad.dtype)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from .. import backend, runtime
 from ..backend import Array, get_array_module
-from . import init, kernels
+from . import amp, init, kernels
 from .layout import check_4d, nchw, rows
 from .module import Module, Parameter, grad_enabled
 
@@ -36,11 +36,6 @@ class _BatchNorm(Module):
         """``x`` in the parameters' dtype where it is narrower (float16 under autocast)."""
         wide = self.weight.data.dtype
         return x if x.dtype.itemsize >= wide.itemsize else x.astype(wide)
-
-    @staticmethod
-    def _narrow(y: Array, like: Array) -> Array:
-        """``y`` back in the dtype of ``like`` (the forward input, or the gradient backward was given)."""
-        return y if y.dtype == like.dtype else y.astype(like.dtype)
 
     def _forward_rows(self, x2: Array) -> Array:
         """x2: (C, M) -> normalised (C, M); channel chunks run in parallel for large host arrays."""
@@ -201,13 +196,13 @@ class BatchNorm2d(_BatchNorm):
         check_4d(self, x, self.num_features)
         n, c, h, w = x.shape
         y = self._forward_rows(rows(self._widen(x)))
-        return self._narrow(nchw(y.reshape(c, h, w, n)), x)
+        return amp.like(nchw(y.reshape(c, h, w, n)), x)
 
     def backward(self, dy: Array) -> Array:
         saved = self.saved()
         n, c, h, w = dy.shape
         dx = self._backward_rows(rows(self._widen(dy)), saved)
-        return self._narrow(nchw(dx.reshape(c, h, w, n)), dy)
+        return amp.like(nchw(dx.reshape(c, h, w, n)), dy)
 
 
 class BatchNorm1d(_BatchNorm):
@@ -216,7 +211,7 @@ class BatchNorm1d(_BatchNorm):
     def forward(self, x: Array) -> Array:
         if x.ndim != 2 or x.shape[1] != self.num_features:
             raise ValueError(f"{self.label} expects input (N, {self.num_features}), got shape {tuple(x.shape)}")
-        return self._narrow(self._forward_rows(self._widen(x).T).T, x)
+        return amp.like(self._forward_rows(self._widen(x).T).T, x)
 
     def backward(self, dy: Array) -> Array:
-        return self._narrow(self._backward_rows(self._widen(dy).T, self.saved()).T, dy)
+        return amp.like(self._backward_rows(self._widen(dy).T, self.saved()).T, dy)

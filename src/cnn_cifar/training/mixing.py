@@ -18,9 +18,15 @@ def hard_labels(y: Array | MixedTargets) -> Array:
     return y.dominant if isinstance(y, MixedTargets) else y
 
 
+def correct_hits(logits: Array, y: Array | MixedTargets) -> Array:
+    """How many rows of ``logits`` have their argmax at the (hard) label, as a 0-d array on the logits'
+    device (no host read): train accuracy's numerator."""
+    return (logits.argmax(axis=1) == hard_labels(y)).sum()
+
+
 def correct_count(logits: Array, y: Array | MixedTargets) -> int:
-    """How many rows of ``logits`` have their argmax at the (hard) label: train accuracy's numerator."""
-    return int(to_numpy((logits.argmax(axis=1) == hard_labels(y)).sum()))
+    """``correct_hits`` read back as an int."""
+    return int(to_numpy(correct_hits(logits, y)))
 
 
 class MixedCrossEntropy:

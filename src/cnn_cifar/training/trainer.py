@@ -20,7 +20,7 @@ from .ema import ModelEMA
 from .evaluation import evaluate
 from .hooks import Hook, LogLine, ProgressBar, SaveCheckpoints, WriteHistory
 from .interrupt import StopFlag, TrainingInterrupted
-from .mixing import correct_count, hard_labels
+from .mixing import correct_count, correct_hits
 from .step import NonFiniteLoss, train_step
 
 if TYPE_CHECKING:
@@ -87,11 +87,9 @@ class Trainer:
         self.dropout_p = dropout_schedule.rate
         self.epoch_rng_state: dict | None = None
         self.partial = self._fresh_partial()
-        # On a GPU the step's figures stay on the device until read (read_partial): correct predictions, the
-        # sum of the losses, and the first step whose loss was not finite (0: none).
-        self._correct_pending = None
-        self._loss_pending = None
-        self._bad_step = None
+        # On a GPU the step's figures stay on the device until read (read_partial): 0-d arrays under "correct"
+        # (predictions), "loss_sum" and "bad_step" (the first step whose loss was not finite; 0: none).
+        self._pending: dict[str, Array] = {}
         self._t0 = 0.0                 # when the current epoch's steps started (for its seconds)
 
     @staticmethod
@@ -102,34 +100,35 @@ class Trainer:
         """The epoch's running sums (``partial``), with what a GPU has counted since the last read folded in:
         one host read, where reading every step would stall the device every step. Raises NonFiniteLoss if a
         step's loss was not finite (that step's update was skipped on the device)."""
-        pending = [v for v in (self._correct_pending, self._loss_pending, self._bad_step) if v is not None]
-        if not pending:
+        if not self._pending:
             return self.partial
-        xp = get_array_module(pending[0])
-        zero = xp.zeros((), dtype=xp.float64)
-        vals = to_numpy(xp.stack([zero if v is None else v.astype(xp.float64)
-                                  for v in (self._correct_pending, self._loss_pending, self._bad_step)]))
-        self._correct_pending = self._loss_pending = self._bad_step = None
-        self.partial["correct"] += int(vals[0])
-        self.partial["loss_sum"] += float(vals[1])
-        if vals[2] > 0:
+        keys = list(self._pending)
+        xp = get_array_module(self._pending[keys[0]])
+        vals = dict(zip(keys, to_numpy(xp.stack([self._pending[k].astype(xp.float64) for k in keys]))))
+        self._pending = {}
+        self.partial["correct"] += int(vals["correct"])
+        self.partial["loss_sum"] += float(vals.get("loss_sum", 0.0))
+        if vals.get("bad_step", 0) > 0:
             raise NonFiniteLoss(f"loss became non-finite (NaN or infinite) at epoch {self.epoch + 1}, step "
-                                f"{int(vals[2])}; training stopped (checkpoints in {self.checkpoint_dir} left as "
-                                f"they were)")
+                                f"{int(vals['bad_step'])}; training stopped (checkpoints in {self.checkpoint_dir} "
+                                f"left as they were)")
         return self.partial
 
-    def _count_on_device(self, loss: Array, logits: Array, y, seen: int) -> None:
-        """A GPU step's loss, correct predictions and finiteness, added up on the device (no host read)."""
-        xp = get_array_module(logits)
-        hits = (logits.argmax(axis=1) == hard_labels(y)).sum()
-        self._correct_pending = hits if self._correct_pending is None else self._correct_pending + hits
+    def _add_pending(self, key: str, value: Array) -> None:
+        self._pending[key] = value if key not in self._pending else self._pending[key] + value
+
+    def _count_on_device(self, loss: Array | None, logits: Array, y, seen: int) -> None:
+        """A GPU step's correct predictions and (given ``loss``, a device array) its loss and finiteness,
+        added up on the device (no host read)."""
+        self._add_pending("correct", correct_hits(logits, y))
         if loss is None:
             return
+        xp = get_array_module(logits)
         finite = xp.isfinite(loss)
-        part = xp.where(finite, loss * seen, 0.0)
-        self._loss_pending = part if self._loss_pending is None else self._loss_pending + part
+        self._add_pending("loss_sum", xp.where(finite, loss * seen, 0.0))
         here = xp.where(finite, 0, self.step)
-        self._bad_step = here if self._bad_step is None else xp.where(self._bad_step > 0, self._bad_step, here)
+        bad = self._pending.get("bad_step")
+        self._pending["bad_step"] = here if bad is None else xp.where(bad > 0, bad, here)
 
     # ----------------------------------------------------------------- checkpoints
     @property
@@ -181,7 +180,7 @@ class Trainer:
         if lr_state is not None and hasattr(self.lr_schedule, "load_state_dict"):
             self.lr_schedule.load_state_dict(lr_state)      # ReduceLROnPlateau: best, bad epochs, lr
         self.partial = dict(ck.partial or self._fresh_partial())
-        self._correct_pending = self._loss_pending = self._bad_step = None
+        self._pending = {}
         if ck.rng.get("data") is not None:
             self.train_loader.rng.bit_generator.state = ck.rng["data"]
         self.epoch_rng_state = ck.rng.get("epoch_start")
@@ -245,7 +244,7 @@ class Trainer:
                                                              prev.get("test_acc"))
             self.epoch_rng_state = copy.deepcopy(rng.bit_generator.state)
             self.partial = self._fresh_partial()
-            self._correct_pending = self._loss_pending = self._bad_step = None
+            self._pending = {}
         elif self.step < len(self.train_loader):
             # Resuming inside an epoch: replay the data stream from the epoch's start to this step. (Stopped
             # after the last step, in evaluation, the saved stream is already at the epoch's end.)
@@ -270,10 +269,11 @@ class Trainer:
                 lr = self.lr_schedule(epoch + (self.step + 1) / steps)
                 self.optimizer.lr = lr
                 on_device = not runtime.is_host(x)
+                deferred = defer and on_device              # this step's loss stays on the device
                 try:
                     loss, logits = train_step(self.model, self.criterion, self.optimizer, x, y,
                                               self.clip_grad_norm, self.parallel, self._pending_signal(),
-                                              self.scaler, defer=defer and on_device)
+                                              self.scaler, defer=deferred)
                 except NonFiniteLoss as exc:
                     raise NonFiniteLoss(f"{exc} at epoch {epoch + 1}, step {self.step + 1}; training stopped "
                                         f"(checkpoints in {self.checkpoint_dir} left as they were)") from None
@@ -284,18 +284,18 @@ class Trainer:
                     if not on_device:
                         correct = correct_count(logits, y)
                     else:                                   # counted on the device, read when shown or saved
-                        self._count_on_device(loss if defer else None, logits, y, seen)
+                        self._count_on_device(loss if deferred else None, logits, y, seen)
                         correct = 0
                 else:                                       # the global batch's, agreed in the step
                     correct, seen = self.parallel.correct, self.parallel.seen
                     stop = self._agreed_stop(self.parallel.stop_signum)
-                if not (defer and on_device):
+                if not deferred:
                     p["loss_sum"] += loss * seen
                 p["correct"] += correct
                 p["seen"] += seen
                 for h in self.hooks:
                     h.step_end(self, loss, seen)
-                if defer and on_device and (self.step % self.check_every == 0 or self.step == steps):
+                if deferred and (self.step % self.check_every == 0 or self.step == steps):
                     self.read_partial()                     # a non-finite loss stops the run here
                 if stop:
                     self.partial["seconds"] += time.perf_counter() - self._t0
