@@ -198,6 +198,7 @@ def test_batchnorm_device_kernels_equal_the_host_path(shape):
 
 OPTIMIZERS = {"sgd-nesterov-wd": ("SGD", dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)),
               "sgd": ("SGD", dict(lr=0.05, momentum=0.8)),
+              "sgd-no-momentum": ("SGD", dict(lr=0.05, momentum=0.0, weight_decay=1e-3)),
               "adam-l2": ("Adam", dict(lr=1e-2, weight_decay=1e-3)),
               "adamw": ("AdamW", dict(lr=1e-2, weight_decay=0.1))}
 
@@ -205,7 +206,9 @@ OPTIMIZERS = {"sgd-nesterov-wd": ("SGD", dict(lr=0.1, momentum=0.9, nesterov=Tru
 @pytest.mark.parametrize("case", list(OPTIMIZERS))
 def test_optimizer_device_kernels_equal_the_host_updates(case):
     """The optimizers' fused GPU updates (kernels.sgd_update / adam_update, one launch per flat buffer) take the
-    host path's steps (float64, four steps with changing gradients), their saved state included."""
+    host path's steps (float64, four steps with changing gradients), their saved state included, also when
+    the update is conditional on a device flag (``step(only_if=...)``, as a deferred GPU step makes it); a false
+    flag leaves parameters and state as they were."""
     from cnn_cifar import optim
     from cnn_cifar.nn import Parameter
     cls, kwargs = OPTIMIZERS[case]
@@ -218,17 +221,24 @@ def test_optimizer_device_kernels_equal_the_host_updates(case):
         try:
             ps = [Parameter(backend.to_device(w.copy())) for w in w0]
             opt = getattr(optim, cls)(ps, **kwargs)
+            on = None if name == "numpy" else backend.xp.asarray(True)
             for step in grads:
                 for p, g in zip(ps, step):
                     p.grad[...] = backend.to_device(g)
-                opt.step()
+                opt.step(only_if=on)
             out[name] = ([backend.to_numpy(p.data) for p in ps], opt.state_dict()["state"])
+            if name == "cupy":                                   # a skipped step changes nothing
+                opt.step(only_if=backend.xp.asarray(False))
+                assert all(np.array_equal(backend.to_numpy(p.data), a) for p, a in zip(ps, out[name][0]))
         finally:
             backend.set_backend("numpy")
     for a, b in zip(out["numpy"][0], out["cupy"][0]):
         np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-14)
     for key, arrays in out["numpy"][1].items():
         for a, b in zip(arrays, out["cupy"][1][key]):
+            if a is None:                                       # (SGD without momentum keeps no velocity)
+                assert b is None
+                continue
             np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-14)
 
 

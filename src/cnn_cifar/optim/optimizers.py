@@ -35,6 +35,7 @@ class FlatParams:
         self.data = xp.empty(off, dtype=dtype)
         self.grad = xp.empty(off, dtype=dtype)
         self.state: dict[str, Array | None] = {}
+        self._scratch: Array | None = None
         self._views: list[tuple[Array, Array]] = [(None, None)] * len(params)
         self._adopt(range(len(params)))
 
@@ -51,6 +52,13 @@ class FlatParams:
         stale = [i for i, (p, (d, g)) in enumerate(zip(self.params, self._views)) if p.data is not d or p.grad is not g]
         if stale:
             self._adopt(stale)
+
+    def scratch(self) -> Array:
+        """A buffer the size of the parameters, kept between steps but never saved: the output a fused kernel
+        writes and nobody keeps (SGD's velocity without momentum)."""
+        if self._scratch is None:
+            self._scratch = get_array_module(self.data).zeros_like(self.data)
+        return self._scratch
 
     def per_param(self, flat: Array | None) -> list[Array | None]:
         """A flat state buffer as per-parameter views (None stays None for each)."""
@@ -168,11 +176,12 @@ class SGD(Optimizer):
         mu, wd, lr = self.momentum, self.weight_decay, self.lr
         for grp in self.groups:
             if not runtime.is_host(grp.data) and (mu or ok is not None):     # GPU: one fused kernel
-                v = grp.state["velocity"]
-                if v is None:
-                    v = get_array_module(grp.data).zeros_like(grp.data)
-                    if mu:
-                        grp.state["velocity"] = v
+                if not mu:
+                    v = grp.scratch()                       # (mu * v is 0: its old values do not matter)
+                elif grp.state["velocity"] is None:
+                    v = grp.state["velocity"] = get_array_module(grp.data).zeros_like(grp.data)
+                else:
+                    v = grp.state["velocity"]
                 kernels.sgd_update(grp.grad, lr, mu, wd, self.nesterov, True if ok is None else ok, grp.data, v)
                 continue
             g = grp.grad
