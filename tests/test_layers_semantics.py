@@ -61,6 +61,33 @@ def test_batchnorm_running_stats_and_eval(xp):
     np.testing.assert_allclose(backend.to_numpy(bn.running_mean), rm)   # eval leaves stats alone
 
 
+@pytest.mark.parametrize("training", [True, False])
+def test_fused_batchnorm_relu_residual_equals_the_three_layers(xp, training):
+    """BatchNorm2d(relu=True)(x, r) is ReLU()(BatchNorm2d()(x) + r) (same statistics, same gradients of x, r and
+    the parameters), and says so in its repr; a residual of another shape is refused."""
+    rng = np.random.default_rng(1)
+    x, r, dy = (_x((4, 3, 5, 5), s, np.float64) for s in (1, 2, 3))
+    fused, plain = nn.BatchNorm2d(3, relu=True).to(np.float64), nn.BatchNorm2d(3).to(np.float64)
+    for bn in (fused, plain):
+        bn.weight.data = backend.to_device(rng.uniform(0.5, 1.5, 3))
+        bn.bias.data = backend.to_device(np.array([0.3, -0.2, 0.0]))
+        bn.train(training)
+        rng = np.random.default_rng(1)
+    relu = nn.ReLU()
+    y = fused(x, r)
+    want = relu(plain(x) + r)
+    np.testing.assert_allclose(backend.to_numpy(y), backend.to_numpy(want), rtol=1e-12, atol=1e-12)
+    assert 0 < float((backend.to_numpy(y) == 0).mean()) < 1
+    dx, dr = fused.backward(dy)
+    d = relu.backward(dy)
+    for got, ref in ((dx, plain.backward(d)), (dr, d), (fused.weight.grad, plain.weight.grad),
+                     (fused.bias.grad, plain.bias.grad), (fused.running_var, plain.running_var)):
+        np.testing.assert_allclose(backend.to_numpy(got), backend.to_numpy(ref), rtol=1e-12, atol=1e-12)
+    assert "relu=True" in repr(fused) and "relu" not in repr(plain)
+    with pytest.raises(ValueError, match="residual of shape"):
+        fused(x, r[:, :2])
+
+
 def test_dropout_expectation_and_eval_identity(xp):
     nn.random.manual_seed(0)
     d = nn.Dropout(0.6)

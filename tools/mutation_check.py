@@ -2,7 +2,7 @@
 """Mutation check: apply one deliberate bug at a time to a scratch copy of the tree and run the tests that
 should catch it; each must turn red. Proves the suite catches what it claims.
 
-    uv run python tools/mutation_check.py
+    uv run python tools/mutation_check.py [WORD ...]     # only the mutations whose description has a WORD
 """
 import pathlib
 import shutil
@@ -87,7 +87,14 @@ MUTATIONS = [
      '            optimizer["grad_scaler"] = self.scaler.state_dict()', '            pass',
      "tests/test_amp.py -k train_cli_amp"),
     ("a sign flipped in batch norm's fused GPU backward", "src/cnn_cifar/nn/kernels.py",
-     "scale * (dy - (dbeta + xhat * dgamma) * inv_m))", "scale * (dy - (dbeta - xhat * dgamma) * inv_m))",
+     "(_gated(dy, gate) - (dbeta + xhat * dgamma) * inv_m))", "(_gated(dy, gate) - (dbeta - xhat * dgamma) * inv_m))",
+     "tests/test_gpu_path.py -k batchnorm_device"),
+    ("the fused ReLU's gate ignored by batch norm's GPU backward", "src/cnn_cifar/nn/kernels.py",
+     "    return np.where(gate > 0, dy, 0)\n", "    return dy\n", "tests/test_gpu_path.py -k batchnorm_device"),
+    ("the fused ReLU's gate ignored by batch norm's host backward", "src/cnn_cifar/nn/norm.py",
+     "            dy2 = d\n", "            pass\n", "tests/test_layers_gradcheck.py -k fused"),
+    ("the batch count not advanced by the GPU's running-statistics kernel", "src/cnn_cifar/nn/kernels.py",
+     "(1 - mom) * rvar + mom * var * unbias, tracked + 1))", "(1 - mom) * rvar + mom * var * unbias, tracked))",
      "tests/test_gpu_path.py -k batchnorm_device"),
     ("running variance not unbiased on the GPU", "src/cnn_cifar/nn/norm.py",
      "self.momentum, m / (m - 1), self.running_mean", "self.momentum, 1.0, self.running_mean",
@@ -112,7 +119,8 @@ MUTATIONS = [
      "tests/test_gpu_path.py -k read_nothing"),
 ]
 results = []
-for what, path, old, new, tests in MUTATIONS:
+chosen = [m for m in MUTATIONS if not sys.argv[1:] or any(w in m[0] for w in sys.argv[1:])]
+for what, path, old, new, tests in chosen:
     if DST.exists():
         shutil.rmtree(DST)
     top = {".venv", ".git", "data", "checkpoint", "bench-venv", "runs", "log", "viz"}

@@ -19,8 +19,8 @@ def layer_rows(model: nn.Module, input_shape: tuple[int, ...] = (1, 3, 32, 32)) 
     def recording(name: str, m: nn.Module):
         forward = m.forward
 
-        def run(x):
-            y = forward(x)
+        def run(x, *args, **kwargs):
+            y = forward(x, *args, **kwargs)
             params = sum(p.size for p in m._parameters.values())
             w = m._parameters.get("weight")
             macs = int(y.size // y.shape[0] * (w.size // w.shape[0])) if isinstance(m, (nn.Conv2d, nn.Linear)) else 0

@@ -26,8 +26,7 @@ class ResNet(ChainModel):
         rng = np.random.default_rng(seed)
         self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False, rng=rng, dtype=dtype)
         self.conv1.needs_input_grad = False   # no gradient w.r.t. the images (set True to get one)
-        self.bn1 = nn.BatchNorm2d(16, dtype=dtype)
-        self.relu = nn.ReLU(inplace=True)
+        self.bn1 = nn.BatchNorm2d(16, dtype=dtype, relu=True)        # BN + ReLU, fused
         in_planes = 16
         for i, planes in enumerate((16, 32, 64)):
             blocks = []
@@ -39,7 +38,7 @@ class ResNet(ChainModel):
         self.pool = nn.GlobalAvgPool2d()
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(64, num_classes, rng=rng, dtype=dtype)
-        self._order = [self.conv1, self.bn1, self.relu, self.layer1, self.layer2, self.layer3,
+        self._order = [self.conv1, self.bn1, self.layer1, self.layer2, self.layer3,
                        self.pool, self.dropout, self.fc]
         for m in self.modules():           # He et al.'s initialisation for the convolutions (as torchvision)
             if isinstance(m, nn.Conv2d):

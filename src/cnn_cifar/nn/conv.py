@@ -1,6 +1,9 @@
 """2-D convolution by im2col and matrix multiplies (per group, per cache-sized tile of output pixels)."""
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Iterator
+
 import numpy as np
 
 from .. import runtime
@@ -119,21 +122,24 @@ class Conv2d(Module):
         g = self.geometry
         return (h, w, n, ho, wo, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, g.dh, g.dw)
 
-    def _cols_device(self, xc: Array, ho: int, wo: int) -> Array:
-        """The whole (C*kh*kw, Ho*Wo*N) column matrix of contiguous xc, in one kernel."""
-        xp = get_array_module(xc)
-        cols = xp.empty((xc.shape[0] * self.geometry.taps, ho * wo * xc.shape[3]), dtype=xc.dtype)
-        return kernels.im2col_gpu(xc, *self._geometry_args(xc, ho, wo), cols)
+    @contextmanager
+    def _cols_device(self, xc: Array, ho: int, wo: int) -> Iterator[Array]:
+        """Borrow the whole (C*kh*kw, Ho*Wo*N) column matrix of contiguous xc, filled in one kernel. The
+        buffer is the thread's reusable "cols" workspace (no allocation per call; on one CUDA stream the
+        next layer's kernels run after this one's matrix multiplies have read it)."""
+        shape = (xc.shape[0] * self.geometry.taps, ho * wo * xc.shape[3])
+        with runtime.workspace(get_array_module(xc), "cols", shape, xc.dtype) as cols:
+            yield kernels.im2col_gpu(xc, *self._geometry_args(xc, ho, wo), cols)
 
     def _forward_device(self, xc: Array, weight: Array, ho: int, wo: int) -> Array:
         """y (O, Ho, Wo, N): one im2col kernel and one matrix multiply (2-D when groups == 1), plus the bias."""
         xp = get_array_module(xc)
         g, o, n = self.groups, self.out_channels, xc.shape[3]
-        cols = self._cols_device(xc, ho, wo)
-        if g == 1:
-            y = xp.matmul(weight.reshape(o, -1), cols)
-        else:
-            y = xp.matmul(weight.reshape(g, o // g, -1), cols.reshape(g, -1, cols.shape[1]))
+        with self._cols_device(xc, ho, wo) as cols:
+            if g == 1:
+                y = xp.matmul(weight.reshape(o, -1), cols)
+            else:
+                y = xp.matmul(weight.reshape(g, o // g, -1), cols.reshape(g, -1, cols.shape[1]))
         y = y.reshape(o, ho, wo, n)
         if self.bias is not None:
             y += self.bias.data[:, None, None, None]
@@ -143,20 +149,21 @@ class Conv2d(Module):
         """Both gradients from the recomputed columns of x: dW = dy cols^T, dx = col2im(W^T dy)."""
         xp = get_array_module(dyc)
         g, o = self.groups, self.out_channels
-        cols = self._cols_device(xc, ho, wo)
-        dy2 = xp.ascontiguousarray(dyc).reshape(o, -1)
-        if g == 1:
-            self.weight.grad += xp.matmul(dy2, cols.T).reshape(self.weight.grad.shape)
-            dcols = xp.matmul(weight.reshape(o, -1).T, dy2) if self.needs_input_grad else None
-        else:
-            dy3, cols3 = dy2.reshape(g, o // g, -1), cols.reshape(g, -1, cols.shape[1])
-            self.weight.grad += xp.matmul(dy3, cols3.transpose(0, 2, 1)).reshape(self.weight.grad.shape)
-            dcols = (xp.matmul(weight.reshape(g, o // g, -1).transpose(0, 2, 1), dy3).reshape(cols.shape)
-                     if self.needs_input_grad else None)
-        if dcols is None:
+        dy2 = chwn_contiguous(nchw(dyc)).reshape(o, -1)              # our layers' gradients: no copy
+        with self._cols_device(xc, ho, wo) as cols:
+            if g == 1:
+                self.weight.grad += xp.matmul(dy2, cols.T).reshape(self.weight.grad.shape)
+            else:
+                dy3, cols3 = dy2.reshape(g, o // g, -1), cols.reshape(g, -1, cols.shape[1])
+                self.weight.grad += xp.matmul(dy3, cols3.transpose(0, 2, 1)).reshape(self.weight.grad.shape)
+        if not self.needs_input_grad:
             return None
-        dx = xp.empty(xc.shape, dtype=dcols.dtype)
-        return nchw(kernels.col2im_gpu(dcols, *self._geometry_args(xc, ho, wo), dx))
+        if g == 1:
+            dcols = xp.matmul(weight.reshape(o, -1).T, dy2)
+        else:
+            dcols = xp.matmul(weight.reshape(g, o // g, -1).transpose(0, 2, 1), dy2.reshape(g, o // g, -1))
+        dx = kernels.col2im_gpu(dcols, *self._geometry_args(xc, ho, wo), size=xc.size)    # allocates dx
+        return nchw(dx.reshape(xc.shape))
 
     def _backward_stride1(self, xc: Array, weight: Array, dy: Array) -> Array:
         """Both gradients of a stride-1 conv from the columns of dy alone (no im2col of x).

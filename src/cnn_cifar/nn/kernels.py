@@ -58,46 +58,93 @@ def reduction(in_params: str, out_params: str, map_expr: str, reduce_expr: str, 
 
 
 # ------------------------------------------------------------------------------------------ batch norm
-# Rows are channels: x2 (C, M), per-channel values as (C, 1) columns.
+# Rows are channels: x2 (C, M), per-channel values as (C, 1) columns. The forward kernels may end in a fused
+# ReLU, after adding a residual (BatchNorm2d(relu=True) and its ``residual`` argument); the backward kernels
+# take a ``gate``, the fused ReLU's output (the gradient passes where it is positive), or the scalar 1 when
+# there is no ReLU to undo.
 
-bn_sqdev_sum = reduction(
-    "T x, T mean", "T out", "(x - mean) * (x - mean)", "a + b", "out = a", "0", "cnn_bn_sqdev_sum",
-    lambda x, mean, axis=None, keepdims=False: ((x - mean) ** 2).sum(axis=axis, keepdims=keepdims))
-"""sum over M of (x - mean)^2: the variance's numerator, in one pass."""
+bn_var = reduction(
+    "T x, T mean, T inv_m", "T var", "(x - mean) * (x - mean)", "a + b", "var = a * inv_m", "0", "cnn_bn_var",
+    lambda x, mean, inv_m, axis=None, keepdims=False: ((x - mean) ** 2).sum(axis=axis, keepdims=keepdims) * inv_m)
+"""The biased variance, sum over M of (x - mean)^2 / M, in one pass."""
 
-bn_invstd = elementwise(
-    "T sq, T inv_m, T eps", "T var, T invstd", "var = sq * inv_m; invstd = rsqrt(var + eps)", "cnn_bn_invstd",
-    lambda sq, inv_m, eps: (sq * inv_m, 1.0 / np.sqrt(sq * inv_m + eps)))
-"""The biased variance and 1/sqrt(var + eps) from the sum of squared deviations."""
 
-bn_forward = elementwise(
-    "T x, T mean, T invstd, T w, T b", "T xhat, T y", "xhat = (x - mean) * invstd; y = xhat * w + b",
-    "cnn_bn_forward",
-    lambda x, mean, invstd, w, b: ((x - mean) * invstd, (x - mean) * invstd * w + b))
-"""Normalise and apply the affine transform: the normalised values (kept for backward) and the output."""
+def _relu(v):
+    """The fused ReLU's reference: max(v, 0), with NaN passed through (as the CUDA ``v < 0 ? 0 : v``)."""
+    return np.where(v < 0, 0, v)
+
+
+_EPILOGUES = {   # name suffix: (extra input, CUDA statement turning v into y, reference)
+    "": ("", "y = v;", lambda v: v),
+    "_relu": ("", "y = v < (T)(0.0f) ? (T)(0.0f) : v;", _relu),
+    "_add_relu": (", T res", "v += res; y = v < (T)(0.0f) ? (T)(0.0f) : v;", _relu),
+}
+
+
+def _bn_forward_kernels(suffix: str) -> tuple[Kernel, Kernel]:
+    """The training forward (normalised values for backward, and the output) and the inference forward, each
+    ending in the epilogue ``suffix`` names; the references add ``res`` when the kernel takes one."""
+    extra, epilogue, act = _EPILOGUES[suffix]
+
+    def train_ref(x, mean, var, eps, w, b, res=0.0):
+        xhat = (x - mean) / np.sqrt(var + eps)
+        return xhat, act(xhat * w + b + res)
+
+    def eval_ref(x, rmean, rvar, eps, w, b, res=0.0):
+        return act((x - rmean) / np.sqrt(rvar + eps) * w + b + res)
+
+    train = elementwise("T x, T mean, T var, T eps, T w, T b" + extra, "T xhat, T y",
+                        "xhat = (x - mean) * rsqrt(var + eps); T v = xhat * w + b; " + epilogue,
+                        "cnn_bn_forward" + suffix, train_ref)
+    infer = elementwise("T x, T rmean, T rvar, T eps, T w, T b" + extra, "T y",
+                        "T v = (x - rmean) * rsqrt(rvar + eps) * w + b; " + epilogue, "cnn_bn_eval" + suffix,
+                        eval_ref)
+    return train, infer
+
+
+BN_FORWARD, BN_EVAL = {}, {}
+for _suffix in _EPILOGUES:
+    BN_FORWARD[_suffix], BN_EVAL[_suffix] = _bn_forward_kernels(_suffix)
+"""Normalise with the batch's mean and variance (training; the normalised values are kept for backward) or
+with the running ones (inference), scale and shift, then the epilogue: by suffix "" (none), "_relu",
+"_add_relu" (a residual added before the ReLU)."""
 
 bn_track = elementwise(
-    "T mean, T var, T mom, T unbias", "T rmean, T rvar",
-    "rmean = (1 - mom) * rmean + mom * mean; rvar = (1 - mom) * rvar + mom * var * unbias", "cnn_bn_track",
-    lambda mean, var, mom, unbias, rmean, rvar: ((1 - mom) * rmean + mom * mean,
-                                                 (1 - mom) * rvar + mom * var * unbias))
-"""The running statistics' momentum update, in place (rmean and rvar are passed as the outputs)."""
+    "T mean, T var, T mom, T unbias", "T rmean, T rvar, raw int64 tracked",
+    "rmean = (1 - mom) * rmean + mom * mean; rvar = (1 - mom) * rvar + mom * var * unbias; "
+    "if (i == 0) tracked[0] += 1;", "cnn_bn_track",
+    lambda mean, var, mom, unbias, rmean, rvar, tracked: ((1 - mom) * rmean + mom * mean,
+                                                          (1 - mom) * rvar + mom * var * unbias, tracked + 1))
+"""The running statistics' momentum update and the batch count, in place (all three are passed as outputs)."""
+
+
+def _gated(dy, gate):
+    return np.where(gate > 0, dy, 0)
+
+
+_GATED = "(gate > (T)(0.0f) ? dy : (T)(0.0f))"
+
+bn_gated_sum = reduction(
+    "T dy, T gate", "T out", _GATED, "a + b", "out = a", "0", "cnn_bn_gated_sum",
+    lambda dy, gate, axis=None, keepdims=False: _gated(dy, gate).sum(axis=axis, keepdims=keepdims))
+"""sum over M of the gated dy: the bias's gradient, and a term of the input's."""
 
 bn_dot_sum = reduction(
-    "T dy, T xhat", "T out", "dy * xhat", "a + b", "out = a", "0", "cnn_bn_dot_sum",
-    lambda dy, xhat, axis=None, keepdims=False: (dy * xhat).sum(axis=axis, keepdims=keepdims))
-"""sum over M of dy * xhat: the weight's gradient, and a term of the input's."""
+    "T dy, T gate, T xhat", "T out", _GATED + " * xhat", "a + b", "out = a", "0", "cnn_bn_dot_sum",
+    lambda dy, gate, xhat, axis=None, keepdims=False: (_gated(dy, gate) * xhat).sum(axis=axis, keepdims=keepdims))
+"""sum over M of the gated dy times xhat: the weight's gradient, and a term of the input's."""
 
 bn_backward = elementwise(
-    "T dy, T xhat, T scale, T dbeta, T dgamma, T inv_m", "T dx",
-    "dx = scale * (dy - (dbeta + xhat * dgamma) * inv_m)", "cnn_bn_backward",
-    lambda dy, xhat, scale, dbeta, dgamma, inv_m: scale * (dy - (dbeta + xhat * dgamma) * inv_m))
-"""dx = gamma * invstd / M * (M * dy - sum(dy) - xhat * sum(dy * xhat)) in one pass."""
+    "T dy, T gate, T xhat, T w, T var, T eps, T dbeta, T dgamma, T inv_m", "T dx",
+    "dx = w * rsqrt(var + eps) * (" + _GATED + " - (dbeta + xhat * dgamma) * inv_m)", "cnn_bn_backward",
+    lambda dy, gate, xhat, w, var, eps, dbeta, dgamma, inv_m:
+        w / np.sqrt(var + eps) * (_gated(dy, gate) - (dbeta + xhat * dgamma) * inv_m))
+"""dx = gamma * invstd / M * (M * g - sum(g) - xhat * sum(g * xhat)), g the gated dy, in one pass."""
 
-bn_eval = elementwise(
-    "T x, T rmean, T rvar, T w, T b, T eps", "T y", "y = (x - rmean) * rsqrt(rvar + eps) * w + b", "cnn_bn_eval",
-    lambda x, rmean, rvar, w, b, eps: (x - rmean) / np.sqrt(rvar + eps) * w + b)
-"""Inference with the running statistics, in one pass."""
+bn_param_grads = elementwise(
+    "T dgamma, T dbeta", "T wgrad, T bgrad", "wgrad += dgamma; bgrad += dbeta", "cnn_bn_param_grads",
+    lambda dgamma, dbeta, wgrad, bgrad: (wgrad + dgamma, bgrad + dbeta))
+"""Accumulate the weight's and bias's gradients, in place, in one launch."""
 
 
 # ------------------------------------------------------------------------------------------ im2col / col2im
@@ -127,14 +174,14 @@ def _im2col_reference(x, h, w, n, ho, wo, kh, kw, sh, sw, ph, pw, dh, dw, cols):
     return out.reshape(cols.shape)
 
 
-def _col2im_reference(cols, h, w, n, ho, wo, kh, kw, sh, sw, ph, pw, dh, dw, dx):
-    c = dx.shape[0]
+def _col2im_reference(cols, h, w, n, ho, wo, kh, kw, sh, sw, ph, pw, dh, dw):
+    c = cols.size // (kh * kw * ho * wo * n)
     padded, taps = _taps(c, h, w, n, ho, wo, kh, kw, sh, sw, ph, pw, dh, dw)
     acc = np.zeros(padded, dtype=cols.dtype)
     c6 = cols.reshape(c, kh, kw, ho, wo, n)
     for i, j, hs, ws in taps:
         acc[:, hs, ws] += c6[:, i, j]
-    return acc[:, ph:ph + h, pw:pw + w].reshape(dx.shape)
+    return np.ascontiguousarray(acc[:, ph:ph + h, pw:pw + w])
 
 
 im2col_gpu = elementwise(
@@ -177,7 +224,8 @@ col2im_gpu = elementwise(
     }
     dx = acc;
     """, "cnn_col2im", _col2im_reference)
-"""dx (C, H, W, N): each input pixel's sum of the column entries that read it (im2col's adjoint), gathered."""
+"""dx (C, H, W, N), flat: each input pixel's sum of the column entries that read it (im2col's adjoint),
+gathered. Called with ``size=C*H*W*N`` (its inputs are all raw), it allocates its flat output itself."""
 
 
 # ------------------------------------------------------------------------------------------ activations

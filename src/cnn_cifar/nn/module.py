@@ -119,8 +119,8 @@ class Module:
     def backward(self, dy: Array) -> Array | None:
         raise NotImplementedError
 
-    def __call__(self, x: Array) -> Array:
-        return self.forward(x)
+    def __call__(self, x: Array, *args: Any, **kwargs: Any) -> Array:
+        return self.forward(x, *args, **kwargs)
 
     def save_for_backward(self, *values: Any) -> None:
         """Keep ``values`` for the next backward, or nothing when gradients are disabled (``no_grad``)."""

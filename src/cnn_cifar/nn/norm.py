@@ -1,5 +1,9 @@
-"""Batch normalisation (PyTorch semantics: batch statistics in training, running ones in eval)."""
+"""Batch normalisation (PyTorch semantics: batch statistics in training, running ones in eval), with an
+optional fused ReLU and residual sum: ``BatchNorm2d(c, relu=True)(x, residual)`` is relu(bn(x) + residual) in
+one pass over the activation (one kernel on a GPU), as torch.ao.nn.intrinsic.BNReLU2d fuses the two."""
 from __future__ import annotations
+
+from typing import NamedTuple
 
 from .. import backend, runtime
 from ..backend import Array, get_array_module
@@ -8,8 +12,22 @@ from .layout import check_4d, nchw, rows
 from .module import Module, Parameter, grad_enabled
 
 
+class _Saved(NamedTuple):
+    """What a training or autograd forward keeps for backward."""
+    xhat: Array                 # the normalised input
+    invstd: Array | None        # 1/sqrt(var + eps), host paths
+    var: Array | None           # the batch variance, the GPU path (its kernels take rsqrt themselves)
+    training: object            # True (batch statistics), False (running ones), or (group, count) when synced
+    gate: Array | None          # the fused ReLU's output: the gradient passes where it is positive
+    residual: bool              # whether a residual was added (backward then returns its gradient too)
+
+
 class _BatchNorm(Module):
     """Shared core: normalises a (C, M) matrix of channels by columns.
+
+    ``relu=True`` fuses a ReLU after the affine transform, and ``forward(x, residual)`` adds ``residual``
+    before it (a ResNet block's relu(bn2(conv2(.)) + shortcut)): one kernel per direction on a GPU instead of
+    three. Backward then returns the gradient of the input, or of the input and the residual as a pair.
 
     Under mixed precision a float16 input is widened to the parameters' float32 for the statistics and the
     normalisation, and the output narrowed back to float16 (as PyTorch's autocast runs batch norm); backward
@@ -17,11 +35,11 @@ class _BatchNorm(Module):
     """
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1,
-                 dtype: type = init.DEFAULT_DTYPE):
+                 dtype: type = init.DEFAULT_DTYPE, relu: bool = False):
         super().__init__()
         if num_features <= 0:
             raise ValueError(f"{type(self).__name__} needs num_features > 0, got {num_features}")
-        self.num_features, self.eps, self.momentum = num_features, eps, momentum
+        self.num_features, self.eps, self.momentum, self.relu = num_features, eps, momentum, relu
         self.weight = Parameter(init.ones((num_features,), dtype))
         self.bias = Parameter(init.zeros((num_features,), dtype))
         self.register_buffer("running_mean", init.zeros((num_features,), dtype))
@@ -30,23 +48,49 @@ class _BatchNorm(Module):
         self.process_group = None      # a Communicator: batch statistics over all ranks (SyncBatchNorm)
 
     def extra_repr(self) -> str:
-        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
+        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}" + (", relu=True" if self.relu else "")
+
+    def _epilogue(self, residual: bool) -> str:
+        """The fused kernels' suffix (kernels.BN_FORWARD / BN_EVAL) for this layer and call."""
+        return ("_add" if residual else "") + ("_relu" if self.relu else "")
+
+    def _finish(self, y: Array, res2: Array | None) -> Array:
+        """Host paths: add the residual and apply the fused ReLU in place (NaN passes, as in the kernels)."""
+        xp = get_array_module(y)
+
+        def apply(c0: int, c1: int) -> None:
+            if res2 is not None:
+                y[c0:c1] += res2[c0:c1]
+            if self.relu:
+                xp.maximum(y[c0:c1], 0, out=y[c0:c1])
+        if res2 is not None or self.relu:
+            runtime.by_channel(apply, y)
+        return y
+
+    def _check_residual(self, x: Array, residual: Array | None) -> None:
+        if residual is not None and tuple(residual.shape) != tuple(x.shape):
+            raise ValueError(f"{self.label}: residual of shape {tuple(residual.shape)} does not match the input "
+                             f"{tuple(x.shape)}")
 
     def _widen(self, x: Array) -> Array:
         """``x`` in the parameters' dtype where it is narrower (float16 under autocast)."""
         wide = self.weight.data.dtype
         return x if x.dtype.itemsize >= wide.itemsize else x.astype(wide)
 
-    def _forward_rows(self, x2: Array) -> Array:
-        """x2: (C, M) -> normalised (C, M); channel chunks run in parallel for large host arrays."""
+    def _forward_rows(self, x2: Array, res2: Array | None = None) -> Array:
+        """x2: (C, M) -> normalised (C, M) (plus res2, then the ReLU, where fused); channel chunks run in
+        parallel for large host arrays."""
         xp = get_array_module(x2)
         c, m = x2.shape
         weight, bias = self.weight.data, self.bias.data
-        y = xp.empty((c, m), dtype=x2.dtype)
         keep = grad_enabled()
+        res = () if res2 is None else (res2,)
         if not self.training and not keep and not runtime.is_host(x2):        # GPU inference: one pass
-            return kernels.bn_eval(x2, self.running_mean[:, None], self.running_var[:, None], weight[:, None],
-                                   bias[:, None], self.eps)
+            return kernels.BN_EVAL[self._epilogue(res2 is not None)](
+                x2, self.running_mean[:, None], self.running_var[:, None], self.eps, weight[:, None],
+                bias[:, None], *res)
+        if not self.training or runtime.is_host(x2):
+            y = xp.empty((c, m), dtype=x2.dtype)
         if not self.training:
             invstd = 1.0 / xp.sqrt(self.running_var + self.eps)
             scale = weight * invstd
@@ -60,16 +104,17 @@ class _BatchNorm(Module):
                     xp.subtract(x2[c0:c1], self.running_mean[c0:c1, None], out=xhat[c0:c1])
                     xhat[c0:c1] *= invstd[c0:c1, None]
             runtime.by_channel(apply_eval, x2)
-            self.save_for_backward(xhat, invstd, False)
+            y = self._finish(y, res2)
+            self.save_for_backward(_Saved(xhat, invstd, None, False, y if self.relu else None, res2 is not None))
             return y
         group = self.process_group
-        if group is not None and group.size > 1:
-            return self._forward_synced(x2, group)
         if m < 2:
             raise ValueError(f"{self.label}: training needs more than one value per channel, "
                              f"got input rows of shape {tuple(x2.shape)}")
+        if group is not None and group.size > 1:
+            return self._forward_synced(x2, res2, group)
         if not runtime.is_host(x2):
-            return self._forward_device(x2)
+            return self._forward_device(x2, res2)
         xhat = xp.empty((c, m), dtype=x2.dtype)    # kept for backward; also the normalised values here
         mean = xp.empty(c, dtype=x2.dtype)
         var = xp.empty(c, dtype=x2.dtype)
@@ -86,19 +131,22 @@ class _BatchNorm(Module):
             y[c0:c1] += bias[c0:c1, None]
         runtime.by_channel(apply_train, x2)
         self._track(mean, var, m)
-        self.save_for_backward(xhat, invstd, True)
+        y = self._finish(y, res2)
+        self.save_for_backward(_Saved(xhat, invstd, None, True, y if self.relu else None, res2 is not None))
         return y
 
-    def _forward_device(self, x2: Array) -> Array:
-        """The training forward on a GPU in five launches (mean, squared deviations, variance and invstd,
-        normalise-and-scale, running statistics) instead of a dozen: see kernels.py."""
+    def _forward_device(self, x2: Array, res2: Array | None) -> Array:
+        """The training forward on a GPU in four launches (mean; variance; normalise, scale, add the residual
+        and apply the ReLU; running statistics and batch count) instead of a dozen: see kernels.py."""
         c, m = x2.shape
         mean = x2.mean(axis=1, keepdims=True)                                        # (C, 1)
-        var, invstd = kernels.bn_invstd(kernels.bn_sqdev_sum(x2, mean, axis=1, keepdims=True), 1.0 / m, self.eps)
-        xhat, y = kernels.bn_forward(x2, mean, invstd, self.weight.data[:, None], self.bias.data[:, None])
-        kernels.bn_track(mean[:, 0], var[:, 0], self.momentum, m / (m - 1), self.running_mean, self.running_var)
-        self.num_batches_tracked += 1
-        self.save_for_backward(xhat, invstd[:, 0], True)
+        var = kernels.bn_var(x2, mean, 1.0 / m, axis=1, keepdims=True)
+        res = () if res2 is None else (res2,)
+        xhat, y = kernels.BN_FORWARD[self._epilogue(res2 is not None)](
+            x2, mean, var, self.eps, self.weight.data[:, None], self.bias.data[:, None], *res)
+        kernels.bn_track(mean[:, 0], var[:, 0], self.momentum, m / (m - 1), self.running_mean, self.running_var,
+                         self.num_batches_tracked)
+        self.save_for_backward(_Saved(xhat, None, var, True, y if self.relu else None, res2 is not None))
         return y
 
     def _track(self, mean: Array, var: Array, count) -> None:
@@ -108,7 +156,7 @@ class _BatchNorm(Module):
         self.running_var = (1 - mom) * self.running_var + mom * var * (count / (count - 1))
         self.num_batches_tracked = self.num_batches_tracked + 1
 
-    def _forward_synced(self, x2: Array, group) -> Array:
+    def _forward_synced(self, x2: Array, res2: Array | None, group) -> Array:
         """Training forward with the mean and variance of the whole global batch: one all-reduce of the
         channel sums and the count, one of the centred squares (the same two passes as one process)."""
         xp = get_array_module(x2)
@@ -127,23 +175,35 @@ class _BatchNorm(Module):
         y = xhat * self.weight.data[:, None]
         y += self.bias.data[:, None]
         self._track(sums[:c] / count, var, count)
-        self.save_for_backward(xhat, invstd, (group, count))
+        y = self._finish(y, res2)
+        self.save_for_backward(_Saved(xhat, invstd, None, (group, count), y if self.relu else None,
+                                      res2 is not None))
         return y
 
-    def _backward_rows(self, dy2: Array, saved: tuple) -> Array:
-        xhat, invstd, training = saved
+    def _backward_rows(self, dy2: Array, saved: _Saved) -> tuple[Array, Array | None]:
+        """(dx, d residual) in rows; the second is None when no residual was added."""
+        xhat, invstd, var, training, gate, residual = saved
         xp = get_array_module(dy2)
         c, m = dy2.shape
+        if training is True and not runtime.is_host(dy2):     # GPU: two reductions, one fused pass, one update
+            if residual:                            # the gated gradient is the residual's too: made once
+                dy2 = dres = kernels.relu_backward(dy2, gate) if gate is not None else dy2
+                gate = None
+            g = 1.0 if gate is None else gate
+            dbeta = kernels.bn_gated_sum(dy2, g, axis=1)
+            dgamma = kernels.bn_dot_sum(dy2, g, xhat, axis=1)
+            dx = kernels.bn_backward(dy2, g, xhat, self.weight.data[:, None], var, self.eps, dbeta[:, None],
+                                     dgamma[:, None], 1.0 / m)
+            kernels.bn_param_grads(dgamma, dbeta, self.weight.grad, self.bias.grad)
+            return dx, (dres if residual else None)
+        if gate is not None:                        # undo the fused ReLU first
+            d = xp.empty((c, m), dtype=dy2.dtype)
+            runtime.by_channel(lambda c0, c1: xp.multiply(dy2[c0:c1], gate[c0:c1] > 0, out=d[c0:c1]), dy2)
+            dy2 = d
+        dres = dy2 if residual else None
         scale = self.weight.data * invstd
         if isinstance(training, tuple):                  # synchronised statistics: (group, global count)
-            return self._backward_synced(dy2, xhat, scale, *training)
-        if training and not runtime.is_host(dy2):                    # GPU: two reductions and one fused pass
-            dbeta = dy2.sum(axis=1, keepdims=True)
-            dgamma = kernels.bn_dot_sum(dy2, xhat, axis=1, keepdims=True)
-            dx = kernels.bn_backward(dy2, xhat, scale[:, None], dbeta, dgamma, 1.0 / m)
-            self.weight.grad += dgamma[:, 0]
-            self.bias.grad += dbeta[:, 0]
-            return dx
+            return self._backward_synced(dy2, xhat, scale, *training), dres
         dx = xp.empty((c, m), dtype=dy2.dtype)
         dbeta = xp.empty(c, dtype=dy2.dtype)
         dgamma = xp.empty(c, dtype=dy2.dtype)
@@ -160,7 +220,7 @@ class _BatchNorm(Module):
         runtime.by_channel(apply, dy2)
         self.weight.grad += dgamma
         self.bias.grad += dbeta
-        return dx
+        return dx, dres
 
     def _backward_synced(self, dy2: Array, xhat: Array, scale: Array, group, count: Array) -> Array:
         """dx from the global sums of dy and dy*xhat (one all-reduce); the weight and bias gradients stay
@@ -192,26 +252,33 @@ def convert_sync_batchnorm(model: Module, process_group) -> Module:
 class BatchNorm2d(_BatchNorm):
     """Per-channel normalisation of (N, C, H, W) over N, H and W."""
 
-    def forward(self, x: Array) -> Array:
+    def forward(self, x: Array, residual: Array | None = None) -> Array:
         check_4d(self, x, self.num_features)
         n, c, h, w = x.shape
-        y = self._forward_rows(rows(self._widen(x)))
+        self._check_residual(x, residual)
+        y = self._forward_rows(rows(self._widen(x)), None if residual is None else rows(self._widen(residual)))
         return amp.like(nchw(y.reshape(c, h, w, n)), x)
 
-    def backward(self, dy: Array) -> Array:
-        saved = self.saved()
+    def backward(self, dy: Array) -> Array | tuple[Array, Array]:
+        saved, = self.saved()
         n, c, h, w = dy.shape
-        dx = self._backward_rows(rows(self._widen(dy)), saved)
-        return amp.like(nchw(dx.reshape(c, h, w, n)), dy)
+        dx, dres = self._backward_rows(rows(self._widen(dy)), saved)
+        dx = amp.like(nchw(dx.reshape(c, h, w, n)), dy)
+        return dx if dres is None else (dx, amp.like(nchw(dres.reshape(c, h, w, n)), dy))
 
 
 class BatchNorm1d(_BatchNorm):
     """Per-feature normalisation of (N, C) over N."""
 
-    def forward(self, x: Array) -> Array:
+    def forward(self, x: Array, residual: Array | None = None) -> Array:
         if x.ndim != 2 or x.shape[1] != self.num_features:
             raise ValueError(f"{self.label} expects input (N, {self.num_features}), got shape {tuple(x.shape)}")
-        return amp.like(self._forward_rows(self._widen(x).T).T, x)
+        self._check_residual(x, residual)
+        res2 = None if residual is None else self._widen(residual).T
+        return amp.like(self._forward_rows(self._widen(x).T, res2).T, x)
 
-    def backward(self, dy: Array) -> Array:
-        return amp.like(self._backward_rows(self._widen(dy).T, self.saved()).T, dy)
+    def backward(self, dy: Array) -> Array | tuple[Array, Array]:
+        saved, = self.saved()
+        dx, dres = self._backward_rows(self._widen(dy).T, saved)
+        dx = amp.like(dx.T, dy)
+        return dx if dres is None else (dx, amp.like(dres.T, dy))

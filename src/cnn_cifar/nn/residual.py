@@ -4,7 +4,6 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import Array, get_array_module
-from .activation import ReLU
 from .conv import Conv2d
 from .layout import check_4d, chwn, nchw
 from .module import Module, Sequential
@@ -52,7 +51,8 @@ class BasicBlock(Module):
 
     The shortcut is the identity, or where stride or width change either a 1x1 convolution + BN
     (``shortcut="projection"``, option B of the paper) or sub-sampling with zero-padded channels
-    (``"pad"``, option A, no parameters). Convolutions before BN carry no bias.
+    (``"pad"``, option A, no parameters). Convolutions before BN carry no bias. Both ReLUs, and the
+    residual sum, are fused into the batch norms (``BatchNorm2d(relu=True)``): one pass each.
     """
 
     expansion = 1
@@ -63,10 +63,9 @@ class BasicBlock(Module):
         if shortcut not in SHORTCUTS:
             raise ValueError(f"unknown shortcut {shortcut!r}; choose one of {', '.join(SHORTCUTS)}")
         self.conv1 = Conv2d(in_planes, planes, 3, stride, 1, bias=False, rng=rng, dtype=dtype)
-        self.bn1 = BatchNorm2d(planes, dtype=dtype)
-        self.relu1 = ReLU(inplace=True)
+        self.bn1 = BatchNorm2d(planes, dtype=dtype, relu=True)
         self.conv2 = Conv2d(planes, planes, 3, 1, 1, bias=False, rng=rng, dtype=dtype)
-        self.bn2 = BatchNorm2d(planes, dtype=dtype)
+        self.bn2 = BatchNorm2d(planes, dtype=dtype, relu=True)
         if (stride != 1 or in_planes != planes) and shortcut == "pad":
             self.shortcut = PadShortcut(in_planes, planes, stride)
         elif stride != 1 or in_planes != planes:
@@ -74,15 +73,13 @@ class BasicBlock(Module):
                                        BatchNorm2d(planes, dtype=dtype))
         else:
             self.shortcut = None
-        self.relu2 = ReLU(inplace=True)
 
     def forward(self, x: Array) -> Array:
-        out = self.bn2(self.conv2(self.relu1(self.bn1(self.conv1(x)))))
-        out += self.shortcut(x) if self.shortcut is not None else x
-        return self.relu2(out)
+        out = self.bn1(self.conv1(x))
+        return self.bn2(self.conv2(out), self.shortcut(x) if self.shortcut is not None else x)
 
     def backward(self, dy: Array) -> Array:
-        d = self.relu2.backward(dy)
-        dx = self.conv1.backward(self.bn1.backward(self.relu1.backward(self.conv2.backward(self.bn2.backward(d)))))
-        dx += self.shortcut.backward(d) if self.shortcut is not None else d
+        d, dres = self.bn2.backward(dy)
+        dx = self.conv1.backward(self.bn1.backward(self.conv2.backward(d)))
+        dx += self.shortcut.backward(dres) if self.shortcut is not None else dres
         return dx

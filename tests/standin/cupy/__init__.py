@@ -374,14 +374,22 @@ def _kernel_arg(x):
 class ElementwiseKernel:
     """cupy.ElementwiseKernel: here the kernel's NumPy reference runs instead of its CUDA body, as one
     counted operation. Inputs broadcast; outputs may be passed after the inputs (written in place, and
-    their current values given to the reference, as a CUDA body may read them) or are allocated."""
+    their current values given to the reference, as a CUDA body may read them) or are allocated. As in CuPy,
+    ``size`` sets the loop size, and the shape (size,) of allocated outputs, only when every array argument
+    is ``raw``, and it must be given then."""
 
     def __init__(self, in_params, out_params, operation, name="kernel", **kwargs):
         self.ins, self.outs, self.operation, self.name = _params(in_params), _params(out_params), operation, name
+        self.raw = ["raw" in p.split()[:-2] for p in (in_params + "," + out_params).split(",") if p.strip()]
 
     def __call__(self, *args, size=None, block_size=None):
         if len(args) not in (len(self.ins), len(self.ins) + len(self.outs)):
             raise TypeError(f"{self.name}: wrong number of arguments ({len(args)})")
+        nonraw = True in (isinstance(a, ndarray) and not raw for a, raw in zip(args, self.raw))   # outputs too
+        if size is not None and nonraw:
+            raise ValueError("Specified 'size' can be used only if all of the ndarray are 'raw'.")
+        if size is None and not nonraw:
+            raise ValueError("Loop size is undecided.")
         vals = [_kernel_arg(a) for a in args]
         res = _reference(self.name)(*vals)
         res = res if isinstance(res, tuple) else (res,)
@@ -394,6 +402,10 @@ class ElementwiseKernel:
                 out.append(given[i])
             else:
                 dt = _np.result_type(*[v for v in vals if isinstance(v, _np.ndarray)])
+                if size is not None:
+                    if r.size != size:
+                        raise AssertionError(f"{self.name}: the reference gave {r.size} values for size {size}")
+                    r = r.reshape(size)
                 out.append(ndarray._wrap(_np.ascontiguousarray(r.astype(dt, copy=False))))
         _op(out[0]._a)
         return out[0] if len(out) == 1 else tuple(out)
