@@ -25,32 +25,37 @@ def test_single_process_leaves_arrays_alone():
     assert list(a) == [0, 1, 2, 3] and comm.is_main and comm.size == 1 and comm.broadcast_object(5) == 5
 
 
-def _bn_case(xp, shape=(8, 3, 4, 5)):
+def _bn_case(xp, shape=(8, 3, 4, 5), relu=False):
     rng = np.random.default_rng(0)
     x = rng.normal(1.5, 2.0, shape)
     dy = rng.normal(0.0, 1.0, shape)
-    bn = nn.BatchNorm2d(shape[1]).to(np.float64)
+    bn = nn.BatchNorm2d(shape[1], relu=relu).to(np.float64)
     bn.weight.data[...] = xp.asarray(rng.uniform(0.5, 1.5, shape[1]))
     bn.bias.data[...] = xp.asarray(rng.normal(0, 1, shape[1]))
     return x, dy, bn
 
 
+@pytest.mark.parametrize("fused", [False, True], ids=["plain", "relu-residual"])
 @pytest.mark.parametrize("world", [2, 4])
-def test_synchronised_batch_norm_equals_one_process(xp, world):
+def test_synchronised_batch_norm_equals_one_process(xp, world, fused):
     """Each rank normalises its shard with the global batch's statistics: outputs, input gradients (times
     the rank count: each rank's loss is its shard's mean), averaged weight gradients and running statistics
-    all equal one process's on the whole batch."""
-    x, dy, ref = _bn_case(xp)
-    y_ref = ref(xp.asarray(x))
-    dx_ref = backend.to_numpy(ref.backward(xp.asarray(dy)))
+    all equal one process's on the whole batch; also with the fused ReLU and residual sum (the input's
+    gradient is checked, the residual's is the gated dy)."""
+    x, dy, ref = _bn_case(xp, relu=fused)
+    r = np.random.default_rng(1).normal(0.0, 1.0, x.shape) if fused else None
+    y_ref = ref(xp.asarray(x), *([xp.asarray(r)] if fused else []))
+    dx_ref = ref.backward(xp.asarray(dy))
+    dx_ref = backend.to_numpy(dx_ref[0] if fused else dx_ref)
     k = len(x) // world
-    states = [_bn_case(xp)[2] for _ in range(world)]
+    states = [_bn_case(xp, relu=fused)[2] for _ in range(world)]
 
     def rank(comm):
         bn = nn.convert_sync_batchnorm(states[comm.rank], comm)
         sl = slice(comm.rank * k, (comm.rank + 1) * k)
-        y = bn(xp.asarray(x[sl]))
+        y = bn(xp.asarray(x[sl]), *([xp.asarray(r[sl])] if fused else []))
         dx = bn.backward(xp.asarray(dy[sl] * world))
+        dx = dx[0] if fused else dx
         g = comm.allreduce_mean(xp.concatenate([bn.weight.grad, bn.bias.grad]))
         return backend.to_numpy(y), backend.to_numpy(dx), backend.to_numpy(g), bn
     results = run_ranks(world, rank)

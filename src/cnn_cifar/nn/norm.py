@@ -108,11 +108,11 @@ class _BatchNorm(Module):
             self.save_for_backward(_Saved(xhat, invstd, None, False, y if self.relu else None, res2 is not None))
             return y
         group = self.process_group
+        if group is not None and group.size > 1:
+            return self._forward_synced(x2, res2, group)
         if m < 2:
             raise ValueError(f"{self.label}: training needs more than one value per channel, "
                              f"got input rows of shape {tuple(x2.shape)}")
-        if group is not None and group.size > 1:
-            return self._forward_synced(x2, res2, group)
         if not runtime.is_host(x2):
             return self._forward_device(x2, res2)
         xhat = xp.empty((c, m), dtype=x2.dtype)    # kept for backward; also the normalised values here
