@@ -77,6 +77,7 @@ def _relu(v):
 _EPILOGUES = {   # name suffix: (extra input, CUDA statement turning v into y, reference)
     "": ("", "y = v;", lambda v: v),
     "_relu": ("", "y = v < (T)(0.0f) ? (T)(0.0f) : v;", _relu),
+    "_add": (", T res", "y = v + res;", lambda v: v),
     "_add_relu": (", T res", "v += res; y = v < (T)(0.0f) ? (T)(0.0f) : v;", _relu),
 }
 
@@ -106,8 +107,8 @@ BN_FORWARD, BN_EVAL = {}, {}
 for _suffix in _EPILOGUES:
     BN_FORWARD[_suffix], BN_EVAL[_suffix] = _bn_forward_kernels(_suffix)
 """Normalise with the batch's mean and variance (training; the normalised values are kept for backward) or
-with the running ones (inference), scale and shift, then the epilogue: by suffix "" (none), "_relu",
-"_add_relu" (a residual added before the ReLU)."""
+with the running ones (inference), scale and shift, then the epilogue: by suffix "" (none), "_relu", "_add"
+(a residual added), "_add_relu" (a residual added before the ReLU)."""
 
 bn_track = elementwise(
     "T mean, T var, T mom, T unbias", "T rmean, T rvar, raw int64 tracked",
@@ -177,11 +178,11 @@ def _im2col_reference(x, h, w, n, ho, wo, kh, kw, sh, sw, ph, pw, dh, dw, cols):
 def _col2im_reference(cols, h, w, n, ho, wo, kh, kw, sh, sw, ph, pw, dh, dw):
     c = cols.size // (kh * kw * ho * wo * n)
     padded, taps = _taps(c, h, w, n, ho, wo, kh, kw, sh, sw, ph, pw, dh, dw)
-    acc = np.zeros(padded, dtype=cols.dtype)
+    acc = np.zeros(padded, dtype=np.float32 if cols.dtype == np.float16 else cols.dtype)
     c6 = cols.reshape(c, kh, kw, ho, wo, n)
     for i, j, hs, ws in taps:
         acc[:, hs, ws] += c6[:, i, j]
-    return np.ascontiguousarray(acc[:, ph:ph + h, pw:pw + w])
+    return np.ascontiguousarray(acc[:, ph:ph + h, pw:pw + w]).astype(cols.dtype, copy=False)
 
 
 im2col_gpu = elementwise(
@@ -208,7 +209,9 @@ col2im_gpu = elementwise(
     const int xx = t % W; t /= W;
     const int yy = t % H;
     const ptrdiff_t c = t / H;
-    T acc = (T)(0.0f);
+    // float16 columns (autocast) are summed in float, as PyTorch's col2im accumulates
+    typedef typename cupy::type_traits::conditional<sizeof(T) == 2, float, T>::type acc_t;
+    acc_t acc = 0;
     for (int ki = 0; ki < KH; ++ki) {
         const int ynum = yy + PH - ki * DH;
         if (ynum < 0 || ynum % SH != 0) continue;
@@ -219,10 +222,10 @@ col2im_gpu = elementwise(
             if (xnum < 0 || xnum % SW != 0) continue;
             const int xo = xnum / SW;
             if (xo >= Wo) continue;
-            acc += cols[((((c * KH + ki) * KW + kj) * Ho + yo) * Wo + xo) * N + smp];
+            acc += static_cast<acc_t>(cols[((((c * KH + ki) * KW + kj) * Ho + yo) * Wo + xo) * N + smp]);
         }
     }
-    dx = acc;
+    dx = (T)acc;
     """, "cnn_col2im", _col2im_reference)
 """dx (C, H, W, N), flat: each input pixel's sum of the column entries that read it (im2col's adjoint),
 gathered. Called with ``size=C*H*W*N`` (its inputs are all raw), it allocates its flat output itself."""
