@@ -168,14 +168,18 @@ def elementwise_source(kern, args, size, idx32):
 
 
 def reduction_source(kern, args, axis, keepdims, idx32):
-    """ReductionKernel.__call__ (the non-CUB path) up to the compile."""
-    assert len(args) == kern.nin and kern.nin > 1, "one input could take the CUB path, not reproduced here"
-    ins, a_shape = broadcast(list(args), kern.in_params)
+    """ReductionKernel.__call__ (the non-CUB path) up to the compile; outputs allocated, or all given."""
+    assert kern.nin > 1 or kern.nout > 1, "one input and one output could take the CUB path, not reproduced here"
+    ins, a_shape = broadcast(list(args[:kern.nin]), kern.in_params)
+    given = list(args[kern.nin:])
     in_types, out_types, type_map = _reduction._decide_params_type(
-        kern.in_params, kern.out_params, tuple(a.dtype.type if isinstance(a, Arr) else None for a in ins), ())
+        kern.in_params, kern.out_params, tuple(a.dtype.type if isinstance(a, Arr) else None for a in ins),
+        tuple(a.dtype.type for a in given))
     reduce_axis, out_axis = _reduction._get_axis(axis, len(a_shape))
     out_shape = tuple(_reduction._get_out_shape(a_shape, reduce_axis, out_axis, keepdims))
-    outs = [Arr(out_shape, t) for t in out_types]
+    for a, p in zip(given, kern.out_params):
+        assert p.raw or a.shape == out_shape, f"{kern.name}: output {p.name} of shape {a.shape}, not {out_shape}"
+    outs = given or [Arr(out_shape, t) for t in out_types]
     big = np.prod(a_shape) / max(np.prod(out_shape), 1) > 0x7FFFFFFF
     type_map = _kernel._TypeMap(type_map._pairs + (("IndexT", "int64" if big else "int32"),))
     perm = reduce_axis + out_axis
@@ -203,18 +207,18 @@ def calls(dt):
     col = lambda: e(C)[:, None]                                   # noqa: E731  weight.data[:, None] and the like
     chwn = lambda a: a.transpose(1, 2, 3, 0)                      # noqa: E731  layout.chwn
     x2, ok0 = e(C, M), np.empty((), np.bool_)
-    out = [(K.bn_var, "", (x2, e(C, 1), 1.0 / M), dict(axis=1, keepdims=True)),
-           (K.bn_var, "BatchNorm1d", (e(M, C).T, e(C, 1), 1.0 / M), dict(axis=1, keepdims=True))]
+    stats = lambda: (e(2, C)[0], e(2, C)[1], e(C), e(C), e(t=np.int64))   # noqa: E731  mean, var, running, count
+    out = [(K.bn_stats, "", (x2, 0.1) + stats(), dict(axis=1)),
+           (K.bn_stats, "BatchNorm1d", (e(M, C).T, 0.1) + stats(), dict(axis=1))]
     for s in K.BN_FORWARD:
         res = (e(C, M),) if "add" in s else ()
         out.append((K.BN_FORWARD[s], "", (x2, e(C, 1), e(C, 1), 1e-5, col(), col()) + res, {}))
         out.append((K.BN_EVAL[s], "", (x2, col(), col(), 1e-5, col(), col()) + res, {}))
-    out.append((K.bn_track, "", (e(C, 1)[:, 0], e(C, 1)[:, 0], 0.1, M / (M - 1), e(C), e(C), e(t=np.int64)), {}))
     for label, g in (("gate", e(C, M)), ("gate=1.0", 1.0)):
-        out.append((K.bn_gated_sum, label, (x2, g), dict(axis=1)))
-        out.append((K.bn_dot_sum, label, (x2, g, e(C, M)), dict(axis=1)))
-        out.append((K.bn_backward, label, (x2, g, e(C, M), col(), e(C, 1), 1e-5, col(), col(), 1.0 / M), {}))
-    out.append((K.bn_param_grads, "", (e(C), e(C), e(C), e(C)), {}))
+        sums = (e(2, C)[0], e(2, C)[1], e(C), e(C))                            # a workspace's rows, the grads
+        out.append((K.bn_grad_sums, label, (x2, g, e(C, M)) + sums, dict(axis=1)))
+        out.append((K.bn_backward, label, (x2, g, e(C, M), col(), e(C, 1), 1e-5, e(2, C)[0][:, None],
+                                           e(2, C)[1][:, None], 1.0 / M), {}))
     geo = (H, W, N, H, W, 3, 3, 1, 1, 1, 1, 1, 1)                  # 3x3, stride 1, padding 1
     out.append((K.im2col_gpu, "", (e(C, H, W, N),) + geo + (e(C * 9, H * W * N),), {}))
     out.append((K.col2im_gpu, "", (e(C * 9, H * W * N),) + geo, dict(size=C * H * W * N)))
@@ -229,7 +233,7 @@ def calls(dt):
 
 def source(k, args, kwargs, idx32):
     args = [Arr.of(a) if isinstance(a, np.ndarray) else a for a in args]
-    kern = getattr(cupy, k.kind)(*k.args, name=k.name)
+    kern = getattr(cupy, k.kind)(*k.args, name=k.name, **k.options)
     if k.kind == "ReductionKernel":
         return reduction_source(kern, args, kwargs.get("axis"), kwargs.get("keepdims", False), idx32)
     return elementwise_source(kern, args, kwargs.get("size"), idx32)

@@ -29,10 +29,10 @@ REFERENCES: dict[str, Callable[..., Any]] = {}
 class Kernel:
     """A CuPy kernel built on first use (CUDA compiles it then), called like the CuPy kernel object."""
 
-    def __init__(self, kind: str, args: tuple, name: str, reference: Callable[..., Any]):
+    def __init__(self, kind: str, args: tuple, name: str, reference: Callable[..., Any], **options: Any):
         if name in REFERENCES:
             raise ValueError(f"kernel {name!r} is already defined")
-        self.kind, self.args, self.name = kind, args, name
+        self.kind, self.args, self.name, self.options = kind, args, name, options
         REFERENCES[name] = reference
         self._built: dict[int, Any] = {}
 
@@ -42,7 +42,7 @@ class Kernel:
             raise TypeError(f"kernel {self.name} runs on device arrays only")
         k = self._built.get(id(xp))
         if k is None:
-            k = self._built[id(xp)] = getattr(xp, self.kind)(*self.args, name=self.name)
+            k = self._built[id(xp)] = getattr(xp, self.kind)(*self.args, name=self.name, **self.options)
         return k(*arrays, **kwargs)
 
 
@@ -52,21 +52,74 @@ def elementwise(in_params: str, out_params: str, operation: str, name: str,
 
 
 def reduction(in_params: str, out_params: str, map_expr: str, reduce_expr: str, post_map_expr: str, identity: str,
-              name: str, reference: Callable[..., Any]) -> Kernel:
+              name: str, reference: Callable[..., Any], **options: Any) -> Kernel:
+    """A ReductionKernel; ``options`` go to CuPy's constructor (``reduce_type``, ``preamble``). Outputs may be
+    passed after the inputs (then all of them, written in place); the reference then gets their current
+    values after the inputs, and ``axis``/``keepdims`` as keywords."""
     return Kernel("ReductionKernel", (in_params, out_params, map_expr, reduce_expr, post_map_expr, identity),
-                  name, reference)
+                  name, reference, **options)
 
 
 # ------------------------------------------------------------------------------------------ batch norm
 # Rows are channels: x2 (C, M), per-channel values as (C, 1) columns. The forward kernels may end in a fused
 # ReLU, after adding a residual (BatchNorm2d(relu=True) and its ``residual`` argument); the backward kernels
 # take a ``gate``, the fused ReLU's output (the gradient passes where it is positive), or the scalar 1 when
-# there is no ReLU to undo.
+# there is no ReLU to undo. Each direction is one reduction (over M, per channel) and one element-wise pass.
 
-bn_var = reduction(
-    "T x, T mean, T inv_m", "T var", "(x - mean) * (x - mean)", "a + b", "var = a * inv_m", "0", "cnn_bn_var",
-    lambda x, mean, inv_m, axis=None, keepdims=False: ((x - mean) ** 2).sum(axis=axis, keepdims=keepdims) * inv_m)
-"""The biased variance, sum over M of (x - mean)^2 / M, in one pass."""
+_BN_PREAMBLE = r"""
+template <typename U> struct cnn_welford {      // a count, its mean and its sum of squared deviations
+    U n, mean, m2;
+    __device__ cnn_welford() : n(0), mean(0), m2(0) {}
+    __device__ explicit cnn_welford(U x) : n(1), mean(x), m2(0) {}
+};
+template <typename U>                           // two partial results merged (Chan, Golub and LeVeque)
+__device__ cnn_welford<U> cnn_welford_merge(const cnn_welford<U>& a, const cnn_welford<U>& b) {
+    if (a.n == 0) return b;
+    if (b.n == 0) return a;
+    cnn_welford<U> r;
+    r.n = a.n + b.n;
+    const U d = b.mean - a.mean, f = b.n / r.n;
+    r.mean = a.mean + d * f;
+    r.m2 = a.m2 + b.m2 + d * d * a.n * f;
+    return r;
+}
+template <typename U>                           // the batch's mean and biased variance, the running statistics
+__device__ void cnn_bn_stats_out(const cnn_welford<U>& a, U& mean, U& var, U& rmean, U& rvar, U mom,
+                                 long long& tracked, ptrdiff_t channel) {
+    mean = a.mean;
+    var = a.m2 / a.n;
+    rmean = (1 - mom) * rmean + mom * mean;
+    rvar = (1 - mom) * rvar + mom * a.m2 / (a.n - 1);       // unbiased, as PyTorch tracks it
+    if (channel == 0) tracked += 1;
+}
+template <typename U> struct cnn_pair {          // two sums in one pass
+    U s, d;
+    __device__ cnn_pair() : s(0), d(0) {}
+    __device__ cnn_pair(U s_, U d_) : s(s_), d(d_) {}
+};
+template <typename U> __device__ cnn_pair<U> cnn_pair_add(const cnn_pair<U>& a, const cnn_pair<U>& b) {
+    return cnn_pair<U>(a.s + b.s, a.d + b.d);
+}
+"""
+
+
+def _bn_stats_reference(x, mom, mean, var, rmean, rvar, tracked, axis=None, keepdims=False):
+    assert axis == 1 and not keepdims
+    m = x.shape[1]
+    mu = x.mean(axis=1)
+    v = ((x - mu[:, None]) ** 2).mean(axis=1)
+    return mu, v, (1 - mom) * rmean + mom * mu, (1 - mom) * rvar + mom * v * (m / (m - 1)), tracked + 1
+
+
+bn_stats = reduction(
+    "T x, T mom", "T mean, T var, T rmean, T rvar, raw int64 tracked",
+    "cnn_welford<T>(x)", "cnn_welford_merge(a, b)",
+    "cnn_bn_stats_out(a, mean, var, rmean, rvar, mom, tracked[0], _out_ind.get()[0])", "cnn_welford<T>()",
+    "cnn_bn_stats", _bn_stats_reference, reduce_type="cnn_welford<T>", preamble=_BN_PREAMBLE)
+"""Over axis 1 of x2 (C, M), into the given (C,) outputs: the batch's mean and biased variance (Welford's
+one-pass, numerically as safe as two passes), the running statistics' momentum update (variance unbiased)
+and the batch count (a 0-d int64), in one launch. (``_out_ind`` is the output indexer of CuPy's reduction
+template, here 1-D: the channel; tools/compile_kernels.py compiles this against CuPy's own generator.)"""
 
 
 def _relu(v):
@@ -110,13 +163,6 @@ for _suffix in _EPILOGUES:
 with the running ones (inference), scale and shift, then the epilogue: by suffix "" (none), "_relu", "_add"
 (a residual added), "_add_relu" (a residual added before the ReLU)."""
 
-bn_track = elementwise(
-    "T mean, T var, T mom, T unbias", "T rmean, T rvar, raw int64 tracked",
-    "rmean = (1 - mom) * rmean + mom * mean; rvar = (1 - mom) * rvar + mom * var * unbias; "
-    "if (i == 0) tracked[0] += 1;", "cnn_bn_track",
-    lambda mean, var, mom, unbias, rmean, rvar, tracked: ((1 - mom) * rmean + mom * mean,
-                                                          (1 - mom) * rvar + mom * var * unbias, tracked + 1))
-"""The running statistics' momentum update and the batch count, in place (all three are passed as outputs)."""
 
 
 def _gated(dy, gate):
@@ -125,15 +171,21 @@ def _gated(dy, gate):
 
 _GATED = "(gate > (T)(0.0f) ? dy : (T)(0.0f))"
 
-bn_gated_sum = reduction(
-    "T dy, T gate", "T out", _GATED, "a + b", "out = a", "0", "cnn_bn_gated_sum",
-    lambda dy, gate, axis=None, keepdims=False: _gated(dy, gate).sum(axis=axis, keepdims=keepdims))
-"""sum over M of the gated dy: the bias's gradient, and a term of the input's."""
 
-bn_dot_sum = reduction(
-    "T dy, T gate, T xhat", "T out", _GATED + " * xhat", "a + b", "out = a", "0", "cnn_bn_dot_sum",
-    lambda dy, gate, xhat, axis=None, keepdims=False: (_gated(dy, gate) * xhat).sum(axis=axis, keepdims=keepdims))
-"""sum over M of the gated dy times xhat: the weight's gradient, and a term of the input's."""
+def _bn_grad_sums_reference(dy, gate, xhat, dbeta, dgamma, wgrad, bgrad, axis=None, keepdims=False):
+    assert axis == 1 and not keepdims
+    g = _gated(dy, gate)
+    sb, sg = g.sum(axis=1), (g * xhat).sum(axis=1)
+    return sb, sg, wgrad + sg, bgrad + sb
+
+
+bn_grad_sums = reduction(
+    "T dy, T gate, T xhat", "T dbeta, T dgamma, T wgrad, T bgrad",
+    "cnn_pair<T>(" + _GATED + ", " + _GATED + " * xhat)", "cnn_pair_add(a, b)",
+    "dbeta = a.s, dgamma = a.d, bgrad += a.s, wgrad += a.d", "cnn_pair<T>()", "cnn_bn_grad_sums",
+    _bn_grad_sums_reference, reduce_type="cnn_pair<T>", preamble=_BN_PREAMBLE)
+"""Over axis 1, into the given (C,) outputs: sum(g) and sum(g * xhat) for the gated dy g (the bias's and the
+weight's gradients, and terms of the input's), also added into the parameters' gradients, in one launch."""
 
 bn_backward = elementwise(
     "T dy, T gate, T xhat, T w, T var, T eps, T dbeta, T dgamma, T inv_m", "T dx",
@@ -141,11 +193,6 @@ bn_backward = elementwise(
     lambda dy, gate, xhat, w, var, eps, dbeta, dgamma, inv_m:
         w / np.sqrt(var + eps) * (_gated(dy, gate) - (dbeta + xhat * dgamma) * inv_m))
 """dx = gamma * invstd / M * (M * g - sum(g) - xhat * sum(g * xhat)), g the gated dy, in one pass."""
-
-bn_param_grads = elementwise(
-    "T dgamma, T dbeta", "T wgrad, T bgrad", "wgrad += dgamma; bgrad += dbeta", "cnn_bn_param_grads",
-    lambda dgamma, dbeta, wgrad, bgrad: (wgrad + dgamma, bgrad + dbeta))
-"""Accumulate the weight's and bias's gradients, in place, in one launch."""
 
 
 # ------------------------------------------------------------------------------------------ im2col / col2im

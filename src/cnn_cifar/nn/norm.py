@@ -136,16 +136,16 @@ class _BatchNorm(Module):
         return y
 
     def _forward_device(self, x2: Array, res2: Array | None) -> Array:
-        """The training forward on a GPU in four launches (mean; variance; normalise, scale, add the residual
-        and apply the ReLU; running statistics and batch count) instead of a dozen: see kernels.py."""
+        """The training forward on a GPU in one reduction (mean, variance, running statistics, batch count)
+        and one element-wise pass (normalise, scale, add the residual, apply the ReLU): see kernels.py."""
         c, m = x2.shape
-        mean = x2.mean(axis=1, keepdims=True)                                        # (C, 1)
-        var = kernels.bn_var(x2, mean, 1.0 / m, axis=1, keepdims=True)
+        stats = get_array_module(x2).empty((2, c), dtype=x2.dtype)                 # the batch's mean and variance
+        kernels.bn_stats(x2, self.momentum, stats[0], stats[1], self.running_mean, self.running_var,
+                         self.num_batches_tracked, axis=1)
+        mean, var = stats[0][:, None], stats[1][:, None]                            # (C, 1)
         res = () if res2 is None else (res2,)
         xhat, y = kernels.BN_FORWARD[self._epilogue(res2 is not None)](
             x2, mean, var, self.eps, self.weight.data[:, None], self.bias.data[:, None], *res)
-        kernels.bn_track(mean[:, 0], var[:, 0], self.momentum, m / (m - 1), self.running_mean, self.running_var,
-                         self.num_batches_tracked)
         self.save_for_backward(_Saved(xhat, None, var, True, y if self.relu else None, res2 is not None))
         return y
 
@@ -185,16 +185,15 @@ class _BatchNorm(Module):
         xhat, invstd, var, training, gate, residual = saved
         xp = get_array_module(dy2)
         c, m = dy2.shape
-        if training is True and not runtime.is_host(dy2):     # GPU: two reductions, one fused pass, one update
+        if training is True and not runtime.is_host(dy2):     # GPU: one reduction and one element-wise pass
             if residual:                            # the gated gradient is the residual's too: made once
                 dy2 = dres = kernels.relu_backward(dy2, gate) if gate is not None else dy2
                 gate = None
             g = 1.0 if gate is None else gate
-            dbeta = kernels.bn_gated_sum(dy2, g, axis=1)
-            dgamma = kernels.bn_dot_sum(dy2, g, xhat, axis=1)
-            dx = kernels.bn_backward(dy2, g, xhat, self.weight.data[:, None], var, self.eps, dbeta[:, None],
-                                     dgamma[:, None], 1.0 / m)
-            kernels.bn_param_grads(dgamma, dbeta, self.weight.grad, self.bias.grad)
+            with runtime.workspace(xp, "bn_sums", (2, c), dy2.dtype) as sums:       # sum(g), sum(g * xhat)
+                kernels.bn_grad_sums(dy2, g, xhat, sums[0], sums[1], self.weight.grad, self.bias.grad, axis=1)
+                dx = kernels.bn_backward(dy2, g, xhat, self.weight.data[:, None], var, self.eps, sums[0][:, None],
+                                         sums[1][:, None], 1.0 / m)
             return dx, (dres if residual else None)
         if gate is not None:                        # undo the fused ReLU first
             d = xp.empty((c, m), dtype=dy2.dtype)

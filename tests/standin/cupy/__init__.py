@@ -413,22 +413,37 @@ class ElementwiseKernel:
 
 
 class ReductionKernel:
-    """cupy.ReductionKernel: the kernel's NumPy reference, given ``axis`` and ``keepdims``, as one operation."""
+    """cupy.ReductionKernel: the kernel's NumPy reference, given ``axis`` and ``keepdims``, as one operation.
+    As in CuPy, the outputs are allocated (one, or a tuple), or all of them passed after the inputs (written in
+    place; their current values go to the reference after the inputs, as post_map_expr may read them), or one
+    passed as ``out``."""
 
     def __init__(self, in_params, out_params, map_expr, reduce_expr, post_map_expr, identity, name="reduce_kernel",
                  **kwargs):
-        self.ins, self.name = _params(in_params), name
+        self.ins, self.outs, self.name = _params(in_params), _params(out_params), name
 
     def __call__(self, *args, axis=None, keepdims=False, out=None):
-        vals = [_kernel_arg(a) for a in args]
-        r = _np.asarray(_reference(self.name)(*vals, axis=axis, keepdims=keepdims))
-        dt = _np.result_type(*[v for v in vals if isinstance(v, _np.ndarray)])
-        r = ndarray._wrap(_np.ascontiguousarray(r.astype(dt, copy=False)))
-        _op(r._a)
+        if len(args) not in (len(self.ins), len(self.ins) + len(self.outs)):
+            raise TypeError(f"Wrong number of arguments for {self.name}")
         if out is not None:
-            out._a[...] = r._a
-            return out
-        return r
+            if len(self.outs) != 1 or len(args) != len(self.ins):
+                raise ValueError("cannot specify 'out' as both a positional and keyword argument")
+            args = (*args, out)
+        vals = [_kernel_arg(a) for a in args]
+        res = _reference(self.name)(*vals, axis=axis, keepdims=keepdims)
+        res = res if isinstance(res, tuple) else (res,)
+        given = args[len(self.ins):]
+        dt = _np.result_type(*[v for v in vals[:len(self.ins)] if isinstance(v, _np.ndarray)])
+        outs = []
+        for i, r in enumerate(res):
+            r = _np.asarray(r)
+            if given:
+                given[i]._a[...] = r
+                outs.append(given[i])
+            else:
+                outs.append(ndarray._wrap(_np.ascontiguousarray(r.astype(dt, copy=False))))
+        _op(outs[0]._a)
+        return outs[0] if len(outs) == 1 else tuple(outs)
 
 
 def fuse(*args, **kwargs):
