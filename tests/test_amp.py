@@ -100,6 +100,22 @@ def test_batchnorm_statistics_stay_float32_where_float16_would_overflow(xp):
     assert _rel(b.running_var, a.running_var) < 1e-5
 
 
+def test_fused_batchnorm_keeps_a_float16_gate_and_matches_float32_under_autocast(xp):
+    """BatchNorm2d(relu=True)(x, r) under autocast: float16 out, its ReLU gate kept as that float16 output (not
+    a float32 copy: half the memory until backward), gradients of x and r in float16 close to float32's."""
+    a, b = _pair(lambda: nn.BatchNorm2d(3, relu=True))
+    rng = np.random.default_rng(6)
+    x, r, dy = (xp.asarray(rng.standard_normal((4, 3, 5, 5)).astype(np.float16)) for _ in range(3))
+    y32 = a(x.astype(xp.float32), r.astype(xp.float32))
+    dx32, dr32 = a.backward(dy.astype(xp.float32))
+    with nn.autocast():
+        y16 = b(x, r)
+    assert _dt(y16) == F16 and _dt(b._saved[0].gate) == F16 and _rel(y16, y32) < 2e-3
+    dx16, dr16 = b.backward(dy)
+    assert _dt(dx16) == F16 and _dt(dr16) == F16 and _rel(dx16, dx32) < 5e-3 and _rel(dr16, dr32) < 1e-3
+    assert _rel(b.weight.grad, a.weight.grad) < 5e-3
+
+
 def test_linear_and_loss_under_autocast(xp):
     a, b = _pair(lambda: nn.Linear(12, 5))
     rng = np.random.default_rng(3)

@@ -64,7 +64,8 @@ def reduction(in_params: str, out_params: str, map_expr: str, reduce_expr: str, 
 # Rows are channels: x2 (C, M), per-channel values as (C, 1) columns. The forward kernels may end in a fused
 # ReLU, after adding a residual (BatchNorm2d(relu=True) and its ``residual`` argument); the backward kernels
 # take a ``gate``, the fused ReLU's output (the gradient passes where it is positive), or the scalar 1 when
-# there is no ReLU to undo. Each direction is one reduction (over M, per channel) and one element-wise pass.
+# there is no ReLU to undo. Each direction is one reduction (over M, per channel) and one element-wise pass
+# (backward with a residual and a ReLU: one more, the gated gradient the residual also receives).
 
 _BN_PREAMBLE = r"""
 template <typename U> struct cnn_welford {      // a count, its mean and its sum of squared deviations
@@ -156,12 +157,12 @@ def _bn_forward_kernels(suffix: str) -> tuple[Kernel, Kernel]:
     return train, infer
 
 
+# Normalise with the batch's mean and variance (training; the normalised values are kept for backward) or
+# with the running ones (inference), scale and shift, then the epilogue: by suffix "" (none), "_relu", "_add"
+# (a residual added), "_add_relu" (a residual added before the ReLU).
 BN_FORWARD, BN_EVAL = {}, {}
 for _suffix in _EPILOGUES:
     BN_FORWARD[_suffix], BN_EVAL[_suffix] = _bn_forward_kernels(_suffix)
-"""Normalise with the batch's mean and variance (training; the normalised values are kept for backward) or
-with the running ones (inference), scale and shift, then the epilogue: by suffix "" (none), "_relu", "_add"
-(a residual added), "_add_relu" (a residual added before the ReLU)."""
 
 
 

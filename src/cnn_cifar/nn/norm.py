@@ -1,6 +1,7 @@
 """Batch normalisation (PyTorch semantics: batch statistics in training, running ones in eval), with an
-optional fused ReLU and residual sum: ``BatchNorm2d(c, relu=True)(x, residual)`` is relu(bn(x) + residual) in
-one pass over the activation (one kernel on a GPU), as torch.ao.nn.intrinsic.BNReLU2d fuses the two."""
+optional fused ReLU and residual sum: ``BatchNorm2d(c, relu=True)(x, residual)`` is relu(bn(x) + residual)
+without a separate layer for either (on a GPU inside batch norm's own element-wise kernel), as
+torch.ao.nn.intrinsic.BNReLU2d fuses the two."""
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -26,8 +27,10 @@ class _BatchNorm(Module):
     """Shared core: normalises a (C, M) matrix of channels by columns.
 
     ``relu=True`` fuses a ReLU after the affine transform, and ``forward(x, residual)`` adds ``residual``
-    before it (a ResNet block's relu(bn2(conv2(.)) + shortcut)): one kernel per direction on a GPU instead of
-    three. Backward then returns the gradient of the input, or of the input and the residual as a pair.
+    before it (a ResNet block's relu(bn2(conv2(.)) + shortcut)): on a GPU, in batch norm's element-wise
+    kernel each way instead of two more passes forward and one or two back. Backward then returns the gradient
+    of the input, or of the input and the residual as a pair. The fused ReLU's output is kept as its gate
+    for backward (as ``ReLU(inplace=True)`` keeps it): do not change it in place before backward.
 
     Under mixed precision a float16 input is widened to the parameters' float32 for the statistics and the
     normalisation, and the output narrowed back to float16 (as PyTorch's autocast runs batch norm); backward
@@ -66,6 +69,13 @@ class _BatchNorm(Module):
         if res2 is not None or self.relu:
             runtime.by_channel(apply, y)
         return y
+
+    def _keep_narrow_gate(self, out2: Array) -> None:
+        """Under autocast, keep the fused ReLU's gate as the narrowed output the caller holds anyway (``out2``,
+        in rows), not the wider copy: half the memory kept until backward."""
+        saved = self._saved
+        if self.relu and saved is not None and saved[0].gate is not None and saved[0].gate.dtype != out2.dtype:
+            self.save_for_backward(saved[0]._replace(gate=out2))
 
     def _check_residual(self, x: Array, residual: Array | None) -> None:
         if residual is not None and tuple(residual.shape) != tuple(x.shape):
@@ -185,8 +195,10 @@ class _BatchNorm(Module):
         xhat, invstd, var, training, gate, residual = saved
         xp = get_array_module(dy2)
         c, m = dy2.shape
+        if gate is not None and gate.dtype != dy2.dtype:     # kept narrow under autocast (_keep_narrow_gate)
+            gate = gate.astype(dy2.dtype)
         if training is True and not runtime.is_host(dy2):     # GPU: one reduction and one element-wise pass
-            if residual:                            # the gated gradient is the residual's too: made once
+            if residual:                            # the gated gradient is the residual's too: one more pass
                 dy2 = dres = kernels.relu_backward(dy2, gate) if gate is not None else dy2
                 gate = None
             g = 1.0 if gate is None else gate
@@ -195,9 +207,9 @@ class _BatchNorm(Module):
                 dx = kernels.bn_backward(dy2, g, xhat, self.weight.data[:, None], var, self.eps, sums[0][:, None],
                                          sums[1][:, None], 1.0 / m)
             return dx, (dres if residual else None)
-        if gate is not None:                        # undo the fused ReLU first
-            d = xp.empty((c, m), dtype=dy2.dtype)
-            runtime.by_channel(lambda c0, c1: xp.multiply(dy2[c0:c1], gate[c0:c1] > 0, out=d[c0:c1]), dy2)
+        if gate is not None:                        # undo the fused ReLU first (0 where gated, even for inf/NaN)
+            d = xp.zeros((c, m), dtype=dy2.dtype)
+            runtime.by_channel(lambda c0, c1: xp.copyto(d[c0:c1], dy2[c0:c1], where=gate[c0:c1] > 0), dy2)
             dy2 = d
         dres = dy2 if residual else None
         scale = self.weight.data * invstd
@@ -256,7 +268,9 @@ class BatchNorm2d(_BatchNorm):
         n, c, h, w = x.shape
         self._check_residual(x, residual)
         y = self._forward_rows(rows(self._widen(x)), None if residual is None else rows(self._widen(residual)))
-        return amp.like(nchw(y.reshape(c, h, w, n)), x)
+        out = amp.like(nchw(y.reshape(c, h, w, n)), x)
+        self._keep_narrow_gate(rows(out))
+        return out
 
     def backward(self, dy: Array) -> Array | tuple[Array, Array]:
         saved, = self.saved()
@@ -274,7 +288,9 @@ class BatchNorm1d(_BatchNorm):
             raise ValueError(f"{self.label} expects input (N, {self.num_features}), got shape {tuple(x.shape)}")
         self._check_residual(x, residual)
         res2 = None if residual is None else self._widen(residual).T
-        return amp.like(self._forward_rows(self._widen(x).T, res2).T, x)
+        out = amp.like(self._forward_rows(self._widen(x).T, res2).T, x)
+        self._keep_narrow_gate(out.T)
+        return out
 
     def backward(self, dy: Array) -> Array | tuple[Array, Array]:
         saved, = self.saved()

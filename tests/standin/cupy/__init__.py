@@ -13,6 +13,9 @@ Strict as CuPy is (see CuPy's "Differences between CuPy and NumPy" and its ndarr
 * ``random.default_rng(seed).random(size, dtype)`` as in CuPy, whose generators have no NumPy-style
   ``bit_generator.state``.
 * ``matmul`` counts the copies CuPy makes of operands that are not contiguous.
+* ``ElementwiseKernel``/``ReductionKernel`` check their arguments as CuPy does: one dtype per one-letter type
+  (``T``) across the array arguments, named types (``int64``) exact, outputs device arrays of the loop's
+  (or the reduction's) shape, ``size`` only and always when every array is ``raw``.
 
 ``cupy.cuda.nccl`` carries NCCL's in-place sum and broadcast out over MPI on the arrays behind the device
 pointers (``ndarray.data.ptr``), so the library's NCCL communicator runs under ``mpirun`` in CI.
@@ -36,6 +39,8 @@ import weakref
 import numpy as _np
 
 counters = {"ops": 0, "syncs": 0, "bytes": 0}
+# (Below, ``any``, ``all`` and other NumPy-named functions become this module's CuPy functions: builtins
+# with those names are out of reach here.)
 _by_ptr: "weakref.WeakValueDictionary[int, _np.ndarray]" = weakref.WeakValueDictionary()
 
 
@@ -357,6 +362,27 @@ def _params(spec: str) -> list[str]:
     return [p.split()[-1] for p in spec.split(",") if p.strip()]
 
 
+_NAMED_TYPES = {"int64": _np.int64, "int32": _np.int32, "bool": _np.bool_, "float16": _np.float16,
+                "float32": _np.float32, "float64": _np.float64}
+
+
+def _check_types(name, in_params, out_params, args):
+    """As CuPy: a one-letter type (``T``) is one dtype across all array arguments, a named type (``int64``)
+    must be that dtype, and outputs passed must be device arrays."""
+    specs = [q.split() for q in (in_params + "," + out_params).split(",") if q.strip()]
+    nin = len([q for q in in_params.split(",") if q.strip()])
+    bound = {}
+    for i, (spec, a) in enumerate(zip(specs, args)):
+        if i >= nin and not isinstance(a, ndarray):
+            raise TypeError("Output arguments type must be cupy.ndarray")
+        if not isinstance(a, ndarray):
+            continue
+        t = spec[-2]
+        want = _NAMED_TYPES.get(t) or bound.setdefault(t, a.dtype)
+        if a.dtype != _np.dtype(want):
+            raise TypeError(f"{name}: Type is mismatched. {spec[-1]} {a.dtype} {t} {_np.dtype(want)}")
+
+
 def _reference(name):
     """The NumPy reference the library keeps beside a kernel's CUDA source (cnn_cifar.nn.kernels)."""
     from cnn_cifar.nn.kernels import REFERENCES
@@ -382,6 +408,7 @@ class ElementwiseKernel:
     def __init__(self, in_params, out_params, operation, name="kernel", **kwargs):
         self.ins, self.outs, self.operation, self.name = _params(in_params), _params(out_params), operation, name
         self.raw = ["raw" in p.split()[:-2] for p in (in_params + "," + out_params).split(",") if p.strip()]
+        self.specs = (in_params, out_params)
 
     def __call__(self, *args, size=None, block_size=None):
         if len(args) not in (len(self.ins), len(self.ins) + len(self.outs)):
@@ -391,10 +418,16 @@ class ElementwiseKernel:
             raise ValueError("Specified 'size' can be used only if all of the ndarray are 'raw'.")
         if size is None and not nonraw:
             raise ValueError("Loop size is undecided.")
+        _check_types(self.name, *self.specs, args)
+        given = args[len(self.ins):]
+        if given and nonraw:
+            shape = _np.broadcast_shapes(*[a.shape for a, raw in zip(args, self.raw) if isinstance(a, ndarray)
+                                           and not raw])
+            if True in (o.shape != shape for o, raw in zip(given, self.raw[len(self.ins):]) if not raw):
+                raise ValueError("Out shape is mismatched")
         vals = [_kernel_arg(a) for a in args]
         res = _reference(self.name)(*vals)
         res = res if isinstance(res, tuple) else (res,)
-        given = args[len(self.ins):]
         out = []
         for i, r in enumerate(res):
             r = _np.asarray(r)
@@ -421,6 +454,8 @@ class ReductionKernel:
     def __init__(self, in_params, out_params, map_expr, reduce_expr, post_map_expr, identity, name="reduce_kernel",
                  **kwargs):
         self.ins, self.outs, self.name = _params(in_params), _params(out_params), name
+        self.specs = (in_params, out_params)
+        self.raw_outs = ["raw" in q.split()[:-2] for q in out_params.split(",") if q.strip()]
 
     def __call__(self, *args, axis=None, keepdims=False, out=None):
         if len(args) not in (len(self.ins), len(self.ins) + len(self.outs)):
@@ -429,10 +464,14 @@ class ReductionKernel:
             if len(self.outs) != 1 or len(args) != len(self.ins):
                 raise ValueError("cannot specify 'out' as both a positional and keyword argument")
             args = (*args, out)
+        _check_types(self.name, *self.specs, args)
+        given = args[len(self.ins):]
         vals = [_kernel_arg(a) for a in args]
         res = _reference(self.name)(*vals, axis=axis, keepdims=keepdims)
         res = res if isinstance(res, tuple) else (res,)
-        given = args[len(self.ins):]
+        for o, r, raw in zip(given, res, self.raw_outs):
+            if not raw and o.shape != _np.shape(r):
+                raise ValueError("Out shape is mismatched")
         dt = _np.result_type(*[v for v in vals[:len(self.ins)] if isinstance(v, _np.ndarray)])
         outs = []
         for i, r in enumerate(res):
