@@ -76,8 +76,13 @@ def select_backend(choice: str, quiet: bool = False) -> None:
 active_comm = None
 """The run's Communicator once a --distributed run has joined its ranks (None in one process)."""
 
+class AgreedError(ValueError):
+    """A bad setting that every rank of a --distributed run finds alike (the batch does not split over the
+    ranks): reported once, by rank 0."""
+
+
 # Failures every rank meets at the same point (agreed over ranks): only rank 0 reports them.
-_COLLECTIVE = (TrainingInterrupted, NonFiniteLoss)
+_COLLECTIVE = (TrainingInterrupted, NonFiniteLoss, AgreedError)
 
 
 def _report(exc: BaseException) -> tuple[int, str] | None:
@@ -115,6 +120,7 @@ def run(main: Callable[[], int | None]) -> int:
         if isinstance(exc, _COLLECTIVE):
             if comm.is_main:
                 print(line, file=sys.stderr, flush=True)
+            comm.barrier()          # no rank ends (and has the launcher end the job) before rank 0 has said why
             return code
         print(f"[rank {comm.rank}] {line.lstrip()}", file=sys.stderr, flush=True)
         comm.abort(code)

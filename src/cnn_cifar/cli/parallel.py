@@ -32,9 +32,7 @@ def communicator(distributed: bool, sync_bn: bool, batch_size: int) -> Communica
     comm, line = connect(backend.name == "cupy")
     C.active_comm = comm
     if batch_size % comm.size:                 # the same on every rank: said once, by rank 0
-        if comm.is_main:
-            raise ValueError(f"--batch-size {batch_size} does not divide evenly over {comm.size} ranks")
-        sys.exit(1)
+        raise C.AgreedError(f"--batch-size {batch_size} does not divide evenly over {comm.size} ranks")
     print(f"{line}; global batch {batch_size} = {comm.size} x {batch_size // comm.size}"
           f"{'; batch-norm statistics synchronised' if sync_bn else ''}", flush=True)
     return comm
