@@ -57,18 +57,13 @@ class _BatchNorm(Module):
         """The fused kernels' suffix (kernels.BN_FORWARD / BN_EVAL) for this layer and call."""
         return ("_add" if residual else "") + ("_relu" if self.relu else "")
 
-    def _finish(self, y: Array, res2: Array | None) -> Array:
-        """Host paths: add the residual and apply the fused ReLU in place (NaN passes, as in the kernels)."""
-        xp = get_array_module(y)
-
-        def apply(c0: int, c1: int) -> None:
-            if res2 is not None:
-                y[c0:c1] += res2[c0:c1]
-            if self.relu:
-                xp.maximum(y[c0:c1], 0, out=y[c0:c1])
-        if res2 is not None or self.relu:
-            runtime.by_channel(apply, y)
-        return y
+    def _finish(self, y: Array, res2: Array | None, c0: int, c1: int) -> None:
+        """Host paths: add the residual to rows c0:c1 of y and apply the fused ReLU, in place, while the rows
+        are still in cache (NaN passes, as in the kernels)."""
+        if res2 is not None:
+            y[c0:c1] += res2[c0:c1]
+        if self.relu:
+            get_array_module(y).maximum(y[c0:c1], 0, out=y[c0:c1])
 
     def _keep_narrow_gate(self, out2: Array) -> None:
         """Under autocast, keep the fused ReLU's gate as the narrowed output the caller holds anyway (``out2``,
@@ -113,8 +108,8 @@ class _BatchNorm(Module):
                 if xhat is not None:
                     xp.subtract(x2[c0:c1], self.running_mean[c0:c1, None], out=xhat[c0:c1])
                     xhat[c0:c1] *= invstd[c0:c1, None]
+                self._finish(y, res2, c0, c1)
             runtime.by_channel(apply_eval, x2)
-            y = self._finish(y, res2)
             self.save_for_backward(_Saved(xhat, invstd, None, False, y if self.relu else None, res2 is not None))
             return y
         group = self.process_group
@@ -139,9 +134,9 @@ class _BatchNorm(Module):
             xh *= invstd[c0:c1, None]
             xp.multiply(xh, weight[c0:c1, None], out=y[c0:c1])
             y[c0:c1] += bias[c0:c1, None]
+            self._finish(y, res2, c0, c1)
         runtime.by_channel(apply_train, x2)
         self._track(mean, var, m)
-        y = self._finish(y, res2)
         self.save_for_backward(_Saved(xhat, invstd, None, True, y if self.relu else None, res2 is not None))
         return y
 
@@ -185,7 +180,7 @@ class _BatchNorm(Module):
         y = xhat * self.weight.data[:, None]
         y += self.bias.data[:, None]
         self._track(sums[:c] / count, var, count)
-        y = self._finish(y, res2)
+        runtime.by_channel(lambda c0, c1: self._finish(y, res2, c0, c1), y)
         self.save_for_backward(_Saved(xhat, invstd, None, (group, count), y if self.relu else None,
                                       res2 is not None))
         return y
