@@ -4,6 +4,8 @@ device operations and host synchronisations per training step."""
 from __future__ import annotations
 
 import pickle
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -378,3 +380,51 @@ def test_mixed_batches_and_ema_train_on_the_cupy_backend(cifar_root, tmp_path, o
     assert all(np.array_equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
     assert [r["train_loss"] for r in a["history"]] == [r["train_loss"] for r in b["history"]]
     assert all(np.isfinite(r["train_loss"]) and 0 <= r["train_acc"] <= 1 for r in a["history"])
+
+
+# ------------------------------------------------------------------ batch norm's reduction types, run as written
+@pytest.mark.skipif(shutil.which("g++") is None, reason="needs a C++ compiler to run the kernels' preamble")
+@pytest.mark.parametrize("ctype", ["float", "double"])
+def test_batchnorm_reduction_types_run_on_the_host_as_written(tmp_path, ctype):
+    """The C++ of batch norm's GPU reductions (kernels._BN_PREAMBLE: the Welford triple and its pairwise merge,
+    the statistics' output, the pair of gradient sums), compiled for the host and driven as CuPy's reduction
+    template drives it (each of 8 threads folds a strided share, some none, then a tree of merges), gives the
+    NumPy reference's values: the CUDA source itself, not its Python twin, on awkward data (a mean 100
+    spreads wide, where summing squares would lose the variance in float32; fewer values than threads)."""
+    from cnn_cifar.nn import kernels
+    rng = np.random.default_rng(0)
+    rows = [10 + 0.1 * rng.standard_normal(37), rng.standard_normal(5), rng.standard_normal(3) * 3 - 2]
+    g = [rng.standard_normal(len(r)) for r in rows]
+    if ctype == "float":                                # the reference sees the values the program holds
+        rows, g = [r.astype(np.float32).astype(float) for r in rows], [d.astype(np.float32).astype(float) for d in g]
+    lit = lambda v: ", ".join(repr(float(t)) for t in v)                # noqa: E731
+    blocks = []
+    for c, (r, d) in enumerate(zip(rows, g)):
+        blocks.append(f"""{{
+        const T x[] = {{{lit(r)}}}; const T d[] = {{{lit(d)}}}; const int m = {len(r)};
+        cnn_welford<T> w[8]; cnn_pair<T> p[8];
+        for (int t = 0; t < 8; ++t)
+            for (int j = t; j < m; j += 8) {{
+                w[t] = cnn_welford_merge(w[t], cnn_welford<T>(x[j]));
+                p[t] = cnn_pair_add(p[t], cnn_pair<T>(d[j], d[j] * x[j]));
+            }}
+        for (int s = 4; s > 0; s /= 2)
+            for (int t = 0; t < s; ++t) {{ w[t] = cnn_welford_merge(w[t], w[t + s]); p[t] = cnn_pair_add(p[t], p[t + s]); }}
+        T mean, var, rmean = 0.5, rvar = 2.0;
+        cnn_bn_stats_out(w[0], mean, var, rmean, rvar, (T)0.1, tracked, {c});
+        printf("%.17g %.17g %.17g %.17g %.17g %.17g\\n", (double)mean, (double)var, (double)rmean, (double)rvar,
+               (double)p[0].s, (double)p[0].d);
+    }}""")
+    src = ("#include <cstdio>\n#include <cstddef>\n#define __device__\n" + kernels._BN_PREAMBLE +
+           f"\ntypedef {ctype} T;\nint main() {{\n    long long tracked = 7;\n" + "\n".join(blocks) +
+           '\n    printf("%lld\\n", tracked);\n    return 0;\n}\n')
+    (tmp_path / "bn.cpp").write_text(src)
+    subprocess.run(["g++", "-O1", "-o", str(tmp_path / "bn"), str(tmp_path / "bn.cpp")], check=True)
+    out = subprocess.run([str(tmp_path / "bn")], check=True, capture_output=True, text=True).stdout.split("\n")
+    assert out[len(rows)] == "8"                                         # the batch count: once per call
+    rtol = 1e-4 if ctype == "float" else 1e-10
+    for line, r, d in zip(out, rows, g):
+        got = np.array(line.split(), float)
+        m, mu, v = len(r), r.mean(), r.var()
+        want = [mu, v, 0.9 * 0.5 + 0.1 * mu, 0.9 * 2.0 + 0.1 * v * m / (m - 1), d.sum(), (d * r).sum()]
+        np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol * 1e-2)
