@@ -428,3 +428,66 @@ def test_batchnorm_reduction_types_run_on_the_host_as_written(tmp_path, ctype):
         m, mu, v = len(r), r.mean(), r.var()
         want = [mu, v, 0.9 * 0.5 + 0.1 * mu, 0.9 * 2.0 + 0.1 * v * m / (m - 1), d.sum(), (d * r).sum()]
         np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol * 1e-2)
+
+
+# ------------------------------------------------------------------ every CUDA body, run on the host
+def _host_cases(dt):
+    """(kernel, arguments, keywords) as the library calls each fused kernel, small, in dtype ``dt``."""
+    from cnn_cifar.nn import kernels
+    rng = np.random.default_rng(1)
+    r = lambda *s: rng.standard_normal(s).astype(dt)                           # noqa: E731
+    pos = lambda *s: rng.uniform(0.5, 2.0, s).astype(dt)                        # noqa: E731
+    c, h, w, n = 3, 5, 4, 2
+    m = h * w * n
+    cases = []
+    for s in kernels.BN_FORWARD:
+        res = (r(c, m),) if "add" in s else ()
+        cases.append((kernels.BN_FORWARD[s], (r(c, m), r(c, 1), pos(c, 1), 1e-5, r(c, 1), r(c, 1)) + res, {}))
+        cases.append((kernels.BN_EVAL[s], (r(c, m), r(c, 1), pos(c, 1), 1e-5, r(c, 1), r(c, 1)) + res, {}))
+    cases.append((kernels.bn_stats, (r(c, m) * 3 + 10, 0.1, np.zeros(c, dt), np.zeros(c, dt), r(c), pos(c),
+                                     np.array(4, np.int64)), dict(axis=1)))
+    for gate in (r(c, m), 1.0):
+        cases.append((kernels.bn_grad_sums, (r(c, m), gate, r(c, m), np.zeros(c, dt), np.zeros(c, dt), r(c), r(c)),
+                      dict(axis=1)))
+        cases.append((kernels.bn_backward, (r(c, m), gate, r(c, m), r(c, 1), pos(c, 1), 1e-5, r(c, 1), r(c, 1),
+                                            1.0 / m), {}))
+    for kh, kw, sh, sw, ph, pw, dh, dw in [(3, 3, 1, 1, 1, 1, 1, 1), (3, 2, 2, 1, 1, 0, 2, 1)]:
+        ho, wo = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+        geo = (h, w, n, ho, wo, kh, kw, sh, sw, ph, pw, dh, dw)
+        cases.append((kernels.im2col_gpu, (r(c, h, w, n),) + geo + (np.zeros((c * kh * kw, ho * wo * n), dt),), {}))
+        cases.append((kernels.col2im_gpu, (r(c * kh * kw, ho * wo * n),) + geo, dict(size=c * h * w * n)))
+    y = r(c, m)
+    y[0, :5] = 0                                                                # the gate closed at exactly 0
+    cases.append((kernels.relu_backward, (r(c, m), y), {}))
+    for ok in (True, np.array(False)):
+        for nesterov in (True, False):
+            cases.append((kernels.sgd_update, (r(40), 0.1, 0.9, 5e-4, nesterov, ok, r(40), r(40)), {}))
+        cases.append((kernels.adam_update, (r(40), 1e-3, 0.9, 0.999, 0.5, 1e-8, 1e-3, 0.99, ok, r(40), r(40),
+                                            pos(40)), {}))
+    return cases
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("g++") is None, reason="needs a C++ compiler to run the kernels' bodies")
+@pytest.mark.parametrize("dt", [np.float32, np.float64], ids=["float32", "float64"])
+def test_every_cuda_body_computes_what_its_reference_does(tmp_path, dt):
+    """Each fused kernel's CUDA body, compiled for the host (tests/kernel_host.py: CuPy's element-wise and
+    reduction templates one index at a time), against the NumPy reference the stand-in runs in its place, for
+    every kernel kernels.py declares: the link between the GPU code and everything the suite checks."""
+    import kernel_host
+    from cnn_cifar.nn import kernels
+    cases = _host_cases(dt)
+    declared = {v.name for v in [*vars(kernels).values(), *kernels.BN_FORWARD.values(), *kernels.BN_EVAL.values()]
+                if isinstance(v, kernels.Kernel)}
+    assert declared == {k.name for k, _, _ in cases}, declared ^ {k.name for k, _, _ in cases}
+    tol = dict(rtol=2e-5, atol=2e-6) if dt == np.float32 else dict(rtol=1e-12, atol=1e-13)
+    for i, (k, args, kw) in enumerate(cases):
+        work = tmp_path / str(i)
+        work.mkdir()
+        got = kernel_host.run(k, *[a.copy() if isinstance(a, np.ndarray) else a for a in args], workdir=work, **kw)
+        want = kernels.REFERENCES[k.name](*args, **({"axis": 1} if "axis" in kw else {}))
+        want = want if isinstance(want, tuple) else (want,)
+        assert len(got) == len(want), k.name
+        for j, (g, e) in enumerate(zip(got, want)):
+            np.testing.assert_allclose(g.reshape(-1), np.asarray(e, g.dtype).reshape(-1), err_msg=f"{k.name} #{i}.{j}",
+                                       **tol)

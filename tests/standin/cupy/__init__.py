@@ -26,8 +26,9 @@ It counts device operations (``counters['ops']``), bytes written (``'bytes'``) a
 ``ElementwiseKernel`` and ``ReductionKernel`` run the NumPy reference the library keeps beside each kernel's
 CUDA source (``cnn_cifar.nn.kernels.REFERENCES``, by kernel name), as one counted operation.
 
-What it cannot catch: kernel bodies (that a body computes what its reference does; tools/compile_kernels.py
-compiles them in CI, but nothing runs them without a GPU), numerical differences of cuBLAS/cuRAND, speed,
+What it cannot catch: kernel bodies (that a body computes what its reference does: tests/kernel_host.py runs
+each body on the host with g++ against its reference, and tools/compile_kernels.py compiles them with NVRTC
+in CI, but their threads run only on a GPU), numerical differences of cuBLAS/cuRAND, speed,
 memory use and asynchrony, NCCL itself, and two places where it follows NumPy instead of CuPy: out-of-range integer
 indices raise (CuPy wraps them around) and float-to-int casts of out-of-range values.
 """
