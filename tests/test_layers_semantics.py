@@ -88,6 +88,31 @@ def test_fused_batchnorm_relu_residual_equals_the_three_layers(xp, training):
         fused(x, r[:, :2])
 
 
+@pytest.mark.parametrize("make,shape", [(lambda: nn.Conv2d(3, 4, 3, padding=1), (2, 3, 5, 5)),
+                                        (lambda: nn.Conv2d(4, 4, 3, groups=2), (2, 4, 5, 5)),
+                                        (lambda: nn.Linear(5, 3), (4, 5)),
+                                        (lambda: nn.BatchNorm2d(3, relu=True), (2, 3, 5, 5))],
+                         ids=["conv", "conv-groups", "linear", "batchnorm"])
+def test_gradients_accumulate_over_backward_calls(xp, make, shape):
+    """As in PyTorch, parameter gradients add up over backward calls until zeroed: two calls give the sum of
+    each call's gradients (on the GPU the convolution's weight gradient is added by cuBLAS in place)."""
+    layer = make().to(np.float64)
+    single = []
+    for seed in (1, 2):
+        for p in layer.parameters():
+            p.grad[...] = 0
+        y = layer(_x(shape, seed, np.float64))
+        layer.backward(_x(y.shape, seed + 10, np.float64))
+        single.append([backend.to_numpy(p.grad).copy() for p in layer.parameters()])
+    for p in layer.parameters():
+        p.grad[...] = 0
+    for seed in (1, 2):
+        y = layer(_x(shape, seed, np.float64))
+        layer.backward(_x(y.shape, seed + 10, np.float64))
+    for p, a, b in zip(layer.parameters(), *single):
+        np.testing.assert_allclose(backend.to_numpy(p.grad), a + b, rtol=1e-12, atol=1e-12)
+
+
 def test_dropout_expectation_and_eval_identity(xp):
     nn.random.manual_seed(0)
     d = nn.Dropout(0.6)

@@ -152,6 +152,13 @@ def nccl() -> ModuleType:
     return module
 
 
+def cublas() -> ModuleType:
+    """CuPy's cuBLAS wrappers (``cupy.cublas``: ``gemm`` with ``beta`` accumulates into its output), which
+    ``import cupy`` does not load."""
+    import cupy.cublas as module  # noqa: PLC0415
+    return module
+
+
 def current_stream_ptr() -> int:
     """The raw handle of CuPy's current stream (what NCCL calls are queued on)."""
     return xp.cuda.get_current_stream().ptr

@@ -6,7 +6,7 @@ from typing import Iterator
 
 import numpy as np
 
-from .. import runtime
+from .. import backend, runtime
 from ..backend import Array, get_array_module
 from . import amp, init, kernels
 from .depthwise import depthwise_backward, depthwise_forward
@@ -151,7 +151,9 @@ class Conv2d(Module):
         g, o = self.groups, self.out_channels
         dy2 = chwn_contiguous(nchw(dyc)).reshape(o, -1)              # our layers' gradients: no copy
         with self._cols_device(xc, ho, wo) as cols:
-            if g == 1:
+            if g == 1 and dy2.dtype == self.weight.grad.dtype:     # dW += dy cols^T: cuBLAS adds in place (beta 1)
+                backend.cublas().gemm("N", "T", dy2, cols, out=self.weight.grad.reshape(o, -1), beta=1.0)
+            elif g == 1:                                            # float16 under autocast into float32 grads
                 self.weight.grad += xp.matmul(dy2, cols.T).reshape(self.weight.grad.shape)
             else:
                 dy3, cols3 = dy2.reshape(g, o // g, -1), cols.reshape(g, -1, cols.shape[1])

@@ -601,3 +601,30 @@ nccl.NcclCommunicator = _NcclCommunicator
 cuda.nccl = nccl
 _sys.modules[__name__ + ".cuda"] = cuda
 _sys.modules[__name__ + ".cuda.nccl"] = nccl
+
+
+# --------------------------------------------------------------------------------------------------- cublas
+def _gemm(transa, transb, a, b, out=None, alpha=1.0, beta=0.0):
+    """cupy.cublas.gemm: out = alpha * op(a) @ op(b) + beta * out, in one cuBLAS call, with CuPy's checks
+    (2-D operands of one dtype among float32/float64/complex; ``out`` of the result's shape and dtype; without
+    ``out``, beta is ignored)."""
+    for x in (a, b) + (() if out is None else (out,)):
+        if not isinstance(x, ndarray):
+            raise _unsupported(x)
+    assert a.ndim == b.ndim == 2 and a.dtype == b.dtype
+    if a.dtype.char not in "fdFD":
+        raise TypeError("invalid dtype")
+    op = {"N": lambda x: x, "T": lambda x: x.T, "H": lambda x: x.T.conj()}
+    r = alpha * (op[transa](a._a) @ op[transb](b._a))
+    if out is None:
+        out = ndarray._wrap(_np.asfortranarray(r.astype(a.dtype)))
+    else:
+        assert out.ndim == 2 and out.shape == r.shape and out.dtype == a.dtype
+        out._a[...] = r + beta * out._a
+    _op(out._a)
+    return out
+
+
+_cublas = types.ModuleType("cupy.cublas")          # as in CuPy, reached by importing it, not by ``cupy.cublas``
+_cublas.gemm = _gemm
+_sys.modules[__name__ + ".cublas"] = _cublas
