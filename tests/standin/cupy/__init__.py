@@ -359,29 +359,47 @@ def get_array_module(*args):
     return _np
 
 
-def _params(spec: str) -> list[str]:
-    return [p.split()[-1] for p in spec.split(",") if p.strip()]
+def _params(spec: str) -> list[tuple[bool, str, str]]:
+    """(raw, type, name) of each parameter of a CuPy kernel signature such as "raw T x, int32 H"."""
+    return [("raw" in q.split()[:-2], q.split()[-2], q.split()[-1]) for q in spec.split(",") if q.strip()]
 
 
 _NAMED_TYPES = {"int64": _np.int64, "int32": _np.int32, "bool": _np.bool_, "float16": _np.float16,
                 "float32": _np.float32, "float64": _np.float64}
 
 
-def _check_types(name, in_params, out_params, args):
+def _check_types(name, params, nin, args):
     """As CuPy: a one-letter type (``T``) is one dtype across all array arguments, a named type (``int64``)
     must be that dtype, and outputs passed must be device arrays."""
-    specs = [q.split() for q in (in_params + "," + out_params).split(",") if q.strip()]
-    nin = len([q for q in in_params.split(",") if q.strip()])
     bound = {}
-    for i, (spec, a) in enumerate(zip(specs, args)):
+    for i, ((_, t, pname), a) in enumerate(zip(params, args)):
         if i >= nin and not isinstance(a, ndarray):
             raise TypeError("Output arguments type must be cupy.ndarray")
         if not isinstance(a, ndarray):
             continue
-        t = spec[-2]
         want = _NAMED_TYPES.get(t) or bound.setdefault(t, a.dtype)
         if a.dtype != _np.dtype(want):
-            raise TypeError(f"{name}: Type is mismatched. {spec[-1]} {a.dtype} {t} {_np.dtype(want)}")
+            raise TypeError(f"{name}: Type is mismatched. {pname} {a.dtype} {t} {_np.dtype(want)}")
+
+
+def _deliver(name, res, given, dt, size=None):
+    """A kernel's results: written into the outputs passed (then returned), or as new device arrays of dtype
+    ``dt`` (flat, of ``size`` values, where the loop size was given); one array, or a tuple of them."""
+    res = res if isinstance(res, tuple) else (res,)
+    out = []
+    for i, r in enumerate(res):
+        r = _np.asarray(r)
+        if given:
+            given[i]._a[...] = r
+            out.append(given[i])
+            continue
+        if size is not None:
+            if r.size != size:
+                raise AssertionError(f"{name}: the reference gave {r.size} values for size {size}")
+            r = r.reshape(size)
+        out.append(ndarray._wrap(_np.ascontiguousarray(r.astype(dt, copy=False))))
+    _op(out[0]._a)
+    return out[0] if len(out) == 1 else tuple(out)
 
 
 def _reference(name):
@@ -408,8 +426,7 @@ class ElementwiseKernel:
 
     def __init__(self, in_params, out_params, operation, name="kernel", **kwargs):
         self.ins, self.outs, self.operation, self.name = _params(in_params), _params(out_params), operation, name
-        self.raw = ["raw" in p.split()[:-2] for p in (in_params + "," + out_params).split(",") if p.strip()]
-        self.specs = (in_params, out_params)
+        self.raw = [raw for raw, _, _ in self.ins + self.outs]
 
     def __call__(self, *args, size=None, block_size=None):
         if len(args) not in (len(self.ins), len(self.ins) + len(self.outs)):
@@ -419,7 +436,7 @@ class ElementwiseKernel:
             raise ValueError("Specified 'size' can be used only if all of the ndarray are 'raw'.")
         if size is None and not nonraw:
             raise ValueError("Loop size is undecided.")
-        _check_types(self.name, *self.specs, args)
+        _check_types(self.name, self.ins + self.outs, len(self.ins), args)
         given = args[len(self.ins):]
         if given and nonraw:
             shape = _np.broadcast_shapes(*[a.shape for a, raw in zip(args, self.raw) if isinstance(a, ndarray)
@@ -427,23 +444,8 @@ class ElementwiseKernel:
             if True in (o.shape != shape for o, raw in zip(given, self.raw[len(self.ins):]) if not raw):
                 raise ValueError("Out shape is mismatched")
         vals = [_kernel_arg(a) for a in args]
-        res = _reference(self.name)(*vals)
-        res = res if isinstance(res, tuple) else (res,)
-        out = []
-        for i, r in enumerate(res):
-            r = _np.asarray(r)
-            if given:
-                given[i]._a[...] = r
-                out.append(given[i])
-            else:
-                dt = _np.result_type(*[v for v in vals if isinstance(v, _np.ndarray)])
-                if size is not None:
-                    if r.size != size:
-                        raise AssertionError(f"{self.name}: the reference gave {r.size} values for size {size}")
-                    r = r.reshape(size)
-                out.append(ndarray._wrap(_np.ascontiguousarray(r.astype(dt, copy=False))))
-        _op(out[0]._a)
-        return out[0] if len(out) == 1 else tuple(out)
+        dt = _np.result_type(*[v for v in vals if isinstance(v, _np.ndarray)])
+        return _deliver(self.name, _reference(self.name)(*vals), given, dt, size)
 
 
 class ReductionKernel:
@@ -455,8 +457,6 @@ class ReductionKernel:
     def __init__(self, in_params, out_params, map_expr, reduce_expr, post_map_expr, identity, name="reduce_kernel",
                  **kwargs):
         self.ins, self.outs, self.name = _params(in_params), _params(out_params), name
-        self.specs = (in_params, out_params)
-        self.raw_outs = ["raw" in q.split()[:-2] for q in out_params.split(",") if q.strip()]
 
     def __call__(self, *args, axis=None, keepdims=False, out=None):
         if len(args) not in (len(self.ins), len(self.ins) + len(self.outs)):
@@ -465,25 +465,15 @@ class ReductionKernel:
             if len(self.outs) != 1 or len(args) != len(self.ins):
                 raise ValueError("cannot specify 'out' as both a positional and keyword argument")
             args = (*args, out)
-        _check_types(self.name, *self.specs, args)
+        _check_types(self.name, self.ins + self.outs, len(self.ins), args)
         given = args[len(self.ins):]
         vals = [_kernel_arg(a) for a in args]
         res = _reference(self.name)(*vals, axis=axis, keepdims=keepdims)
-        res = res if isinstance(res, tuple) else (res,)
-        for o, r, raw in zip(given, res, self.raw_outs):
+        for o, r, (raw, _, _) in zip(given, res if isinstance(res, tuple) else (res,), self.outs):
             if not raw and o.shape != _np.shape(r):
                 raise ValueError("Out shape is mismatched")
         dt = _np.result_type(*[v for v in vals[:len(self.ins)] if isinstance(v, _np.ndarray)])
-        outs = []
-        for i, r in enumerate(res):
-            r = _np.asarray(r)
-            if given:
-                given[i]._a[...] = r
-                outs.append(given[i])
-            else:
-                outs.append(ndarray._wrap(_np.ascontiguousarray(r.astype(dt, copy=False))))
-        _op(outs[0]._a)
-        return outs[0] if len(outs) == 1 else tuple(outs)
+        return _deliver(self.name, res, given, dt)
 
 
 def fuse(*args, **kwargs):
