@@ -128,7 +128,7 @@ MUTATIONS = [
      "    g = ConvGeometry(kh, kw, sh, sw, ph, pw, dh, dw)", "    g = ConvGeometry(kh, kw, sh, sw, ph, pw, 1, 1)",
      "tests/test_layers_gradcheck.py tests/test_layers_reference.py -k cupy"),
     ("ReLU's GPU backward passing the gradient where the output is 0", "src/cnn_cifar/nn/kernels.py",
-     "lambda dy, y: np.where(y > 0, dy, 0)", "lambda dy, y: np.where(y >= 0, dy, 0)",
+     "    return np.where(gate > 0, dy, 0)", "    return np.where(gate >= 0, dy, 0)",
      "tests/test_layers_gradcheck.py -k cupy"),
     ("Nesterov ignored by the GPU SGD update", "src/cnn_cifar/nn/kernels.py",
      "p_new = p - lr * (d + mu * v_new if nesterov else v_new)", "p_new = p - lr * v_new",

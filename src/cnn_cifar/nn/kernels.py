@@ -167,6 +167,7 @@ for _suffix in _EPILOGUES:
 
 
 def _gated(dy, gate):
+    """The gradient through a ReLU from its output ``gate``: dy where the output is positive, else 0."""
     return np.where(gate > 0, dy, 0)
 
 
@@ -283,9 +284,9 @@ gathered. Called with ``size=C*H*W*N`` (its inputs are all raw), it allocates it
 
 # ------------------------------------------------------------------------------------------ activations
 relu_backward = elementwise(
-    "T dy, T y", "T dx", "dx = y > (T)(0.0f) ? dy : (T)(0.0f)", "cnn_relu_backward",
-    lambda dy, y: np.where(y > 0, dy, 0).astype(dy.dtype))
-"""ReLU's input gradient from its output: one pass instead of a comparison and a multiply."""
+    "T dy, T gate", "T dx", "dx = " + _GATED, "cnn_relu_backward", lambda dy, gate: _gated(dy, gate).astype(dy.dtype))
+"""ReLU's input gradient from its output (the gate, as batch norm's fused ReLU keeps it): one pass instead of a
+comparison and a multiply."""
 
 
 # ------------------------------------------------------------------------------------------ optimizers
