@@ -137,6 +137,25 @@ def test_nan_loss_via_cli_keeps_checkpoints(inproc, tmp_path, cifar_root):
     assert load_checkpoint(ck / "cnn_last.pkl", "cnn").epoch == 1
 
 
+def test_a_resumed_run_writes_where_it_was_resumed_from(inproc, tmp_path, cifar_root):
+    """--resume runs/a/cnn_last.pkl continues in runs/a and the run's log, not in ./checkpoint (which may hold
+    another run's files); --checkpoint-dir still sends it elsewhere."""
+    base = ["--model", "cnn", "--data", str(cifar_root), "--no-download", "--quiet", "--limit-train", "64",
+            "--limit-test", "32", "--batch-size", "32", "--no-prefetch"]
+    assert inproc(train_cli.main, *base, "--epochs", "1", "--checkpoint-dir", "runs/a",
+                  "--log-dir", "runs/a/log").returncode == 0
+    p = inproc(train_cli.main, *base, "--resume", "runs/a/cnn_last.pkl", "--epochs", "2")
+    assert p.returncode == 0, p.stderr
+    assert "resumed from runs/a/cnn_last.pkl: 1 epoch(s) done; checkpoints go to runs/a" in p.stdout
+    assert not (tmp_path / "checkpoint").exists() and not (tmp_path / "log").exists()
+    assert load_checkpoint(tmp_path / "runs/a/cnn_last.pkl").epoch == 2
+    assert len((tmp_path / "runs/a/log/cnn.log").read_text().splitlines()) == 2
+    p = inproc(train_cli.main, *base, "--resume", "runs/a/cnn_last.pkl", "--epochs", "3", "--checkpoint-dir", "b")
+    assert p.returncode == 0, p.stderr
+    assert load_checkpoint(tmp_path / "b/cnn_last.pkl").epoch == 3
+    assert load_checkpoint(tmp_path / "runs/a/cnn_last.pkl").epoch == 2
+
+
 def test_help_and_an_argparse_error_through_the_script(tmp_path):
     """The one cheap subprocess: the real entry script starts, lists its groups and refuses a bad flag."""
     p = run_cli("train", "--help", cwd=tmp_path, timeout=120)

@@ -73,8 +73,9 @@ def parse(*argv: str):
 
 
 def resolve(args, saved: dict | None = None) -> dict:
-    """The settings train_cli resolves from parsed flags (and a checkpoint's saved settings), as a dict."""
-    return resolve_config(vars(args), saved).to_dict()
+    """The settings train_cli resolves from parsed flags (and, resuming, a checkpoint's saved settings), as a
+    dict."""
+    return resolve_config(vars(args), saved, args.resume if saved is not None else None).to_dict()
 
 
 def _schedule(cell: str) -> dict:
@@ -182,14 +183,16 @@ def test_defaults_pinned():
         beta2=0.999, lr_decay_factor=0.1, lr_decay_steps=None, label_smoothing=0.0, amp=False, crop_padding=4, cutout=0,
         no_augment=False, no_flip=False, limit_train=None, limit_test=None,
         max_lr=None, pct_start=0.3, plateau_factor=0.1, plateau_patience=2, clip_grad_norm=0.0, ema=0.0,
+        ema_bn_batches=40,
         cutout_fill="mean", cutout_p=1.0, shift_scale_rotate=None, ssr_p=0.5, ssr_border="reflect", color_jitter=None,
-        mixup=0.0, cutmix=0.0, early_stop=0, save_every=0, tensorboard_every=50)
+        mixup=0.0, cutmix=0.0, early_stop=0, save_every=0, tensorboard_every=50, log_dir="log")
     res = resolve(parse("--model", "resnet56"))
     assert {k: res[k] for k in RECIPE_FIELDS} == dict(
         optimizer="sgd", lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4, batch_size=128, epochs=200,
         lr_schedule="cosine", warmup_epochs=1.0, min_lr=0.0, dropout_schedule="none", dropout_rate=0.0,
         min_dropout=0.0, max_dropout=0.5, beta1=0.9, beta2=0.999, lr_decay_factor=0.1, lr_decay_steps=None,
         max_lr=None, pct_start=0.3, plateau_factor=0.1, plateau_patience=2, clip_grad_norm=0.0, ema=0.0,
+        ema_bn_batches=40,
         label_smoothing=0.0, amp=False, crop_padding=4, no_flip=False, cutout=0, cutout_fill="mean", cutout_p=1.0,
         shift_scale_rotate=None, ssr_p=0.5, ssr_border="reflect", color_jitter=None, mixup=0.0, cutmix=0.0)
     assert (cnn["checkpoint_dir"], cnn["log_dir"]) == (res["checkpoint_dir"], res["log_dir"]) == ("checkpoint", "log")
@@ -210,13 +213,13 @@ SAVED = {"model": "resnet20", "lr": 0.3, "nesterov": False, "batch_size": 16, "e
 
 
 def test_checkpoint_settings_win_over_model_defaults_on_resume():
-    eff = resolve(parse("--resume", "r.pkl"), dict(SAVED))
+    eff = resolve(parse("--resume", "runs/r.pkl"), dict(SAVED))
     assert eff["model"] == "resnet20"
     assert (eff["lr"], eff["nesterov"], eff["batch_size"], eff["epochs"], eff["dropout_rate"], eff["no_flip"],
             eff["limit_train"], eff["seed"]) == (0.3, False, 16, 7, 0.1, True, 100, 3)
     assert (eff["momentum"], eff["warmup_epochs"], eff["dropout_schedule"]) == (0.9, 1.0, "none")  # resnet's
-    # where files go and which backend runs are not run settings: not taken from the checkpoint
-    assert (eff["checkpoint_dir"], eff["log_dir"]) == ("checkpoint", "log")
+    # the checkpoints go beside the one resumed, the log where the run logged; the backend is this machine's
+    assert (eff["checkpoint_dir"], eff["log_dir"]) == ("runs", "old-log")
     assert eff["backend"] == "numpy"                       # from $CNN_CIFAR_BACKEND (set above), not "cupy"
 
 

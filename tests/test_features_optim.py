@@ -16,7 +16,7 @@ from cnn_cifar.optim import SGD, AdamW, DropoutSchedule, LRSchedule, clip_grad_n
 from cnn_cifar.training import NonFiniteLoss, Trainer, TrainingInterrupted, evaluate_checkpoint
 from cnn_cifar.training import load_checkpoint, train_step
 from cnn_cifar.training.config import resolve
-from cnn_cifar.training.ema import ModelEMA
+from cnn_cifar.training.ema import ModelEMA, update_bn
 from test_training import StopAfter
 
 
@@ -146,6 +146,56 @@ def test_ema_follows_averaged_model_semantics(xp):
     assert list(avg) == list(model.state_dict())
     with pytest.raises(ValueError, match=r"--ema decay must be in \(0, 1\)"):
         ModelEMA(model, 1.0)
+    with pytest.raises(RuntimeError, match=r"inside swapped\(\)"):
+        ema.update_bn()
+    with ema.swapped():
+        ema.update_bn()                                 # no bn_loader: the averaged statistics stay
+        np.testing.assert_allclose(backend.to_numpy(bn.running_mean), want[0], rtol=1e-6)
+
+
+def test_update_bn_measures_the_plain_average_over_batches_with_dropout_off(xp):
+    """As torch.optim.swa_utils.update_bn (momentum=None): the running mean is the mean of the batch means,
+    the running variance the mean of the unbiased batch variances, the count the number of batches; dropout
+    draws nothing meanwhile, and mode, momentum and drop rate are put back."""
+    rng = np.random.default_rng(3)
+    model = nn.Sequential(nn.Linear(4, 3), nn.Dropout(0.5), nn.BatchNorm1d(3, momentum=0.3), nn.ReLU())
+    bn = model[2]
+    bn.running_mean[...] = 7.0
+    xs = [rng.standard_normal((n, 4)) * (k + 1) + k for k, n in enumerate((5, 8, 3))]
+    batches = [(xp.asarray(x, dtype=np.float32), None) for x in xs]
+    model.eval()
+    state = nn.random.get_state()
+    update_bn(batches, model)
+    w, b = (backend.to_numpy(p.data).astype(np.float64) for p in model[0].parameters())
+    hs = [x @ w.T + b for x in xs]
+    np.testing.assert_allclose(backend.to_numpy(bn.running_mean), np.mean([h.mean(0) for h in hs], 0), rtol=1e-4)
+    np.testing.assert_allclose(backend.to_numpy(bn.running_var), np.mean([h.var(0, ddof=1) for h in hs], 0),
+                               rtol=1e-4)
+    assert int(bn.num_batches_tracked) == 3 and bn.momentum == 0.3 and model[1].p == 0.5
+    assert not model.training and nn.random.get_state() == state
+
+
+def test_ema_measures_the_averages_batch_norm_statistics_before_evaluating(cifar_root, tmp_path):
+    """The saved average's BN statistics are those update_bn measures for its weights on the bn_loader (not
+    the averaged ones), so the checkpoint evaluates to what the run reported."""
+    ds = load_dataset("cifar10", cifar_root, download=False)
+    tr = make_trainer(ds, tmp_path)
+    tr.fit(1)
+    ck = load_checkpoint(tmp_path / "cnn_last.pkl")
+    model = build_model("cnn")
+    model.load_state_dict(ck.state_dict)
+    update_bn(tr.ema.bn_loader, model)
+    measured = model.state_dict()
+    plain = make_trainer(ds, tmp_path / "plain")
+    plain.ema.bn_loader = None
+    plain.fit(1)
+    averaged = load_checkpoint(tmp_path / "plain" / "cnn_last.pkl").state_dict
+    for key in ("bn1.running_mean", "bn1.running_var", "num_batches_tracked"):
+        key = next(k for k in ck.state_dict if k.endswith(key))
+        np.testing.assert_allclose(ck.state_dict[key], measured[key], rtol=1e-5, err_msg=key)
+        assert not np.allclose(averaged[key], measured[key]), key
+    res = evaluate_checkpoint(tmp_path / "cnn_last.pkl", cifar_root, limit=64, download=False)
+    assert res["accuracy"] == tr.history[-1]["test_acc"]
 
 
 
@@ -157,9 +207,10 @@ def make_trainer(ds, ckdir, stop=None, seed=0, opt="adamw"):
     train = BatchLoader(ds.x_train[:128], ds.y_train[:128], 32, CIFAR10.mean, CIFAR10.std, shuffle=True,
                         augment_cfg=AugmentConfig(4, True, 0), rng=np.random.default_rng(seed), drop_last=True)
     test = BatchLoader(ds.x_test[:64], ds.y_test[:64], 64, CIFAR10.mean, CIFAR10.std)
+    bn_loader = BatchLoader(ds.x_train[:64], ds.y_train[:64], 32, CIFAR10.mean, CIFAR10.std)
     return Trainer(model, "cnn", optimizer, LRSchedule("cosine", 2e-3, 2), DropoutSchedule("none", 0.3),
                    nn.SoftmaxCrossEntropy(), train, test, 10, ckdir, quiet=True, stop=stop, clip_grad_norm=0.5,
-                   ema=ModelEMA(model, 0.8))
+                   ema=ModelEMA(model, 0.8, bn_loader))
 
 
 def test_ema_and_clipping_resume_mid_epoch_exactly(cifar_root, tmp_path):

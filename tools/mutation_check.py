@@ -139,6 +139,15 @@ MUTATIONS = [
     ("the device's count of correct predictions dropped when read", "src/cnn_cifar/training/trainer.py",
      '        self.partial["correct"] += int(vals["correct"])', '        self.partial["correct"] += 0',
      "tests/test_gpu_path.py -k read_nothing"),
+    ("the EMA's batch-norm statistics averaged, not measured, before evaluation", "src/cnn_cifar/training/trainer.py",
+     "                self.ema.update_bn()", "                pass", "tests/test_features_optim.py -k measures"),
+    ("update_bn with the layers' own momentum (not the plain average)", "src/cnn_cifar/training/ema.py",
+     "                    m.momentum = 1.0 / (k + 1)", "                    pass",
+     "tests/test_features_optim.py -k update_bn"),
+    ("update_bn with dropout on", "src/cnn_cifar/training/ema.py",
+     "            m.set_p(0.0)\n", "            pass\n", "tests/test_features_optim.py -k update_bn"),
+    ("a resumed run writing its checkpoints to the default folder", "src/cnn_cifar/training/config.py",
+     "    if resumed_from is not None and", "    if False and", "tests/test_cli.py -k resume"),
 ]
 results = []
 chosen = [m for m in MUTATIONS if not sys.argv[1:] or any(w in m[0] for w in sys.argv[1:])]

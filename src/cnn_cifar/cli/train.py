@@ -57,7 +57,7 @@ def _main(argv: list[str] | None = None) -> int:
     if src is not None and args.model is None:
         args.model = src.model                                # the architecture the weights are for
     try:
-        cfg = resolve(vars(args), ck.args if ck is not None else None)
+        cfg = resolve(vars(args), ck.args if ck is not None else None, args.resume if ck is not None else None)
     except ValueError as exc:
         parser.error(str(exc))
     quiet = bool(args.quiet)
@@ -136,17 +136,20 @@ def _main(argv: list[str] | None = None) -> int:
         from ..viz import PlotProgress        # matplotlib is imported only when plots are asked for
         hooks.append(PlotProgress(f"viz/{name}"))
     optimizer = cfg.build_optimizer(model.parameters())
+    n_bn = min(cfg.ema_bn_batches * bs, len(x_tr))       # the average's batch-norm statistics are measured on these
+    ema_bn = BatchLoader(x_tr[:n_bn], y_tr[:n_bn], bs, mean, std, drop_last=True, prefetch=False) if cfg.ema else None
     trainer = Trainer(model, name, optimizer,
                       cfg.make_lr_schedule(steps_per_epoch=len(train_loader)), cfg.make_dropout_schedule(),
                       criterion, train_loader, test_loader, num_classes, cfg.checkpoint_dir, f"{cfg.log_dir}/{name}.log",
                       run_info={"args": cfg.run_settings(), "dataset": cfg.dataset, "classes": ds.classes},
-                      quiet=quiet, hooks=hooks, clip_grad_norm=cfg.clip_grad_norm or None, ema=cfg.make_ema(model),
+                      quiet=quiet, hooks=hooks, clip_grad_norm=cfg.clip_grad_norm or None, ema=cfg.make_ema(model, ema_bn),
                       parallel=DataParallel(model, comm, optimizer=optimizer) if args.distributed else None,
                       scaler=GradScaler(enabled=amp))
     if ck is not None:
         trainer.restore(ck)
         print(f"resumed from {args.resume}: {trainer.epoch} epoch(s) done"
-              + (f", {trainer.step} step(s) into epoch {trainer.epoch + 1}" if trainer.step else ""))
+              + (f", {trainer.step} step(s) into epoch {trainer.epoch + 1}" if trainer.step else "")
+              + f"; checkpoints go to {cfg.checkpoint_dir}")
         if trainer.epoch >= cfg.epochs:
             print(f"nothing to do: the checkpoint already has {trainer.epoch} of {cfg.epochs} epochs "
                   f"(give a larger --epochs to continue)")

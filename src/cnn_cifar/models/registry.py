@@ -42,6 +42,7 @@ class Recipe:
     plateau_patience: int = 2
     clip_grad_norm: float = 0.0          # max global L2 norm of the gradients; 0 = no clipping
     ema: float = 0.0                     # decay of the weights' moving average; 0 = none
+    ema_bn_batches: int = 40             # training batches the average's BN statistics are measured on; 0 = averaged
     label_smoothing: float = 0.0
     amp: bool = False                    # mixed precision (float16 compute, loss scaling) on CuPy
     crop_padding: int = 4

@@ -53,6 +53,12 @@ class _BatchNorm(Module):
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}" + (", relu=True" if self.relu else "")
 
+    def reset_running_stats(self) -> None:
+        """Running mean 0, variance 1, batch count 0, in place (as torch's ``reset_running_stats``)."""
+        self.running_mean[...] = 0
+        self.running_var[...] = 1
+        self.num_batches_tracked = get_array_module(self.running_mean).zeros((), dtype="int64")
+
     def _epilogue(self, residual: bool) -> str:
         """The fused kernels' suffix (kernels.BN_FORWARD / BN_EVAL) for this layer and call."""
         return ("_add" if residual else "") + ("_relu" if self.relu else "")

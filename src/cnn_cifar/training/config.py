@@ -3,7 +3,9 @@ model's recipe, else the defaults below. Also builds what the settings describe 
 augmentation), so the CLI only parses and wires."""
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 from typing import Iterable
 
 from ..data import AugmentConfig
@@ -45,7 +47,8 @@ class RunConfig(Recipe):
         self.augmentation()                       # and the augmentation's
 
     def run_settings(self) -> dict:
-        """What a checkpoint records and ``--resume`` restores (where outputs go is not part of the run)."""
+        """What a checkpoint records and ``--resume`` restores (with the log's folder; not the backend, the
+        checkpoints' folder or TensorBoard's)."""
         return {k: v for k, v in asdict(self).items() if k in RESTORED}
 
     # -- what the settings build --------------------------------------------------------------
@@ -63,8 +66,10 @@ class RunConfig(Recipe):
             return ReduceLROnPlateau(base, self.plateau_factor, self.plateau_patience)
         return base
 
-    def make_ema(self, model: Module) -> ModelEMA | None:
-        return ModelEMA(model, self.ema) if self.ema else None
+    def make_ema(self, model: Module, bn_loader: Iterable | None = None) -> ModelEMA | None:
+        """The weights' moving average (``--ema``), with ``bn_loader`` (``ema_bn_batches`` training batches)
+        to measure its batch-norm statistics on before each evaluation."""
+        return ModelEMA(model, self.ema, bn_loader if self.ema_bn_batches else None) if self.ema else None
 
     def run_hooks(self) -> list[Hook]:
         """Snapshots, early stopping and TensorBoard, as far as they are on (TensorBoard raises ImportError
@@ -91,7 +96,8 @@ class RunConfig(Recipe):
 
 FIELDS = tuple(f.name for f in fields(RunConfig))
 RECIPE_FIELDS = tuple(f.name for f in fields(Recipe))
-NOT_RESTORED = ("backend", "checkpoint_dir", "log_dir", "tensorboard")   # about this machine and its folders, not the run
+# About this machine, not the run; a resumed run writes its checkpoints beside the one it continues (resolve).
+NOT_RESTORED = ("backend", "checkpoint_dir", "tensorboard")
 RESTORED = tuple(k for k in FIELDS if k not in NOT_RESTORED)
 
 
@@ -106,12 +112,15 @@ SEQUENCES: tuple[str, ...] = ("lr_decay_steps",)      # one number or several (a
 TUPLES: tuple[str, ...] = ("shift_scale_rotate", "color_jitter")      # fixed-length groups of numbers
 
 
-def resolve(given: dict, saved: dict | None = None) -> RunConfig:
+def resolve(given: dict, saved: dict | None = None, resumed_from: str | os.PathLike | None = None) -> RunConfig:
     """Effective settings: ``given`` (the user's flags; None means not given), else ``saved`` (a checkpoint's
-    run settings, on resume), else the model's recipe, else RunConfig's defaults. Raises ValueError for an
-    unknown model or inconsistent settings."""
+    run settings, on resume), else the model's recipe, else RunConfig's defaults. A run resumed from the
+    checkpoint file ``resumed_from`` keeps writing checkpoints in that file's folder unless told otherwise.
+    Raises ValueError for an unknown model or inconsistent settings."""
     given = {k: v for k, v in given.items() if v is not None and k in FIELDS}
     saved = {k: v for k, v in (saved or {}).items() if k in RESTORED}
+    if resumed_from is not None and "checkpoint_dir" not in given:
+        given["checkpoint_dir"] = str(Path(resumed_from).parent)
     model = given.get("model") or saved.get("model") or RunConfig.model
     values = recipe(model).to_dict()
     values.update(saved)

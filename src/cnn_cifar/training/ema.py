@@ -8,15 +8,23 @@ are copied, not averaged.
 The trainer evaluates the average (``swapped``: the model's arrays and the average's trade places, by
 reference, so nothing is copied and swapping back is exact) and saves it as the checkpoint's weights; the
 training weights travel beside it for ``--resume``.
+
+Averaged batch-norm statistics do not describe the averaged weights: while the learning rate is high the
+weights wander, their average has a smaller scale than any of them, and its activations a smaller variance
+than the averaged running variance says (a ResNet-32 halfway through a one-cycle run scored 66.6% with the
+averaged statistics, 82.3% with statistics measured for the averaged weights, against 78.8% for the training
+weights). So, given a ``bn_loader``, ``update_bn`` measures them again before each evaluation, as
+torch.optim.swa_utils.update_bn does for SWA.
 """
 from __future__ import annotations
 
 import contextlib
 from collections import OrderedDict
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from .. import backend
-from ..nn import Module
+from ..nn import Dropout, Module, no_grad
+from ..nn.norm import _BatchNorm
 from .hooks import Hook
 
 
@@ -25,10 +33,12 @@ class ModelEMA(Hook):
 
     every_rank = True          # every replica averages its (equal) weights
 
-    def __init__(self, model: Module, decay: float):
+    def __init__(self, model: Module, decay: float, bn_loader: Iterable | None = None):
         if not 0.0 < decay < 1.0:
             raise ValueError(f"--ema decay must be in (0, 1), got {decay}")
         self.model, self.decay = model, float(decay)
+        self.bn_loader = bn_loader     # (x, y) batches to measure the average's BN statistics on; None: averaged
+        self.is_swapped = False
         # (module, key, is_parameter), in state_dict order; arrays are looked up each time because
         # load_state_dict and batch norm replace them.
         self.slots = [s for name, mod in model.named_modules() for s in
@@ -78,6 +88,15 @@ class ModelEMA(Hook):
             live = self._get(i)
             self._set(i, self.shadow[i])
             self.shadow[i] = live
+        self.is_swapped = not self.is_swapped
+
+    def update_bn(self) -> None:
+        """Measure the average's batch-norm statistics on ``bn_loader`` (none given: keep the averaged ones);
+        call inside ``swapped()``. The average keeps them: they are what is evaluated and saved."""
+        if not self.is_swapped:
+            raise RuntimeError("ModelEMA.update_bn() runs on the average: call it inside swapped()")
+        if self.bn_loader is not None:
+            update_bn(self.bn_loader, self.model)
 
     def weights(self) -> "OrderedDict":
         """The averaged weights as a state dict (dotted names -> host NumPy copies)."""
@@ -94,3 +113,34 @@ class ModelEMA(Hook):
 
     def state_dict(self) -> dict:
         return {"decay": self.decay, "updates": self.updates}
+
+
+def update_bn(loader: Iterable, model: Module) -> None:
+    """Re-estimate every batch norm's running statistics in ``model`` from the (x, y) batches of ``loader``:
+    as torch.optim.swa_utils.update_bn, the statistics are reset and become the plain average over the
+    batches (momentum 1/k at the k-th batch, which is torch's ``momentum=None``), measured in training mode
+    without gradients. Dropout is off meanwhile (the statistics are those evaluation sees, and no random
+    numbers are drawn); the model's mode, momenta and drop rates are put back."""
+    norms = [m for m in model.modules() if isinstance(m, _BatchNorm)]
+    if not norms:
+        return
+    momenta = [m.momentum for m in norms]
+    drops = [(m, m.p) for m in model.modules() if isinstance(m, Dropout)]
+    was_training = model.training
+    for m in norms:
+        m.reset_running_stats()
+    try:
+        model.train()
+        for m, _ in drops:
+            m.set_p(0.0)
+        with no_grad():
+            for k, (x, _) in enumerate(loader):
+                for m in norms:
+                    m.momentum = 1.0 / (k + 1)
+                model(x)
+    finally:
+        for m, mom in zip(norms, momenta):
+            m.momentum = mom
+        for m, p in drops:
+            m.set_p(p)
+        model.train(was_training)

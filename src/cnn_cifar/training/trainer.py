@@ -39,8 +39,9 @@ class Trainer:
     more after them (plots, say).
 
     ``clip_grad_norm`` clips the gradients' global L2 norm in every step. With ``ema`` (a ModelEMA of
-    ``model``) the average is updated after every step, evaluated instead of the training weights, and saved
-    as the checkpoints' weights (so <model>_best.pkl holds the best average); the training weights and the
+    ``model``) the average is updated after every step, has its batch-norm statistics measured (given the
+    ModelEMA a ``bn_loader``) and is evaluated instead of the training weights, and is saved as the
+    checkpoints' weights (so <model>_best.pkl holds the best average); the training weights and the
     average's step count go in ``optimizer["ema"]`` for ``restore``.
 
     With an enabled ``scaler`` (a GradScaler: mixed precision) the steps and the evaluation run under
@@ -310,6 +311,8 @@ class Trainer:
         t1 = time.perf_counter()
         with self.ema.swapped() if self.ema is not None else contextlib.nullcontext(), \
                 nn.autocast(self.scaler is not None):
+            if self.ema is not None:
+                self.ema.update_bn()                # the average's own BN statistics (with a bn_loader)
             ev = evaluate(self.model, self.test_loader, self.criterion, self.num_classes,
                           progress=not self.quiet and self.comm.is_main, desc="test",
                           stop=self.stop if self.comm.size == 1 else None, comm=self.comm)
