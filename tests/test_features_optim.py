@@ -184,10 +184,10 @@ def test_ema_measures_the_averages_batch_norm_statistics_before_evaluating(cifar
     ck = load_checkpoint(tmp_path / "cnn_last.pkl")
     model = build_model("cnn")
     model.load_state_dict(ck.state_dict)
-    update_bn(tr.ema.bn_loader, model)
+    update_bn(tr.ema.bn_batches(), model)
     measured = model.state_dict()
     plain = make_trainer(ds, tmp_path / "plain")
-    plain.ema.bn_loader = None
+    plain.ema.bn_batches = None
     plain.fit(1)
     averaged = load_checkpoint(tmp_path / "plain" / "cnn_last.pkl").state_dict
     for key in ("bn1.running_mean", "bn1.running_var", "num_batches_tracked"):
@@ -207,10 +207,12 @@ def make_trainer(ds, ckdir, stop=None, seed=0, opt="adamw"):
     train = BatchLoader(ds.x_train[:128], ds.y_train[:128], 32, CIFAR10.mean, CIFAR10.std, shuffle=True,
                         augment_cfg=AugmentConfig(4, True, 0), rng=np.random.default_rng(seed), drop_last=True)
     test = BatchLoader(ds.x_test[:64], ds.y_test[:64], 64, CIFAR10.mean, CIFAR10.std)
-    bn_loader = BatchLoader(ds.x_train[:64], ds.y_train[:64], 32, CIFAR10.mean, CIFAR10.std)
+    def bn_batches():           # augmented, a fresh stream each time: a shared one would break exact resume
+        return BatchLoader(ds.x_train[:64], ds.y_train[:64], 32, CIFAR10.mean, CIFAR10.std,
+                           augment_cfg=AugmentConfig(4, True, 0), rng=np.random.default_rng(5))
     return Trainer(model, "cnn", optimizer, LRSchedule("cosine", 2e-3, 2), DropoutSchedule("none", 0.3),
                    nn.SoftmaxCrossEntropy(), train, test, 10, ckdir, quiet=True, stop=stop, clip_grad_norm=0.5,
-                   ema=ModelEMA(model, 0.8, bn_loader))
+                   ema=ModelEMA(model, 0.8, bn_batches))
 
 
 def test_ema_and_clipping_resume_mid_epoch_exactly(cifar_root, tmp_path):
@@ -260,6 +262,21 @@ def test_ema_through_the_cli(cifar_root, tmp_path, monkeypatch):
     best = max(ck.history, key=lambda r: r["test_acc"])
     res = evaluate_checkpoint("ck/cnn_best.pkl", cifar_root, limit=64, download=False)    # the best average
     assert res["accuracy"] == best["test_acc"] and res["loss"] == pytest.approx(best["test_loss"], rel=1e-5)
+
+
+def test_ema_with_measured_statistics_resumes_exactly_through_the_cli(cifar_root, tmp_path, monkeypatch):
+    """The average's BN statistics are measured on the same augmented images at every evaluation, so a run
+    stopped after epoch 1 and resumed saves what a straight run does."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CNN_CIFAR_BACKEND", "numpy")
+    argv = ["--data", str(cifar_root), *BASE, "--ema", "0.9", "--ema-bn-batches", "2", "--cutout", "8"]
+    assert train_cli.main([*argv, "--epochs", "2", "--checkpoint-dir", "a"]) == 0
+    assert train_cli.main([*argv, "--epochs", "1", "--checkpoint-dir", "b"]) == 0
+    assert train_cli.main([*argv, "--epochs", "2", "--resume", "b/cnn_last.pkl", "--checkpoint-dir", "b"]) == 0
+    a, b = (load_checkpoint(Path(d, "cnn_last.pkl")) for d in "ab")
+    assert int(a.state_dict["bn1.num_batches_tracked"]) == 2                     # measured on 2 batches
+    for key in a.state_dict:
+        assert np.array_equal(a.state_dict[key], b.state_dict[key]), key
 
 
 @pytest.mark.parametrize("flags,msg", [(["--ema", "1"], "argument --ema: must be in [0, 1), got 1"),

@@ -146,6 +146,12 @@ MUTATIONS = [
      "tests/test_features_optim.py -k update_bn"),
     ("update_bn with dropout on", "src/cnn_cifar/training/ema.py",
      "            m.set_p(0.0)\n", "            pass\n", "tests/test_features_optim.py -k update_bn"),
+    ("the EMA's BN batches drawn from one stream across evaluations", "src/cnn_cifar/training/config.py",
+     "        return lambda: BatchLoader(x[:n], y[:n], batch_size, mean, std, augment_cfg=aug,\n"
+     "                                   rng=np.random.default_rng(self.seed),",
+     "        shared = np.random.default_rng(self.seed)\n"
+     "        return lambda: BatchLoader(x[:n], y[:n], batch_size, mean, std, augment_cfg=aug,\n"
+     "                                   rng=shared,", "tests/test_features_optim.py -k resumes_exactly"),
     ("a resumed run writing its checkpoints to the default folder", "src/cnn_cifar/training/config.py",
      "    if resumed_from is not None and", "    if False and", "tests/test_cli.py -k resume"),
 ]

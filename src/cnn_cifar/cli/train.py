@@ -136,13 +136,11 @@ def _main(argv: list[str] | None = None) -> int:
         from ..viz import PlotProgress        # matplotlib is imported only when plots are asked for
         hooks.append(PlotProgress(f"viz/{name}"))
     optimizer = cfg.build_optimizer(model.parameters())
-    n_bn = min(cfg.ema_bn_batches * bs, len(x_tr))       # the average's batch-norm statistics are measured on these
-    ema_bn = BatchLoader(x_tr[:n_bn], y_tr[:n_bn], bs, mean, std, drop_last=True, prefetch=False) if cfg.ema else None
     trainer = Trainer(model, name, optimizer,
                       cfg.make_lr_schedule(steps_per_epoch=len(train_loader)), cfg.make_dropout_schedule(),
                       criterion, train_loader, test_loader, num_classes, cfg.checkpoint_dir, f"{cfg.log_dir}/{name}.log",
                       run_info={"args": cfg.run_settings(), "dataset": cfg.dataset, "classes": ds.classes},
-                      quiet=quiet, hooks=hooks, clip_grad_norm=cfg.clip_grad_norm or None, ema=cfg.make_ema(model, ema_bn),
+                      quiet=quiet, hooks=hooks, clip_grad_norm=cfg.clip_grad_norm or None, ema=cfg.make_ema(model, cfg.make_bn_batches(x_tr, y_tr, bs, mean, std)),
                       parallel=DataParallel(model, comm, optimizer=optimizer) if args.distributed else None,
                       scaler=GradScaler(enabled=amp))
     if ck is not None:

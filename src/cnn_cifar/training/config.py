@@ -4,11 +4,13 @@ augmentation), so the CLI only parses and wires."""
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
-from ..data import AugmentConfig
+import numpy as np
+
+from ..data import AugmentConfig, BatchLoader
 from ..models import Recipe, recipe
 from ..nn import Parameter
 from ..nn import Module
@@ -66,10 +68,19 @@ class RunConfig(Recipe):
             return ReduceLROnPlateau(base, self.plateau_factor, self.plateau_patience)
         return base
 
-    def make_ema(self, model: Module, bn_loader: Iterable | None = None) -> ModelEMA | None:
-        """The weights' moving average (``--ema``), with ``bn_loader`` (``ema_bn_batches`` training batches)
-        to measure its batch-norm statistics on before each evaluation."""
-        return ModelEMA(model, self.ema, bn_loader if self.ema_bn_batches else None) if self.ema else None
+    def make_ema(self, model: Module, bn_batches: Callable[[], Iterable] | None = None) -> ModelEMA | None:
+        """The weights' moving average (``--ema``), measuring its batch-norm statistics on ``bn_batches()``
+        (see ``make_bn_batches``) before each evaluation."""
+        return ModelEMA(model, self.ema, bn_batches if self.ema_bn_batches else None) if self.ema else None
+
+    def make_bn_batches(self, x: np.ndarray, y: np.ndarray, batch_size: int, mean, std) -> Callable[[], BatchLoader]:
+        """A fresh loader of the first ``ema_bn_batches`` batches of (x, y), augmented as in training but not
+        mixed, with its own stream seeded by ``seed``: the same images at every call, so a resumed run measures
+        what a straight one does, and the training stream is left alone."""
+        n = min(self.ema_bn_batches * batch_size, len(x))
+        aug = replace(self.augmentation(), mixup=0.0, cutmix=0.0)
+        return lambda: BatchLoader(x[:n], y[:n], batch_size, mean, std, augment_cfg=aug,
+                                   rng=np.random.default_rng(self.seed), drop_last=True, prefetch=False)
 
     def run_hooks(self) -> list[Hook]:
         """Snapshots, early stopping and TensorBoard, as far as they are on (TensorBoard raises ImportError

@@ -13,14 +13,14 @@ Averaged batch-norm statistics do not describe the averaged weights: while the l
 weights wander, their average has a smaller scale than any of them, and its activations a smaller variance
 than the averaged running variance says (a ResNet-32 halfway through a one-cycle run scored 66.6% with the
 averaged statistics, 82.3% with statistics measured for the averaged weights, against 78.8% for the training
-weights). So, given a ``bn_loader``, ``update_bn`` measures them again before each evaluation, as
-torch.optim.swa_utils.update_bn does for SWA.
+weights). So, given ``bn_batches`` (a function returning (x, y) batches of training images), ``update_bn``
+measures them again before each evaluation, as torch.optim.swa_utils.update_bn does for SWA.
 """
 from __future__ import annotations
 
 import contextlib
 from collections import OrderedDict
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from .. import backend
 from ..nn import Dropout, Module, no_grad
@@ -33,11 +33,11 @@ class ModelEMA(Hook):
 
     every_rank = True          # every replica averages its (equal) weights
 
-    def __init__(self, model: Module, decay: float, bn_loader: Iterable | None = None):
+    def __init__(self, model: Module, decay: float, bn_batches: Callable[[], Iterable] | None = None):
         if not 0.0 < decay < 1.0:
             raise ValueError(f"--ema decay must be in (0, 1), got {decay}")
         self.model, self.decay = model, float(decay)
-        self.bn_loader = bn_loader     # (x, y) batches to measure the average's BN statistics on; None: averaged
+        self.bn_batches = bn_batches   # () -> (x, y) batches to measure the average's BN statistics on; None: averaged
         self.is_swapped = False
         # (module, key, is_parameter), in state_dict order; arrays are looked up each time because
         # load_state_dict and batch norm replace them.
@@ -91,12 +91,12 @@ class ModelEMA(Hook):
         self.is_swapped = not self.is_swapped
 
     def update_bn(self) -> None:
-        """Measure the average's batch-norm statistics on ``bn_loader`` (none given: keep the averaged ones);
-        call inside ``swapped()``. The average keeps them: they are what is evaluated and saved."""
+        """Measure the average's batch-norm statistics on ``bn_batches()`` (none given: keep the averaged
+        ones); call inside ``swapped()``. The average keeps them: they are what is evaluated and saved."""
         if not self.is_swapped:
             raise RuntimeError("ModelEMA.update_bn() runs on the average: call it inside swapped()")
-        if self.bn_loader is not None:
-            update_bn(self.bn_loader, self.model)
+        if self.bn_batches is not None:
+            update_bn(self.bn_batches(), self.model)
 
     def weights(self) -> "OrderedDict":
         """The averaged weights as a state dict (dotted names -> host NumPy copies)."""

@@ -40,7 +40,7 @@ class Trainer:
 
     ``clip_grad_norm`` clips the gradients' global L2 norm in every step. With ``ema`` (a ModelEMA of
     ``model``) the average is updated after every step, has its batch-norm statistics measured (given the
-    ModelEMA a ``bn_loader``) and is evaluated instead of the training weights, and is saved as the
+    ModelEMA ``bn_batches``) and is evaluated instead of the training weights, and is saved as the
     checkpoints' weights (so <model>_best.pkl holds the best average); the training weights and the
     average's step count go in ``optimizer["ema"]`` for ``restore``.
 
@@ -312,7 +312,7 @@ class Trainer:
         with self.ema.swapped() if self.ema is not None else contextlib.nullcontext(), \
                 nn.autocast(self.scaler is not None):
             if self.ema is not None:
-                self.ema.update_bn()                # the average's own BN statistics (with a bn_loader)
+                self.ema.update_bn()                # the average's own BN statistics (given bn_batches)
             ev = evaluate(self.model, self.test_loader, self.criterion, self.num_classes,
                           progress=not self.quiet and self.comm.is_main, desc="test",
                           stop=self.stop if self.comm.size == 1 else None, comm=self.comm)
