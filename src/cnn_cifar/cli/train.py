@@ -57,7 +57,7 @@ def _main(argv: list[str] | None = None) -> int:
     if src is not None and args.model is None:
         args.model = src.model                                # the architecture the weights are for
     try:
-        cfg = resolve(vars(args), ck.args if ck is not None else None, args.resume if ck is not None else None)
+        cfg = resolve(vars(args), ck.args if ck is not None else None, args.resume)
     except ValueError as exc:
         parser.error(str(exc))
     quiet = bool(args.quiet)
@@ -140,7 +140,8 @@ def _main(argv: list[str] | None = None) -> int:
                       cfg.make_lr_schedule(steps_per_epoch=len(train_loader)), cfg.make_dropout_schedule(),
                       criterion, train_loader, test_loader, num_classes, cfg.checkpoint_dir, f"{cfg.log_dir}/{name}.log",
                       run_info={"args": cfg.run_settings(), "dataset": cfg.dataset, "classes": ds.classes},
-                      quiet=quiet, hooks=hooks, clip_grad_norm=cfg.clip_grad_norm or None, ema=cfg.make_ema(model, cfg.make_bn_batches(x_tr, y_tr, bs, mean, std)),
+                      quiet=quiet, hooks=hooks, clip_grad_norm=cfg.clip_grad_norm or None,
+                      ema=cfg.make_ema(model, cfg.make_bn_batches(x_tr, y_tr, bs, mean, std)),
                       parallel=DataParallel(model, comm, optimizer=optimizer) if args.distributed else None,
                       scaler=GradScaler(enabled=amp))
     if ck is not None:

@@ -82,8 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "evaluate it each epoch and save it as the checkpoints' weights; 0 = off [0]")
     g.add_argument("--ema-bn-batches", type=C.nonneg_int, default=None, metavar="N",
                    help="with --ema: before each evaluation, measure the average's batch-norm statistics on the "
-                   "first N training batches (unaugmented), as torch.optim.swa_utils.update_bn; 0 = keep the "
-                   "averaged statistics [40]")
+                   "first N training batches, augmented as in training (the same images each time), as "
+                   "torch.optim.swa_utils.update_bn; 0 = keep the averaged statistics [40]")
 
     g = p.add_argument_group("learning-rate scheduling")
     g.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=None,
