@@ -6,8 +6,10 @@ import contextlib
 import http.server
 import pickle
 import shutil
+import struct
 import tarfile
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +18,7 @@ import pytest
 from cnn_cifar.data import (AugmentConfig, BatchLoader, DatasetError, cutout, load_dataset, md5sum, normalize,
                             random_crop, random_flip)
 from cnn_cifar.data.datasets import CIFAR10
+from cnn_cifar.data.download import download
 from conftest import run_cli, write_fake_cifar100
 
 
@@ -72,15 +75,99 @@ def test_batch_pickle_that_runs_code_is_refused(cifar_root, tmp_path):
         load_dataset("cifar10", tmp_path, download=False)
 
 
+
+# ------------------------------------------------------------------ the official files' own encoding
+# The official batches were pickled by Python 2's cPickle (protocol 2) with NumPy 1: every string is a
+# Python 2 ``str`` (SHORT_BINSTRING/BINSTRING, bytes of no declared encoding), and the array is rebuilt by
+# ``numpy.core.multiarray._reconstruct`` with a state tuple whose raw data is such a string. Python 3 cannot
+# write that, so these helpers emit the opcodes themselves.
+def _py2_str(value: str | bytes) -> bytes:
+    b = value.encode("latin1") if isinstance(value, str) else value
+    if len(b) < 256:
+        return pickle.SHORT_BINSTRING + bytes([len(b)]) + b
+    return pickle.BINSTRING + struct.pack("<i", len(b)) + b
+
+
+def _py2_int(v: int) -> bytes:
+    if 0 <= v < 256:
+        return pickle.BININT1 + bytes([v])
+    if 0 <= v < 65536:
+        return pickle.BININT2 + struct.pack("<H", v)
+    return pickle.BININT + struct.pack("<i", v)
+
+
+def _py2_global(module: str, name: str) -> bytes:
+    return pickle.GLOBAL + f"{module}\n{name}\n".encode()
+
+
+def _py2_value(v) -> bytes:
+    """A str, int, list or uint8 2-D array as Python 2 with NumPy 1 pickled it."""
+    if isinstance(v, (str, bytes)):
+        return _py2_str(v)
+    if isinstance(v, int):
+        return _py2_int(v)
+    if isinstance(v, list):
+        return pickle.EMPTY_LIST + pickle.MARK + b"".join(map(_py2_value, v)) + pickle.APPENDS
+    assert isinstance(v, np.ndarray) and v.dtype == np.uint8
+    dtype = (_py2_global("numpy", "dtype") + _py2_str("u1") + _py2_int(0) + _py2_int(1) + pickle.TUPLE3
+             + pickle.REDUCE + pickle.MARK + _py2_int(3) + _py2_str("|") + pickle.NONE * 3 + _py2_int(-1)
+             + _py2_int(-1) + _py2_int(0) + pickle.TUPLE + pickle.BUILD)
+    shape = pickle.MARK + b"".join(_py2_int(n) for n in v.shape) + pickle.TUPLE
+    return (_py2_global("numpy.core.multiarray", "_reconstruct") + _py2_global("numpy", "ndarray")
+            + _py2_int(0) + pickle.TUPLE1 + _py2_str("b") + pickle.TUPLE3 + pickle.REDUCE
+            + pickle.MARK + _py2_int(1) + shape + dtype + pickle.NEWFALSE + _py2_str(v.tobytes()) + pickle.TUPLE
+            + pickle.BUILD)
+
+
+def _py2_pickle(d: dict) -> bytes:
+    items = b"".join(_py2_str(k) + _py2_value(v) for k, v in d.items())
+    return pickle.PROTO + b"\x02" + pickle.EMPTY_DICT + pickle.MARK + items + pickle.SETITEMS + pickle.STOP
+
+
+def _planes(k: int) -> np.ndarray:
+    """Image k as (3, 32, 32): red grows along x, green along y, blue is k: no two axes look alike."""
+    yy, xx = np.mgrid[0:32, 0:32]
+    return np.stack([xx * 8, yy * 8, np.full((32, 32), 100 + k)]).astype(np.uint8)
+
+
+def test_batches_written_by_python2_and_numpy1_load_with_their_pixels_in_place(cifar_root, tmp_path):
+    """Each row is the red plane, then green, then blue, each 32 rows of 32 (the dataset's documented layout);
+    the loaded image must put row[c * 1024 + y * 32 + x] at [c, y, x]."""
+    d = _copy(cifar_root, tmp_path)
+    rows = np.stack([_planes(k).reshape(-1) for k in range(4)])      # the documented row layout, written out
+    assert rows[0, 1] == 8 and rows[0, 32] == 0 and rows[0, 1024 + 32] == 8 and rows[2, 2048] == 102
+    per_file = {"test_batch": [3, 1, 4, 1], "data_batch_2": [5, 9, 2, 6]}
+    for name, labels in per_file.items():
+        (d / name).write_bytes(_py2_pickle({"batch_label": f"{name} in Python 2", "labels": labels, "data": rows,
+                                            "filenames": [f"{name}_{k}.png" for k in range(4)]}))
+    (d / "batches.meta").write_bytes(_py2_pickle({"num_cases_per_batch": 4, "label_names": [f"c{i}" for i in range(10)],
+                                                  "num_vis": 3072}))
+    ds = load_dataset("cifar10", tmp_path, download=False)
+    assert ds.classes == [f"c{i}" for i in range(10)]
+    np.testing.assert_array_equal(ds.x_test, np.stack([_planes(k) for k in range(4)]))
+    assert ds.y_test.tolist() == per_file["test_batch"]
+    first = load_dataset("cifar10", cifar_root, download=False)
+    n1 = len(first.x_train) // 5                                      # data_batch_1's rows, then batch 2's
+    np.testing.assert_array_equal(ds.x_train[n1:n1 + 4], np.stack([_planes(k) for k in range(4)]))
+    assert ds.y_train[n1:n1 + 4].tolist() == per_file["data_batch_2"]
+    np.testing.assert_array_equal(ds.x_train[:n1], first.x_train[:n1])
+
+
 # ------------------------------------------------------------------ download against a local HTTP server
 class _Handler(http.server.BaseHTTPRequestHandler):
     payload = b""
     truncate = False
+    stall = 0.0             # seconds to wait, silent, after a third of the payload (a stuck server)
 
     def do_GET(self):  # noqa: N802
         self.send_response(200)
         self.send_header("Content-Length", str(len(self.payload)))
         self.end_headers()
+        if self.stall:
+            self.wfile.write(self.payload[: len(self.payload) // 3])
+            self.wfile.flush()
+            time.sleep(self.stall)
+            return
         body = self.payload[: len(self.payload) // 3] if self.truncate else self.payload
         self.wfile.write(body)
 
@@ -89,8 +176,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 
 @contextlib.contextmanager
-def serve(payload: bytes, truncate: bool = False):
-    handler = type("H", (_Handler,), {"payload": payload, "truncate": truncate})
+def serve(payload: bytes, truncate: bool = False, stall: float = 0.0):
+    handler = type("H", (_Handler,), {"payload": payload, "truncate": truncate, "stall": stall})
     srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     t = threading.Thread(target=srv.serve_forever, daemon=True)
     t.start()
@@ -121,6 +208,21 @@ def test_interrupted_download_leaves_nothing(cifar_tarball, tmp_path):
         with pytest.raises(DatasetError, match=r"interrupted|could not download"):
             load_dataset("cifar10", tmp_path, url=url, md5=md5sum(cifar_tarball), progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_server_that_stops_sending_times_out_and_leaves_nothing(cifar_tarball, tmp_path):
+    with serve(cifar_tarball.read_bytes(), stall=3.0) as url:
+        with pytest.raises(DatasetError, match=r"could not download .* timed out"):
+            download(url, tmp_path / "cifar-10-python.tar.gz", md5sum(cifar_tarball), progress=False, timeout=0.5)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_labels_outside_the_classes_are_corrupt(cifar_root, tmp_path):
+    d = _copy(cifar_root, tmp_path)
+    with open(d / "test_batch", "wb") as f:
+        pickle.dump({"data": np.zeros((3, 3072), np.uint8), "labels": [0, 9, 10]}, f, protocol=2)
+    with pytest.raises(DatasetError, match=r"corrupt cifar10 test labels: values outside 0\.\.9"):
+        load_dataset("cifar10", tmp_path, download=False)
 
 
 def test_unreachable_server_is_one_clear_error(tmp_path):
@@ -166,6 +268,16 @@ def test_flip_and_cutout():
     zeros = (xf[:, 0] == 0).sum(axis=(1, 2))
     assert zeros.max() == 64 and zeros.min() >= 16      # a full 8x8 square, or clipped at a border
     assert (xf[:, 0] == 0).sum() == (xf[:, 2] == 0).sum()   # same square on every channel
+
+
+def test_shuffled_epochs_each_visit_every_image_in_a_new_order():
+    x = np.zeros((40, 3, 2, 2), np.uint8)
+    loader = BatchLoader(x, np.arange(40), 8, (0.5,) * 3, (0.5,) * 3, shuffle=True,
+                         rng=np.random.default_rng(3), prefetch=False)
+    orders = [np.concatenate([y for _, y in loader]) for _ in range(3)]
+    for order in orders:
+        assert sorted(order.tolist()) == list(range(40))
+    assert len({tuple(o) for o in orders}) == 3 and orders[0].tolist() != list(range(40))
 
 
 def test_normalize_matches_definition():

@@ -47,6 +47,20 @@ def test_cutout_fill_and_probability():
     assert ((y == 0).all(axis=1).any(axis=(1, 2))).all()
 
 
+def test_loader_cutout_fills_black_or_the_mean():
+    """--cutout-fill zero paints black pixels (0 before normalisation); mean paints the dataset mean (0 after)."""
+    x = np.full((64, 3, 8, 8), 200, np.uint8)
+    for fill, pixel in (("zero", 0.0), ("mean", 255 * np.asarray(MEAN))):
+        cfg = AugmentConfig(crop_padding=0, flip=False, cutout=4, cutout_fill=fill)
+        (xb, _), = BatchLoader(x, np.zeros(64, np.int64), 64, MEAN, STD, augment_cfg=cfg,
+                               rng=np.random.default_rng(0), prefetch=False)
+        raw = (xb * np.asarray(STD, np.float32)[:, None, None] + np.asarray(MEAN, np.float32)[:, None, None]) * 255
+        cut = (np.abs(raw - 200) > 0.01).any(axis=1)
+        assert cut.any(axis=(1, 2)).all()
+        np.testing.assert_allclose(raw.transpose(0, 2, 3, 1)[cut], np.broadcast_to(pixel, (cut.sum(), 3)),
+                                   atol=1e-3)
+
+
 # ------------------------------------------------------------------ shift-scale-rotate
 # torch 2.13.0: F.grid_sample(img, F.affine_grid(theta, align_corners=True), "bilinear", padding_mode,
 # align_corners=True) with theta the normalised inverse of cv2.getRotationMatrix2D(((w-1)/2, (h-1)/2), angle,
@@ -203,6 +217,22 @@ def test_mixup_and_cutmix_by_hand():
         np.testing.assert_array_equal(out[:, :, changed], x[src][:, :, changed])
 
 
+def test_cutmix_box_covers_one_minus_lam_of_the_image():
+    """The box's side is sqrt(1 - lam) of the image's (so its area is 1 - lam): with alpha large, lam ~
+    Beta(alpha, alpha) sits at 1/2, and every box that the border did not clip covers about half the image."""
+    x, y = images(8, 32, 32), np.arange(8)
+    interior = []
+    for seed in range(120):
+        out, t = A.cutmix(x.copy(), y, 5000.0, np.random.default_rng(seed))
+        rows, cols = (np.nonzero((out != x).any(axis=(0, 1)).any(axis=a))[0] for a in (1, 0))
+        if rows[0] > 0 and cols[0] > 0 and rows[-1] < 31 and cols[-1] < 31:
+            interior.append((len(rows), len(cols), t.lam))
+    assert len(interior) >= 5
+    for hgt, wid, lam in interior:
+        assert hgt == wid == 22                       # 2 * (int(32 * sqrt(1/2)) // 2): the authors' rand_bbox
+        assert lam == pytest.approx(1 - 22 * 22 / 1024)
+
+
 def test_mixed_loss_is_the_soft_target_cross_entropy_with_its_gradient(xp):
     rng = np.random.default_rng(0)
     logits = rng.standard_normal((5, 4)) * 2
@@ -236,6 +266,22 @@ def test_loader_yields_mixed_targets_on_the_backend(xp):
     for (xa, ta), (xb, tb) in zip(*batches):                    # same stream with and without the thread
         assert isinstance(ta, A.MixedTargets) and backend.get_array_module(ta.y_a) is xp
         assert np.array_equal(backend.to_numpy(xa), backend.to_numpy(xb)) and ta.lam == tb.lam
+
+
+def test_loader_with_mixup_and_cutmix_picks_one_per_batch_half_the_time():
+    """Both on: each batch is mixed by one of them, chosen by a fair coin (timm's Mixup switch). CutMix leaves
+    the pixels outside its box as they were; mixup (lam < 1) changes every pixel."""
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (8, 3, 8, 8), dtype=np.uint8)
+    plain = A.normalize(x, MEAN, STD)
+    cfg = AugmentConfig(crop_padding=0, flip=False, mixup=0.4, cutmix=1.0)
+    loader = BatchLoader(np.concatenate([x] * 60), np.zeros(480, np.int64), 8, MEAN, STD, augment_cfg=cfg,
+                         rng=np.random.default_rng(1), prefetch=False)
+    kinds = []
+    for xb, _ in loader:
+        kept = (xb == plain).all(axis=(0, 1))                        # pixels no image in the batch changed
+        kinds.append("cutmix" if kept.any() else "mixup")
+    assert 18 <= kinds.count("cutmix") <= 42
 
 
 # ------------------------------------------------------------------ through train_cli
