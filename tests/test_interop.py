@@ -25,10 +25,8 @@ import pytest
 from cnn_cifar import backend, nn
 from cnn_cifar.interop import TorchFileError, find_state_dict, from_torch, load, save, to_torch
 from cnn_cifar.models import build_model
-from cnn_cifar.training import CheckpointError, load_checkpoint, save_checkpoint
+from cnn_cifar.training import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from gradcheck import check_module
-
-SHARED_WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "weights" / "akamaster"
 
 
 # ------------------------------------------------------------------ a stand-in torch for writing fixtures
@@ -85,15 +83,29 @@ def write_zip(path: Path, obj, storages: list[Storage], byteorder: str = "little
     return path
 
 
-def write_legacy(path: Path, obj, storages: list[Storage]) -> Path:
+class StorageView:
+    """A view into a storage (``storage[offset:offset + numel]``), which legacy files name by their own key
+    beside the root storage's (torch/serialization.py, legacy persistent ids' ``view_metadata``)."""
+
+    def __init__(self, root: Storage, key: str, offset: int, numel: int):
+        self.kind, self.root, self.key, self.offset, self.numel = root.kind, root, key, offset, numel
+
+
+def _legacy_id(o):
     torch = sys.modules["torch"]
+    if isinstance(o, StorageView):
+        r = o.root
+        return "storage", getattr(torch, r.kind), r.key, r.location, r.numel, (o.key, o.offset, o.numel)
+    return ("storage", getattr(torch, o.kind), o.key, o.location, o.numel, None) if isinstance(o, Storage) else None
+
+
+def write_legacy(path: Path, obj, storages: list[Storage]) -> Path:
     with open(path, "wb") as f:
         for header in (0x1950A86A20F9469CFC6C, 1001,
                        {"protocol_version": 1001, "little_endian": True,
                         "type_sizes": {"short": 2, "int": 4, "long": 4}}):
             pickle.dump(header, f, protocol=2)
-        f.write(_pickle(obj, lambda o: ("storage", getattr(torch, o.kind), o.key, o.location, o.numel, None)
-                        if isinstance(o, Storage) else None))
+        f.write(_pickle(obj, _legacy_id))
         pickle.dump(sorted(s.key for s in storages), f, protocol=2)
         for s in sorted(storages, key=lambda s: s.key):
             f.write(struct.pack("<q", s.numel) + s.data)
@@ -140,6 +152,23 @@ def test_both_formats_read_exactly(fake_torch, tmp_path, fmt):
     obj, storages, want = _fixture_tensors()
     path = (write_zip if fmt == "zip" else write_legacy)(tmp_path / f"f.{fmt}", obj, storages)
     _check_fixture(load(path), want)
+
+
+def test_legacy_storage_views_read_the_elements_they_view(fake_torch, tmp_path):
+    """Files from PyTorch before 0.4 could hold storage views: tensors on a view index from the view's start,
+    which lies ``offset`` elements into its root storage; two tensors naming one view share it."""
+    base = np.arange(10, dtype=np.float32) * 1.5
+    root = Storage("FloatStorage", "0", base.tobytes(), 10)
+    view = StorageView(root, "7", 4, 5)
+    obj = {"whole": Tensor(root, 0, (10,), (1,)), "in_view": Tensor(view, 1, (2, 2), (2, 1)),
+           "again": Tensor(view, 0, (5,), (1,))}
+    out = load(write_legacy(tmp_path / "views.pt", obj, [root]))
+    np.testing.assert_array_equal(out["whole"], base)
+    np.testing.assert_array_equal(out["in_view"], base[5:9].reshape(2, 2))
+    np.testing.assert_array_equal(out["again"], base[4:9])
+    bad = {"past": Tensor(view, 2, (4,), (1,))}                          # inside the root, past the view
+    with pytest.raises(TorchFileError, match=r"runs past its storage of 5 elements"):
+        load(write_legacy(tmp_path / "past.pt", bad, [root]))
 
 
 def test_zip_in_big_endian_and_any_archive_name(fake_torch, tmp_path):
@@ -256,6 +285,14 @@ def test_from_torch_maps_prefix_and_head_and_keeps_every_value():
         np.testing.assert_array_equal(v, theirs["module." + ("linear" + k[2:] if k.startswith("fc.") else k)])
 
 
+def test_from_torch_counts_no_batches_where_the_file_has_no_count():
+    """Files from PyTorch before 0.4.1 have no num_batches_tracked: those batch norms start at 0 batches."""
+    theirs = {k: v for k, v in _torch_style("resnet20", shortcut="pad").items() if "num_batches" not in k}
+    ck = from_torch(theirs, "resnet20", shortcut="pad")
+    counts = {k: v for k, v in ck.state_dict.items() if k.endswith("num_batches_tracked")}
+    assert len(counts) == 19 and all(v.dtype == np.int64 and v == 0 for v in counts.values())
+
+
 def test_from_torch_refusals_name_the_tensor():
     theirs = _torch_style("resnet20", shortcut="pad")
     missing = {k: v for k, v in theirs.items() if k != "module.layer2.1.bn1.running_var"}
@@ -353,18 +390,6 @@ def test_convert_cli_errors_are_one_line(tmp_path, capsys):
     assert "apply to --from-torch only" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(not SHARED_WEIGHTS.is_dir(), reason="shared/weights (the published files) is not beside the repo")
-def test_published_resnet20_file_converts(tmp_path):
-    ck = from_torch(find_state_dict(load(SHARED_WEIGHTS / "resnet20-12fca82f.th")), "resnet20", shortcut="pad")
-    assert sum(v.size for k, v in ck.state_dict.items() if "running" not in k and "num_batches" not in k) == 269_722
-    model = build_model("resnet20", shortcut="pad")
-    model.load_state_dict(ck.state_dict)
-    model.eval()
-    with nn.no_grad():
-        logits = model(np.zeros((2, 3, 32, 32), np.float32))
-    assert logits.shape == (2, 10) and np.isfinite(logits).all()
-
-
 def test_train_cli_shortcut_pad_trains_resumes_and_evaluates(cifar_root, tmp_path, monkeypatch, capsys):
     """--shortcut pad builds option-A ResNets; the checkpoint records it, so --resume and test_cli rebuild the
     same architecture without the flag; a model without shortcuts refuses it in one line."""
@@ -399,3 +424,18 @@ def test_weights_only_export_keeps_what_evaluation_needs(cifar_root, tmp_path, m
     full, pub = (evaluate_checkpoint(p, cifar_root, limit=32, download=False) for p in ("ck/cnn_best.pkl", "pub.pkl"))
     assert pub["accuracy"] == full["accuracy"] and pub["confusion_matrix"] == full["confusion_matrix"]
     assert Path("pub.pkl").stat().st_size < 0.55 * Path("ck/cnn_best.pkl").stat().st_size      # no momentum buffers
+
+
+def test_weights_only_keeps_the_normalisation_and_class_names(tmp_path, capsys):
+    from cnn_cifar.cli import convert as convert_cli
+    from cnn_cifar.inference import Classifier
+    model = build_model("cnn", seed=4)
+    save_checkpoint(tmp_path / "full.pkl", Checkpoint(model="cnn", state_dict=model.state_dict(),
+                                                      model_config=model.config, classes=[f"k{i}" for i in range(10)],
+                                                      mean=[0.3, 0.6, 0.1], std=[0.5, 0.1, 0.2],
+                                                      optimizer={"name": "sgd"}))
+    assert convert_cli.main(["--weights-only", str(tmp_path / "full.pkl"), "--out", str(tmp_path / "pub.pkl")]) == 0
+    pixels = np.random.default_rng(0).integers(0, 256, (3, 3, 32, 32), dtype=np.uint8)
+    full, pub = Classifier(tmp_path / "full.pkl"), Classifier(tmp_path / "pub.pkl")
+    assert pub.classes == full.classes == [f"k{i}" for i in range(10)]
+    np.testing.assert_array_equal(pub.probabilities(pixels), full.probabilities(pixels))
