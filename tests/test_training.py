@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import stat
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ from cnn_cifar.data import AugmentConfig, BatchLoader, load_dataset
 from cnn_cifar.data.datasets import CIFAR10
 from cnn_cifar.models import build_model
 from cnn_cifar.optim import SGD, DropoutSchedule, LRSchedule
-from cnn_cifar.training import (CheckpointError, NonFiniteLoss, StopFlag, Trainer, TrainingInterrupted,
+from cnn_cifar.training import (Checkpoint, CheckpointError, NonFiniteLoss, StopFlag, Trainer, TrainingInterrupted,
                                 classification_report, confusion_matrix, load_checkpoint, save_checkpoint,
                                 topk_correct)
 
@@ -155,6 +156,23 @@ def test_checkpoint_refusals(tmp_path):
     truncated.write_bytes(good.read_bytes()[:40])
     with pytest.raises(CheckpointError, match="is not a readable checkpoint"):
         load_checkpoint(truncated)
+
+
+def test_checkpoint_of_another_format_version_is_refused(tmp_path):
+    raw = Checkpoint(model="cnn", state_dict={}).to_dict()
+    (tmp_path / "v2.pkl").write_bytes(pickle.dumps({**raw, "version": 2}))
+    with pytest.raises(CheckpointError, match=r"v2.pkl has checkpoint version 2, this tool reads 1"):
+        load_checkpoint(tmp_path / "v2.pkl")
+
+
+def test_saved_checkpoint_gets_the_usual_file_permissions(tmp_path):
+    """Not the private 0600 of the temporary file it is written to: what the umask gives any new file."""
+    old = os.umask(0o022)
+    try:
+        path = save_checkpoint(tmp_path / "c.pkl", Checkpoint(model="cnn", state_dict={}))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
 
 
 # ------------------------------------------------------------------ metrics

@@ -56,6 +56,9 @@ def test_transfer_keeps_every_weight_and_reinitialises_only_another_head():
     with pytest.raises(CheckpointError, match=r"'conv1.weight' has shape .* needs"):
         transfer_weights(build_model("cnn"), Checkpoint(model="cnn", state_dict=dict(
             src.state_dict, **{"conv1.weight": np.zeros((8, 3, 5, 5), np.float32)})))
+    with pytest.raises(CheckpointError, match=r"the checkpoint has tensors the model does not: extra.weight"):
+        transfer_weights(build_model("cnn"), Checkpoint(model="cnn", state_dict=dict(
+            src.state_dict, **{"extra.weight": np.zeros(3, np.float32)})))
 
 
 def test_init_from_cifar10_to_cifar100_through_the_cli(cifar_root, tmp_path, monkeypatch, capsys):
