@@ -97,6 +97,20 @@ def test_onecycle_drops_the_recipes_warmup():
     assert (cfg.warmup_epochs, cfg.max_lr, cfg.pct_start, cfg.lr) == (0.0, 0.1, 0.3, 0.02)    # cnn: warmup 10
 
 
+@pytest.mark.parametrize("flags,warning", [
+    ([], "warning: the warm-up (10 epochs) is not shorter than the run (1 epochs): the learning rate reaches "
+         "0.002 of its 0.02 and never decays"),                              # SimpleCNN's recipe: 10 warm-up epochs
+    (["--lr-schedule", "none", "--warmup-epochs", "2"],
+     "warning: the warm-up (2 epochs) is not shorter than the run (1 epochs): the learning rate reaches 0.01 of "
+     "its 0.02"),
+    (["--warmup-epochs", "0.5"], None), (["--lr-schedule", "onecycle"], None),
+])
+def test_a_warm_up_as_long_as_the_run_is_one_warning_line(cifar_root, capsys, flags, warning):
+    assert train_cli.main(["--data", str(cifar_root), *BASE, *flags]) == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert lines == ([warning] if warning else [])
+
+
 @pytest.mark.parametrize("flags,msg", [
     (["--lr-schedule", "onecycle", "--max-lr", "0.01"], "--max-lr 0.01 is below --lr 0.02"),
     (["--lr-schedule", "onecycle", "--warmup-epochs", "2"], "--lr-schedule onecycle warms up by itself over "

@@ -78,6 +78,9 @@ def _main(argv: list[str] | None = None) -> int:
         print("--amp: mixed precision needs the CuPy backend; training in float32", flush=True)
     if not quiet:
         print_settings(cfg)
+    if C.active_comm is None or C.active_comm.is_main:          # once, not once per rank
+        for note in cfg.warnings():
+            print(f"warning: {note}", file=sys.stderr, flush=True)
 
     if args.summary:
         from .summary import format_summary

@@ -48,6 +48,16 @@ class RunConfig(Recipe):
         self.make_lr_schedule()                   # its own checks (milestones, onecycle, plateau)
         self.augmentation()                       # and the augmentation's
 
+    def warnings(self) -> list[str]:
+        """Settings that are valid but probably not what was meant, one sentence each."""
+        notes = []
+        if self.lr_schedule != "onecycle" and 0 < self.epochs <= self.warmup_epochs:
+            reached = self.make_lr_schedule()(self.epochs)
+            notes.append(f"the warm-up ({self.warmup_epochs:g} epochs) is not shorter than the run ({self.epochs} "
+                         f"epochs): the learning rate reaches {reached:g} of its {self.lr:g}"
+                         + ("" if self.lr_schedule in ("none", "plateau") else " and never decays"))
+        return notes
+
     def run_settings(self) -> dict:
         """What a checkpoint records and ``--resume`` restores (with the log's folder; not the backend, the
         checkpoints' folder or TensorBoard's)."""
