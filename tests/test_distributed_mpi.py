@@ -56,6 +56,7 @@ def assert_same_run(a: Path, b: Path, rtol: float = 1e-4) -> None:
     for k, v in x.state_dict.items():
         scale = max(float(np.abs(v).max()), 1e-3)
         assert float(np.abs(v - y.state_dict[k]).max()) <= rtol * scale, k
+    assert len(x.history) == len(y.history) == x.epoch
     for rx, ry in zip(x.history, y.history):
         assert rx["train_loss"] == pytest.approx(ry["train_loss"], rel=rtol)
         assert rx["test_acc"] == pytest.approx(ry["test_acc"], abs=0.011)
