@@ -102,6 +102,28 @@ def test_predict_cli_classifies_the_good_images_and_names_the_bad_one(ckpt, tmp_
     assert len(top) == 10 and abs(sum(t["probability"] for t in top) - 1) < 1e-9
 
 
+def test_top_k_is_most_probable_first_with_ties_by_class_index(ckpt):
+    clf = Classifier(ckpt)
+    probs = np.array([[0.1, 0.2, 0.2, 0.0, 0.2, 0.1, 0.1, 0.05, 0.05, 0.0]])
+    assert [c for c, _ in clf.top(probs, 5)[0]] == ["thing1", "thing2", "thing4", "thing0", "thing5"]
+
+
+def test_class_names_fall_back_when_the_checkpoint_has_none_or_the_wrong_number(tmp_path):
+    model = build_model("cnn", seed=3)
+    for stored, want in ((None, "airplane"), (["a", "b", "c"], "airplane"), ([f"n{i}" for i in range(10)], "n0")):
+        path = save_checkpoint(tmp_path / "m.pkl", Checkpoint(model="cnn", state_dict=model.state_dict(),
+                                                              model_config=model.config, classes=stored))
+        assert Classifier(path).classes[0] == want
+
+
+def test_predict_cli_shows_five_classes_per_image_by_default(ckpt, tmp_path, capsys, monkeypatch):
+    from cnn_cifar.cli import predict
+    monkeypatch.chdir(tmp_path)
+    _png(tmp_path / "one.png", np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8))
+    assert predict.main(["one.png", "--resume", str(ckpt), "--backend", "numpy"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 1 + 5
+
+
 def test_predict_without_a_checkpoint_says_what_is_missing(tmp_path, capsys, monkeypatch):
     from cnn_cifar.cli import predict
     monkeypatch.setattr(predict, "DEFAULT_CHECKPOINT", tmp_path / "pretrained" / "resnet32.pkl")
