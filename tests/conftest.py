@@ -143,6 +143,7 @@ def _numpy_by_default():
 
 
 # ------------------------------------------------------------------ subprocesses
+import hashlib
 import pickle
 import tarfile
 from pathlib import Path
@@ -185,6 +186,13 @@ def popen_cli(name: str, *args: str, cwd: Path, env: dict | None = None) -> subp
     return subprocess.Popen([sys.executable, str(SRC / f"{name}_cli.py"), *args], cwd=cwd,
                             env=env if env is not None else subprocess_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def digests(folder: Path, names=None) -> dict[str, str]:
+    """The sha256 of each named file in ``folder`` (default: every file there). Compare these, not the bytes:
+    pytest's diff of two differing pickles runs for minutes before the test can fail."""
+    names = sorted(p.name for p in Path(folder).iterdir()) if names is None else names
+    return {n: hashlib.sha256((Path(folder) / n).read_bytes()).hexdigest() for n in names}
 
 
 # ------------------------------------------------------------------ a small CIFAR-10 in the official format

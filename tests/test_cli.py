@@ -17,7 +17,7 @@ import pytest
 from cnn_cifar.cli import test as test_cli
 from cnn_cifar.cli import train as train_cli
 from cnn_cifar.training import load_checkpoint
-from conftest import popen_cli, run_cli
+from conftest import digests, popen_cli, run_cli
 
 WAIT = 180.0      # seconds a signal test waits for a line before it gives up (kills the child and fails)
 
@@ -125,14 +125,13 @@ def test_nan_loss_via_cli_keeps_checkpoints(inproc, tmp_path, cifar_root):
     assert inproc(train_cli.main, *train_args(cifar_root, "--epochs", "1")).returncode == 0
     ck, log = tmp_path / "ck", tmp_path / "log" / "cnn.log"
     names = ("cnn_best.pkl", "cnn_last.pkl", "cnn_history.csv", "cnn_history.jsonl")
-    before = {n: (ck / n).read_bytes() for n in names}
+    before = digests(ck, names)
     log_before = log.read_bytes()
     p = inproc(train_cli.main, *train_args(cifar_root, "--resume", "ck/cnn_last.pkl", "--epochs", "2", "--lr", "1e30",
                                            "--warmup-epochs", "0"))
     one_line_error(p, 1, r"error: loss became (nan|inf) at epoch 2, step \d+; training stopped")
     assert sorted(f.name for f in ck.iterdir()) == sorted(names)        # no temp file, nothing new
-    for n in names:
-        assert (ck / n).read_bytes() == before[n], f"{n} changed after the NaN stop"
+    assert digests(ck, names) == before, "a file changed after the NaN stop"
     assert log.read_bytes() == log_before
     assert load_checkpoint(ck / "cnn_last.pkl", "cnn").epoch == 1
 
@@ -296,7 +295,7 @@ def test_second_ctrl_c_aborts_without_touching_the_checkpoints(tmp_path, cifar_r
                 cwd=tmp_path)
     assert p.returncode == 0, p.stderr
     ck = tmp_path / "ck"
-    before = {f.name: f.read_bytes() for f in ck.iterdir()}
+    before = digests(ck)
     assert "resnet20_last.pkl" in before
     proc = popen_cli("train", *common, "--resume", "ck/resnet20_last.pkl", "--epochs", "3", "--limit-train", "500",
                      "--batch-size", "500", cwd=tmp_path)      # not --quiet: the bar shows the loop has started
@@ -310,5 +309,5 @@ def test_second_ctrl_c_aborts_without_touching_the_checkpoints(tmp_path, cifar_r
     assert "Traceback" not in err
     assert err.strip().splitlines()[-1].startswith("aborted: second Ctrl-C"), err[-1500:]
     assert "stopped:" not in err
-    assert {f.name: f.read_bytes() for f in ck.iterdir()} == before     # nothing saved, no temp file left
+    assert digests(ck) == before                                         # nothing saved, no temp file left
     assert load_checkpoint(ck / "resnet20_last.pkl", "resnet20").epoch == 1

@@ -19,6 +19,7 @@ from cnn_cifar.data import DatasetError, load_dataset
 from cnn_cifar.training import (CheckpointError, NonFiniteLoss, StopFlag, TrainingInterrupted, interrupt_guard,
                                 load_checkpoint)
 from cnn_cifar.training.atomic import atomic_write
+from conftest import digests
 from test_training import StopAfter, make_trainer
 
 STEPS_PER_EPOCH = 7      # 500 training images, batch 64, drop_last (make_trainer's loader)
@@ -247,14 +248,14 @@ def test_nan_loss_leaves_every_output_file_byte_identical(ds, tmp_path):
     good.fit(1)
     names = ["cnn_best.pkl", "cnn_history.csv", "cnn_history.jsonl", "cnn_last.pkl"]
     assert sorted(p.name for p in tmp_path.iterdir()) == names
-    before = {n: (tmp_path / n).read_bytes() for n in names}
+    before = digests(tmp_path, names)
     bad = make_trainer(ds, tmp_path, epochs=2, lr=1e30)
     bad.restore(load_checkpoint(tmp_path / "cnn_last.pkl"))
     bad.optimizer.lr = 1e30
     with pytest.raises(NonFiniteLoss, match=r"^loss became (nan|inf|-inf) at epoch 2, step \d+; training stopped"):
         bad.fit(2)
     assert sorted(p.name for p in tmp_path.iterdir()) == names
-    assert {n: (tmp_path / n).read_bytes() for n in names} == before
+    assert digests(tmp_path, names) == before
 
 
 # ------------------------------------------------------------------ (e) the CLI wrapper

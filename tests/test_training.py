@@ -16,6 +16,7 @@ from cnn_cifar.optim import SGD, DropoutSchedule, LRSchedule
 from cnn_cifar.training import (Checkpoint, CheckpointError, NonFiniteLoss, StopFlag, Trainer, TrainingInterrupted,
                                 classification_report, confusion_matrix, load_checkpoint, save_checkpoint,
                                 topk_correct)
+from conftest import digests
 
 
 def make_trainer(ds, ckdir, epochs=3, lr=0.02, stop=None, seed=0):
@@ -85,15 +86,14 @@ def test_nan_loss_stops_and_keeps_the_best_checkpoint(cifar_root, tmp_path):
     good = make_trainer(ds, tmp_path)
     good.fit(1)
     names = ("cnn_best.pkl", "cnn_last.pkl", "cnn_history.csv", "cnn_history.jsonl")
-    before = {n: (tmp_path / n).read_bytes() for n in names}
+    before = digests(tmp_path, names)
     bad = make_trainer(ds, tmp_path, epochs=2, lr=1e30)      # the schedule's base lr: every step of epoch 2 uses ~1e30
     bad.restore(load_checkpoint(tmp_path / "cnn_last.pkl"))
     with pytest.raises(NonFiniteLoss, match=r"loss became (nan|inf) at epoch 2, step \d+"):
         bad.fit(2)
     assert bad.optimizer.lr > 1e29                            # the huge lr really came from the schedule
     assert sorted(os.listdir(tmp_path)) == sorted(names)      # nothing new, no temp file
-    for n in names:
-        assert (tmp_path / n).read_bytes() == before[n], f"{n} changed after the NaN stop"
+    assert digests(tmp_path, names) == before, "a file changed after the NaN stop"
 
 
 def test_eval_accuracy_uses_eval_mode_and_matches_a_fresh_evaluation(cifar_root, tmp_path):
