@@ -1,17 +1,23 @@
 #!/usr/bin/env python3
 """Mutation check: apply one deliberate bug at a time to a scratch copy of the tree and run the tests that
 should catch it; each must turn red. Proves the suite catches what it claims.
+Each mutation's tests first run on the unmodified tree (they must pass), and only a test failure (pytest's
+exit 1) counts as a kill.
 
-    uv run python tools/mutation_check.py [WORD ...]     # only the mutations whose description has a WORD
+    uv run python tools/mutation_check.py [WORD ...] [--jobs N]   # only the mutations whose description has a WORD
 """
+import argparse
+import os
 import pathlib
+import queue
 import shutil
 import subprocess
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 
 SRC = pathlib.Path(__file__).resolve().parents[1]
-DST = pathlib.Path(tempfile.mkdtemp(prefix="cnn-cifar-mutants-")) / "tree"
+SCRATCH = pathlib.Path(tempfile.mkdtemp(prefix="cnn-cifar-mutants-"))          # the workers' copies of the tree
 MUTATIONS = [
     ("garbage in max-pool's uncovered dx", "src/cnn_cifar/nn/pooling.py",
      "dx = xp.empty(pshape, dtype=dy.dtype) if tiled else xp.zeros(pshape, dtype=dy.dtype)",
@@ -154,26 +160,227 @@ MUTATIONS = [
      "                                   rng=shared,", "tests/test_features_optim.py -k resumes_exactly"),
     ("a resumed run writing its checkpoints to the default folder", "src/cnn_cifar/training/config.py",
      "    if resumed_from is not None and", "    if False and", "tests/test_cli.py -k resume"),
+    # -- data: the official files, download, loader, augmentation
+    ("CIFAR rows read as HWC instead of three planes", "src/cnn_cifar/data/datasets.py",
+     "return data.reshape(-1, 3, 32, 32), np.asarray", "return data.reshape(-1, 32, 32, 3).transpose(0, 3, 1, 2), np.asarray",
+     "tests/test_data.py -k python2"),
+    ("Python 2 / NumPy 1 pickles refused (numpy.core._reconstruct not allowed)", "src/cnn_cifar/safe_pickle.py",
+     '    ("numpy.core.multiarray", "_reconstruct"),\n', "", "tests/test_data.py -k python2"),
+    ("labels equal to the class count accepted", "src/cnn_cifar/data/datasets.py",
+     "y.max() >= spec.num_classes", "y.max() > spec.num_classes", "tests/test_data.py -k outside_the_classes"),
+    ("a download's md5 not checked", "src/cnn_cifar/data/download.py",
+     "        if got != md5:", "        if False:", "tests/test_data.py -k wrong_md5"),
+    ("a short download accepted", "src/cnn_cifar/data/download.py",
+     "if total is not None and part.stat().st_size != total:", "if False:", "tests/test_data.py -k interrupted_download"),
+    ("a timed-out download's .part left behind", "src/cnn_cifar/data/download.py",
+     "    except (urllib.error.URLError, OSError, TimeoutError) as exc:\n        part.unlink(missing_ok=True)",
+     "    except (urllib.error.URLError, OSError, TimeoutError) as exc:\n        pass",
+     "tests/test_data.py -k stops_sending"),
+    ("a local tarball used whatever its md5", "src/cnn_cifar/data/download.py",
+     "if local_md5 != md5:", "if local_md5 is None:", "tests/test_data.py -k local_tarball"),
+    ("the old dataset copy not put back after a failed update", "src/cnn_cifar/data/download.py",
+     "                os.replace(old, dst)     # put", "                pass  # put",
+     "tests/test_extract_safety.py -k failed_final_rename"),
+    ("the loader drops the last partial batch of the test set", "src/cnn_cifar/data/loader.py",
+     "return n // self.batch_size if self.drop_last else -(-n // self.batch_size)", "return n // self.batch_size",
+     "tests/test_data.py -k every_test_image"),
+    ("every epoch shuffled in the same order", "src/cnn_cifar/data/loader.py",
+     "order = self.rng.permutation(n) if self.shuffle else None",
+     "order = np.random.default_rng(0).permutation(n) if self.shuffle else None", "tests/test_data.py -k new_order"),
+    ("cutout's zero fill not normalised (not black)", "src/cnn_cifar/data/loader.py",
+     "return -np.asarray(self.mean, np.float32) / np.asarray(self.std, np.float32)",
+     "return -np.asarray(self.mean, np.float32)", "tests/test_features_augment.py -k black_or"),
+    ("mixup and cutmix both on: cutmix never chosen", "src/cnn_cifar/data/loader.py",
+     "(not cfg.mixup or self.rng.random() < 0.5)", "(not cfg.mixup or self.rng.random() < 0.0)",
+     "tests/test_features_augment.py -k one_per_batch"),
+    ("cutmix's box side 1 - lam instead of sqrt(1 - lam)", "src/cnn_cifar/data/augment.py",
+     "    cut = math.sqrt(1.0 - lam)", "    cut = 1.0 - lam", "tests/test_features_augment.py -k box_covers"),
+    # -- interop
+    ("legacy storage views read from the root storage's start", "src/cnn_cifar/interop/torch_file.py",
+     "return views.setdefault(str(view_key), _Storage(stype, view_size, root, offset))", "return root",
+     "tests/test_interop.py -k legacy_storage_views"),
+    ("a zip file's byte order ignored", "src/cnn_cifar/interop/torch_file.py",
+     'dtype = stype.dtype.newbyteorder("<" if order == "little" else ">")', "dtype = stype.dtype",
+     "tests/test_interop.py -k big_endian"),
+    ("a missing num_batches_tracked converted as 1", "src/cnn_cifar/interop/convert.py",
+     "loaded[key] = np.zeros((), np.int64)", "loaded[key] = np.ones((), np.int64)", "tests/test_interop.py -k no_count"),
+    ("from_torch forgets the given normalisation", "src/cnn_cifar/interop/convert.py",
+     "best_accuracy=-1.0, mean=None if mean is None else [float(v) for v in mean],", "best_accuracy=-1.0, mean=None,",
+     "tests/test_interop.py -k keeps_every_value"),
+    ("the twin's flattened ResNet stages misnumbered", "src/cnn_cifar/interop/convert.py",
+     'return f"layers.{(int(m[1]) - 1) * blocks + int(m[2])}.{m[3]}"',
+     'return f"layers.{(int(m[1]) - 1) * (blocks - 1) + int(m[2])}.{m[3]}"', "tests/test_interop.py -k key_styles"),
+    ("converted conv kernels transposed (every shape still fits)", "src/cnn_cifar/interop/convert.py",
+     "        loaded[key] = value.astype(current.dtype)",
+     "        loaded[key] = (value.swapaxes(2, 3) if value.ndim == 4 else value).astype(current.dtype)",
+     "tests/test_published_weights.py -k torch_logits"),
+    ("converted running mean and variance swapped", "src/cnn_cifar/interop/convert.py",
+     "        theirs = rename(key)\n",
+     '        theirs = re.sub(r"running_(mean|var)", lambda m: "running_" + ("var" if m[1] == "mean" else "mean"), '
+     'rename(key))\n', "tests/test_published_weights.py -k torch_logits"),
+    # -- checkpoints
+    ("a checkpoint of another format version read", "src/cnn_cifar/training/checkpoint.py",
+     'if raw.get("version") != VERSION:', "if False:", "tests/test_training.py -k format_version"),
+    ("a checkpoint of another model accepted", "src/cnn_cifar/training/checkpoint.py",
+     "if expected_model is not None and ck.model != expected_model:", "if False:", "tests/test_training.py -k refusals"),
+    ("--weights-only drops the normalisation", "src/cnn_cifar/training/checkpoint.py",
+     "classes=self.classes, mean=self.mean,", "classes=self.classes, mean=None,",
+     "tests/test_interop.py -k normalisation_and_class"),
+    ("a checkpoint's mean and std swapped when read", "src/cnn_cifar/training/checkpoint.py",
+     "return tuple(float(v) for v in self.mean), tuple(float(v) for v in self.std)",
+     "return tuple(float(v) for v in self.std), tuple(float(v) for v in self.mean)",
+     "tests/test_predict.py -k test_cli_would_compute"),
+    ("a failed save leaves its temporary file", "src/cnn_cifar/training/atomic.py",
+     "        Path(tmp).unlink(missing_ok=True)\n        raise", "        raise", "tests/test_training.py -k failed_save"),
+    ("checkpoints kept private (0600)", "src/cnn_cifar/training/atomic.py",
+     "os.chmod(tmp, 0o666 & ~mask)", "pass", "tests/test_training.py -k permissions"),
+    ("--init-from accepts tensors the model does not have", "src/cnn_cifar/training/checkpoint.py",
+     "    if extra:\n        raise CheckpointError(f\"the checkpoint has tensors the model does not",
+     "    if False:\n        raise CheckpointError(f\"the checkpoint has tensors the model does not",
+     "tests/test_transfer.py -k transfer_keeps"),
+    ("test_cli --resume DIR --model M takes M's last, not its best", "src/cnn_cifar/training/checkpoint.py",
+     'best = path / f"{model}_best.pkl"', 'best = path / f"{model}_last.pkl"', "tests/test_transfer.py -k find_checkpoint"),
+    # -- schedules
+    ("warm-up one epoch longer than asked", "src/cnn_cifar/optim/schedules.py",
+     "return s.base_lr * max(t, 0.0) / w", "return s.base_lr * max(t, 0.0) / (w + 1)",
+     "tests/test_optim.py -k warmup_is_linear"),
+    ("milestones counted from the warm-up's end", "src/cnn_cifar/optim/schedules.py",
+     "decays = sum(t + 1e-9 >= m for m in s.milestones)", "decays = sum(t - w + 1e-9 >= m for m in s.milestones)",
+     "tests/test_features_schedules.py -k original_readme"),
+    ("onecycle one step ahead", "src/cnn_cifar/optim/schedules.py",
+     "k = min(max(round(t * s.steps_per_epoch) - 1, 0), total - 1)",
+     "k = min(max(round(t * s.steps_per_epoch), 0), total - 1)", "tests/test_features_schedules.py -k onecycle_through"),
+    ("the step schedule not floored at min_lr", "src/cnn_cifar/optim/schedules.py",
+     "return max(s.min_lr, s.base_lr * s.decay_factor ** decays)", "return s.base_lr * s.decay_factor ** decays",
+     "tests/test_optim.py -k step_schedule"),
+    ("linear dropout decay reaching its minimum one epoch late", "src/cnn_cifar/optim/schedules.py",
+     "u = min(max(epoch / max(self.total_epochs - 1, 1), 0.0), 1.0)",
+     "u = min(max(epoch / max(self.total_epochs, 1), 0.0), 1.0)", "tests/test_optim.py -k dropout_decay"),
+    ("plateau lowering the lr one epoch early", "src/cnn_cifar/optim/plateau.py",
+     "if self.num_bad_epochs > self.patience:", "if self.num_bad_epochs >= self.patience:",
+     "tests/test_optim.py tests/test_features_schedules.py -k plateau"),
+    ("plateau's bad-epoch count not restored on resume", "src/cnn_cifar/optim/plateau.py",
+     '        self.num_bad_epochs = int(state["num_bad_epochs"])', "        self.num_bad_epochs = 0",
+     "tests/test_optim.py -k plateau_matches"),
+    ("no warning for a warm-up as long as the run", "src/cnn_cifar/training/config.py",
+     'if self.lr_schedule != "onecycle" and 0 < self.epochs <= self.warmup_epochs:', "if False:",
+     "tests/test_features_schedules.py -k warm_up_as_long"),
+    # -- prediction
+    ("images resized by nearest neighbour (aliasing)", "src/cnn_cifar/inference.py",
+     "im = im.resize((SIZE, SIZE), Image.Resampling.BILINEAR, reducing_gap=None)",
+     "im = im.resize((SIZE, SIZE), Image.Resampling.NEAREST, reducing_gap=None)", "tests/test_predict.py -k downscaling"),
+    ("16-bit gray truncated to 8 bits instead of rounded", "src/cnn_cifar/inference.py",
+     "        gray = (v * 255 + 32767) // 65535", "        gray = v >> 8", "tests/test_predict.py -k 16_bit"),
+    ("EXIF orientation ignored", "src/cnn_cifar/inference.py",
+     "                im = ImageOps.exif_transpose(im)\n", "", "tests/test_predict.py -k exif"),
+    ("a PNG's transparent colour ignored", "src/cnn_cifar/inference.py",
+     '    if im.mode in _ALPHA_MODES or "transparency" in im.info:\n', "    if im.mode in _ALPHA_MODES:\n",
+     "tests/test_predict.py -k transparent"),
+    ("an image over Pillow's pixel limit a traceback", "src/cnn_cifar/inference.py",
+     "SyntaxError, Image.DecompressionBombError)", "SyntaxError)", "tests/test_predict.py -k too_large"),
+    ("top-k ties not by class index", "src/cnn_cifar/inference.py",
+     'order = np.argsort(-probs, axis=1, kind="stable")[:, :k]',
+     'order = np.argsort(probs, axis=1, kind="stable")[:, ::-1][:, :k]', "tests/test_predict.py -k ties"),
+    ("a checkpoint's class names used whatever their number", "src/cnn_cifar/inference.py",
+     "if ck.classes and len(ck.classes) == num_classes:", "if ck.classes:", "tests/test_predict.py -k fall_back"),
+    ("cnn-predict exits 0 when an image failed", "src/cnn_cifar/cli/predict.py",
+     "return 1 if failed else 0", "return 0", "tests/test_predict.py -k names_the_bad_one"),
+    ("cnn-predict's --topk default not 5", "src/cnn_cifar/cli/predict.py",
+     'default=5, help="classes shown per image [5]"', 'default=3, help="classes shown per image [5]"',
+     "tests/test_predict.py -k five_classes"),
 ]
-results = []
-chosen = [m for m in MUTATIONS if not sys.argv[1:] or any(w in m[0] for w in sys.argv[1:])]
-for what, path, old, new, tests in chosen:
-    if DST.exists():
-        shutil.rmtree(DST)
+
+
+def copy_tree(dst: pathlib.Path) -> None:
+    """The working tree without what is not source (virtual environments, data, runs)."""
     top = {".venv", ".git", "data", "checkpoint", "bench-venv", "runs", "log", "viz"}
-    shutil.copytree(SRC, DST, ignore=lambda d, names: [n for n in names if n == "__pycache__"
+    if dst.exists():
+        shutil.rmtree(dst)
+    shutil.copytree(SRC, dst, ignore=lambda d, names: [n for n in names if n == "__pycache__"
                                                        or (pathlib.Path(d) == SRC and n in top)])
-    f = DST / path
+    shared = dst.parent / "shared"                       # ../shared beside the copy, as beside the checkout
+    if (SRC.parent / "shared").is_dir() and not shared.exists():
+        shared.symlink_to(SRC.parent / "shared")
+
+
+def pytest(tree: pathlib.Path, tests: str) -> subprocess.CompletedProcess:
+    """Run a test selection in ``tree`` as CI does (CI=true: a skipped test fails, see tests/conftest.py)."""
+    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests.split()],
+                          cwd=tree, capture_output=True, text=True, env=dict(os.environ, CI="true"))
+
+
+def last_line(p: subprocess.CompletedProcess) -> str:
+    return p.stdout.strip().splitlines()[-1] if p.stdout.strip() else p.stderr[-200:]
+
+
+class Trees:
+    """One scratch copy of the tree per worker, handed out and taken back."""
+
+    def __init__(self, n: int):
+        self.free: queue.Queue = queue.Queue()
+        for i in range(n):
+            self.free.put(SCRATCH / f"tree{i}")
+
+    def run(self, job):
+        tree = self.free.get()
+        try:
+            return job(tree)
+        finally:
+            self.free.put(tree)
+
+
+def clean_run(tests: str, tree: pathlib.Path) -> tuple[str, str] | None:
+    """A test selection on the unmodified tree: it must pass (exit 0) and select something, or a mutation's
+    red would prove nothing."""
+    copy_tree(tree)
+    p = pytest(tree, tests)
+    return None if p.returncode == 0 else (tests, f"exit {p.returncode}: {last_line(p)}")
+
+
+def mutant(what: str, path: str, old: str, new: str, tests: str, tree: pathlib.Path) -> tuple:
+    """Apply one mutation to a fresh copy and run its tests. Only a test failure (pytest's exit 1) kills it:
+    a usage or collection error (2, 4) or no test selected (5) says nothing about the suite."""
+    copy_tree(tree)
+    f = tree / path
     text = f.read_text()
     assert text.count(old) == 1, (what, old)
     f.write_text(text.replace(old, new))
-    p = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests.split()],
-                       cwd=DST, capture_output=True, text=True)
-    last = p.stdout.strip().splitlines()[-1] if p.stdout.strip() else p.stderr[-200:]
-    failed = [l.split()[1] for l in p.stdout.splitlines() if l.startswith("FAILED")]
-    results.append((what, "RED" if p.returncode else "green (NOT caught)", failed[:1], last))
-    print(results[-1], flush=True)
-shutil.rmtree(DST.parent, ignore_errors=True)
-missed = [r for r in results if r[1] != "RED"]
-print(f"{len(results) - len(missed)} of {len(results)} mutations caught")
-sys.exit(1 if missed else 0)
+    p = pytest(tree, tests)
+    verdict = {0: "green (NOT caught)", 1: "RED"}.get(p.returncode, f"pytest exit {p.returncode} (NOT a kill)")
+    failed = [line.split()[1] for line in p.stdout.splitlines() if line.startswith("FAILED")]
+    return what, verdict, failed[:1], last_line(p)
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("words", nargs="*", metavar="WORD", help="only the mutations whose description has a WORD")
+    ap.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
+                    help="mutants tested at once, each in its own copy of the tree [cores, at most 2]")
+    args = ap.parse_args(argv)
+    chosen = [m for m in MUTATIONS if not args.words or any(w in m[0] for w in args.words)]
+    if not chosen:
+        print(f"no mutation's description contains any of {args.words}")
+        return 2
+    trees = Trees(max(1, args.jobs))
+    try:
+        with ThreadPoolExecutor(max(1, args.jobs)) as pool:
+            selections = list(dict.fromkeys(m[4] for m in chosen))
+            broken = [b for b in pool.map(lambda s: trees.run(lambda tree: clean_run(s, tree)), selections) if b]
+            for tests, why in broken:
+                print(f"the unmodified tree fails {tests!r}: {why}")
+            if broken:
+                return 2
+            print(f"the unmodified tree passes the {len(selections)} test selections", flush=True)
+            results = []
+            for r in pool.map(lambda m: trees.run(lambda tree: mutant(*m, tree)), chosen):
+                results.append(r)
+                print(r, flush=True)
+    finally:
+        shutil.rmtree(SCRATCH, ignore_errors=True)
+    missed = [r for r in results if r[1] != "RED"]
+    print(f"{len(results) - len(missed)} of {len(results)} mutations caught")
+    return 1 if missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
