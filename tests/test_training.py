@@ -175,6 +175,15 @@ def test_saved_checkpoint_gets_the_usual_file_permissions(tmp_path):
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
 
 
+def test_the_epoch_line_marks_a_new_best():
+    from cnn_cifar.training.hooks import format_row
+    row = {"epoch": 3, "train_loss": 1.23456, "train_acc": 0.5, "test_loss": 0.98765, "test_acc": 0.61234,
+           "lr": 0.0125, "dropout": 0.25, "seconds": 12.34, "best": True}
+    assert format_row(row, 10) == ("epoch   3/10  train loss 1.2346 acc  50.00%  test loss 0.9877 acc  61.23%  "
+                                   "lr 0.012500  dropout 0.250    12.3s  *best*")
+    assert format_row(dict(row, best=False), 10).endswith("   12.3s")
+
+
 # ------------------------------------------------------------------ metrics
 def test_confusion_matrix_and_report_by_hand():
     y = np.array([0, 0, 1, 1, 1, 2])

@@ -265,6 +265,17 @@ MUTATIONS = [
     ("no warning for a warm-up as long as the run", "src/cnn_cifar/training/config.py",
      'if self.lr_schedule != "onecycle" and 0 < self.epochs <= self.warmup_epochs:', "if False:",
      "tests/test_features_schedules.py -k warm_up_as_long"),
+    ("the epoch line never marks a new best", "src/cnn_cifar/training/hooks.py",
+     "{'  *best*' if row['best'] else ''}", "{''}", "tests/test_training.py -k marks_a_new_best"),
+    ("a resumed run's log overwritten, not appended to", "src/cnn_cifar/training/hooks.py",
+     'with open(self.log_path, "a") as f:', 'with open(self.log_path, "w") as f:',
+     "tests/test_cli.py -k resumed_run_writes"),
+    ("a config file's false boolean flag dropped", "src/cnn_cifar/cli/config_file.py",
+     'return [flag if value else f"--no-{flag[2:]}"]', "return [flag] if value else []",
+     "tests/test_features_runs.py -k dump_config"),
+    ("a config file's settings win over the command line", "src/cnn_cifar/cli/train.py",
+     "argv = config_argv(parser, config) + argv", "argv = argv + config_argv(parser, config)",
+     "tests/test_features_runs.py -k command_line_wins"),
     # -- prediction
     ("images resized by nearest neighbour (aliasing)", "src/cnn_cifar/inference.py",
      "im = im.resize((SIZE, SIZE), Image.Resampling.BILINEAR, reducing_gap=None)",
@@ -298,9 +309,6 @@ def copy_tree(dst: pathlib.Path) -> None:
         shutil.rmtree(dst)
     shutil.copytree(SRC, dst, ignore=lambda d, names: [n for n in names if n == "__pycache__"
                                                        or (pathlib.Path(d) == SRC and n in top)])
-    shared = dst.parent / "shared"                       # ../shared beside the copy, as beside the checkout
-    if (SRC.parent / "shared").is_dir() and not shared.exists():
-        shared.symlink_to(SRC.parent / "shared")
 
 
 def pytest(tree: pathlib.Path, tests: str) -> subprocess.CompletedProcess:
@@ -317,6 +325,8 @@ class Trees:
     """One scratch copy of the tree per worker, handed out and taken back."""
 
     def __init__(self, n: int):
+        if (SRC.parent / "shared").is_dir():            # ../shared beside the copies, as beside the checkout
+            (SCRATCH / "shared").symlink_to(SRC.parent / "shared")
         self.free: queue.Queue = queue.Queue()
         for i in range(n):
             self.free.put(SCRATCH / f"tree{i}")
