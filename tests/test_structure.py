@@ -2,13 +2,15 @@
 the model registry (a new model is one entry), borrowed buffers, and decisions taken from the arrays."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
 from cnn_cifar import backend, nn, runtime
 from cnn_cifar.models import Recipe, build_model, list_models, register, unregister
 from cnn_cifar.nn import im2col
-from conftest import run_python
+from conftest import SRC, STANDIN, run_python, subprocess_env
 
 LAYERS = {
     "Conv2d": (lambda: nn.Conv2d(2, 3, 3, padding=1), (2, 2, 5, 5)),
@@ -103,6 +105,7 @@ for mod in pkgutil.walk_packages(cnn_cifar.__path__, "cnn_cifar."):
 print("mallopt calls after import:", len(calls))
 print("pyplot imported:", "matplotlib.pyplot" in sys.modules)
 print("backend unchanged:", matplotlib.rcParams._get("backend") == before)
+print("cupy imported:", "cupy" in sys.modules)
 from cnn_cifar import runtime
 runtime.enable()
 print("mallopt calls after enable:", len(calls))
@@ -110,9 +113,13 @@ print("mallopt calls after enable:", len(calls))
 
 
 def test_importing_the_library_changes_nothing_in_the_process(tmp_path):
-    p = run_python("-c", IMPORT_PROBE, cwd=tmp_path, timeout=120)
+    """Not the allocator, not matplotlib's backend, and no CuPy import (with CNN_CIFAR_BACKEND=auto and the
+    stand-in importable: the environment is applied on first use of the backend, not at import)."""
+    env = subprocess_env(CNN_CIFAR_BACKEND="auto", PYTHONPATH=os.pathsep.join([str(STANDIN), str(SRC)]))
+    p = run_python("-c", IMPORT_PROBE, cwd=tmp_path, timeout=120, env=env)
     assert p.returncode == 0, p.stderr
     lines = p.stdout.splitlines()
+    assert "cupy imported: False" in lines
     assert "mallopt calls after import: 0" in lines
     assert "pyplot imported: False" in lines
     assert "backend unchanged: True" in lines

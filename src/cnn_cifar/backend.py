@@ -3,7 +3,8 @@
 Layer code takes its array library from its inputs (``get_array_module(x)``), in the style of Chainer,
 so the same code runs on both; the active backend (``backend.xp``, ``backend.name``) is only the default
 for arrays created from nothing (new parameters, loader batches). This is the only module that imports
-cupy. Importing it changes nothing in the host process.
+cupy. Importing it changes nothing in the host process: ``$CNN_CIFAR_BACKEND`` (NumPy when unset) is
+applied on first use of ``xp`` or ``name``, unless ``set_backend`` chose first.
 """
 from __future__ import annotations
 
@@ -19,8 +20,8 @@ Array = Any
 ENV_VAR = "CNN_CIFAR_BACKEND"
 CHOICES = ("auto", "numpy", "cupy")
 
-xp: ModuleType = numpy
-name: str = "numpy"
+xp: ModuleType          # the active array module and its name: set on first use (module __getattr__ below)
+name: str
 _cupy: ModuleType | None = None
 _auto_note: str = ""          # why "auto" did not pick CuPy (shown by describe())
 
@@ -90,6 +91,7 @@ def set_backend(choice: str = "auto") -> str:
 
 def describe() -> str:
     """One line saying which backend is active (and the GPU, for CuPy)."""
+    xp, name = _active()
     if name == "cupy":
         dev = xp.cuda.Device()
         props = xp.cuda.runtime.getDeviceProperties(dev.id)
@@ -113,7 +115,7 @@ def is_device_array(a: Array) -> bool:
 
 def to_device(a: Any, dtype: Any = None) -> Array:
     """Move a host array to the active backend (no copy when already there)."""
-    out = xp.asarray(a)
+    out = _active()[0].asarray(a)
     if dtype is not None and out.dtype != dtype:
         out = out.astype(dtype)
     return out
@@ -128,6 +130,7 @@ def to_numpy(a: Array) -> numpy.ndarray:
 
 def synchronize() -> None:
     """Wait for queued GPU work (a no-op on NumPy); benchmarks call it before reading clocks."""
+    xp, name = _active()
     if name == "cupy":
         xp.cuda.get_current_stream().synchronize()
 
@@ -161,16 +164,28 @@ def cublas() -> ModuleType:
 
 def current_stream_ptr() -> int:
     """The raw handle of CuPy's current stream (what NCCL calls are queued on)."""
-    return xp.cuda.get_current_stream().ptr
+    return _active()[0].cuda.get_current_stream().ptr
 
 
 def _init_from_env() -> None:
-    """Apply CNN_CIFAR_BACKEND at import (NumPy when unset); a bad value falls back to NumPy here and is
-    reported by whoever calls set_backend with it later (the CLIs do)."""
+    """Apply CNN_CIFAR_BACKEND (NumPy when unset); a bad value falls back to NumPy here and is reported by
+    whoever calls set_backend with it later (the CLIs do)."""
     try:
         set_backend(os.environ.get(ENV_VAR, "").strip() or "numpy")
     except (ValueError, BackendError):
         _use_numpy()
 
 
-_init_from_env()
+def _active() -> tuple[ModuleType, str]:
+    """The active backend (module, name), chosen from the environment if nothing has chosen it yet."""
+    if "name" not in globals():
+        _init_from_env()
+    return xp, name
+
+
+def __getattr__(attr: str) -> Any:
+    """``backend.xp`` and ``backend.name`` before any choice: make it from the environment (PEP 562; once
+    they are set, Python finds them without calling this)."""
+    if attr in ("xp", "name"):
+        return _active()[attr == "name"]
+    raise AttributeError(f"module {__name__!r} has no attribute {attr!r}")
