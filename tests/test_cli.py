@@ -22,6 +22,11 @@ from conftest import digests, popen_cli, run_cli
 WAIT = 180.0      # seconds a signal test waits for a line before it gives up (kills the child and fails)
 
 
+def epoch_lines(log: Path) -> int:
+    """The epoch lines in a run's log (each run also writes its settings there before its first one)."""
+    return sum(line.startswith("epoch ") for line in log.read_text().splitlines())
+
+
 def train(tmp_path: Path, cifar_root: Path, *extra: str, ckdir: str = "ck") -> subprocess.CompletedProcess:
     """train_cli.py as a subprocess (slow tests only)."""
     return run_cli("train", "--model", "cnn", "--data", str(cifar_root), "--no-download", "--checkpoint-dir", ckdir,
@@ -148,7 +153,7 @@ def test_a_resumed_run_writes_where_it_was_resumed_from(inproc, tmp_path, cifar_
     assert "resumed from runs/a/cnn_last.pkl: 1 epoch(s) done; checkpoints go to runs/a" in p.stdout
     assert not (tmp_path / "checkpoint").exists() and not (tmp_path / "log").exists()
     assert load_checkpoint(tmp_path / "runs/a/cnn_last.pkl").epoch == 2
-    assert len((tmp_path / "runs/a/log/cnn.log").read_text().splitlines()) == 2
+    assert epoch_lines(tmp_path / "runs/a/log/cnn.log") == 2
     p = inproc(train_cli.main, *base, "--resume", "runs/a/cnn_last.pkl", "--epochs", "3", "--checkpoint-dir", "b")
     assert p.returncode == 0, p.stderr
     assert load_checkpoint(tmp_path / "b/cnn_last.pkl").epoch == 3
@@ -173,7 +178,7 @@ def test_train_resume_and_test_end_to_end(tmp_path, cifar_root):
     assert p.returncode == 0, p.stderr
     ck = tmp_path / "ck"
     assert {"cnn_best.pkl", "cnn_last.pkl", "cnn_history.csv", "cnn_history.jsonl"} <= {f.name for f in ck.iterdir()}
-    assert len((tmp_path / "log" / "cnn.log").read_text().splitlines()) == 2
+    assert epoch_lines(tmp_path / "log" / "cnn.log") == 2
     p = train(tmp_path, cifar_root, "--resume", "ck/cnn_last.pkl", "--epochs", "3")
     assert p.returncode == 0, p.stderr
     assert "resumed from ck/cnn_last.pkl: 2 epoch(s) done" in p.stdout

@@ -266,13 +266,16 @@ def test_non_quiet_epoch_prints_settings_summary_and_progress_bars(cifar_root, c
     import cnn_cifar.training.hooks
     for module in (cnn_cifar.training.hooks, cnn_cifar.training.evaluation):    # the training and test bars
         monkeypatch.setattr(module, "tqdm", EveryStep)
-    assert train(cifar_root, quiet=False) == 0
+    assert train(cifar_root, "--cutout", "8", "--label-smoothing", "0.1", quiet=False) == 0
     out, err = capsys.readouterr()
-    assert "effective settings:" in out
-    for k in RESTORED:
-        assert re.search(rf"^  {k.replace('_', '-')}\s+\S", out, re.M), k
-    assert re.search(r"^  lr\s+0\.02$", out, re.M) and re.search(r"^  batch-size\s+32$", out, re.M)
-    assert re.search(r"^  dropout-schedule\s+linear_decay$", out, re.M)
+    assert "settings:" not in out                                  # the summary, not one line per flag
+    summary = [line for line in out.splitlines() if re.match(r"(model|optimizer|schedule|augment|output) ", line)]
+    assert summary == [
+        f"model      cnn on cifar10 from {cifar_root} (first 128 train images, first 64 test images), seed 0",
+        "optimizer  sgd, lr 0.02, momentum 0.9, weight decay 0.0005; batch 32, 1 epochs",
+        "schedule   lr cosine, 10 warm-up epochs; dropout 0.6 (linear_decay)",
+        "augment    crop 4, flip, cutout 8; regularisation: label smoothing 0.1",
+        "output     checkpoints in ck/, log in log/cnn.log (every setting: --verbose, and the log)"]
     assert re.search(r"^epoch   1/1  train loss \d+\.\d{4} acc +\d+\.\d\d%  test loss \d+\.\d{4} acc +\d+\.\d\d%  "
                      r"lr 0\.\d{6}  dropout 0\.600 +\d+\.\ds", out, re.M), out
     assert "training cnn (" in out and "128 train / 64 test images, 4 steps per epoch" in out
@@ -282,10 +285,28 @@ def test_non_quiet_epoch_prints_settings_summary_and_progress_bars(cifar_root, c
     assert "Traceback" not in err
 
 
+def test_verbose_prints_every_setting_and_the_log_keeps_them_for_each_run(cifar_root, capsys):
+    assert train(cifar_root, "--verbose") == 0
+    out = capsys.readouterr().out
+    assert "settings:" in out and not re.search(r"^optimizer ", out, re.M)
+    for k in RESTORED:
+        assert re.search(rf"^  {k.replace('_', '-')}\s+\S", out, re.M), k
+    assert re.search(r"^  lr\s+0\.02$", out, re.M) and re.search(r"^  batch-size\s+32$", out, re.M)
+    assert re.search(r"^  dropout-schedule\s+linear_decay$", out, re.M)
+    assert train(cifar_root, "--resume", "ck/cnn_last.pkl", "--epochs", "2") == 0
+    log = Path("log/cnn.log").read_text().splitlines()
+    starts = [i for i, line in enumerate(log) if line == "settings:"]
+    assert len(starts) == 2 and log[starts[1] - 1].startswith("epoch   1/1")     # one header per run
+    assert sum(bool(re.fullmatch(r"  epochs\s+2", line)) for line in log[starts[1]:]) == 1
+    assert log[-1].startswith("epoch   2/2")
+    for k in RESTORED:
+        assert sum(line.split()[0] == k.replace("_", "-") for line in log[1:starts[1] - 1]) == 1, k
+
+
 def test_quiet_prints_no_table_and_no_bars(cifar_root, capsys):
     assert train(cifar_root) == 0
     out, err = capsys.readouterr()
-    assert "effective settings:" not in out and "epoch   1/1  train loss" in out
+    assert "settings:" not in out and "model " not in out and "epoch   1/1  train loss" in out
     assert "epoch 1/1:" not in err and "loss=" not in err
 
 

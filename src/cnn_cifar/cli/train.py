@@ -12,6 +12,7 @@ from ..models import build_model, options_of
 from ..optim import GradScaler
 from ..training import (CheckpointError, RunConfig, Trainer, interrupt_guard, load_checkpoint, resolve,
                         transfer_weights)
+from ..training.hooks import format_settings
 from ..training.mixing import MixedCrossEntropy
 from ..distributed import DataParallel
 from . import common as C
@@ -20,14 +21,42 @@ from .config_file import ConfigFileError, config_argv, write_config
 from .train_args import build_parser
 
 
-def print_settings(cfg: RunConfig) -> None:
-    settings = cfg.to_dict()
-    width = max(len(k) for k in settings)
-    print("effective settings:")
-    for k, v in settings.items():
-        if isinstance(v, (list, tuple)):
-            v = " ".join(f"{e:g}" if isinstance(e, float) else str(e) for e in v)
-        print(f"  {k.replace('_', '-'):<{width}}  {v}")
+def _onoff(items: list[tuple[bool, str]]) -> str:
+    return ", ".join(text for on, text in items if on) or "none"
+
+
+def summary_lines(cfg: RunConfig) -> list[str]:
+    """What a user checks at a glance before a run: model and data, optimizer, schedules, augmentation and
+    regularisation, and where the run writes (every setting: ``--verbose``, and the run's log)."""
+    opt = f"{cfg.optimizer}, lr {cfg.lr:g}"
+    opt += (f", momentum {cfg.momentum:g}{' (Nesterov)' if cfg.nesterov else ''}" if cfg.optimizer == "sgd"
+            else f", betas {cfg.beta1:g} {cfg.beta2:g}")
+    opt += f", weight decay {cfg.weight_decay:g}; batch {cfg.batch_size}, {cfg.epochs} epochs"
+    lr = {"onecycle": f"onecycle to {cfg.max_lr or cfg.lr:g} over {cfg.pct_start:g} of the run",
+          "step": f"step x{cfg.lr_decay_factor:g}" + (f" at {cfg.lr_decay_steps}" if cfg.lr_decay_steps else ""),
+          "plateau": f"plateau x{cfg.plateau_factor:g} after {cfg.plateau_patience} epochs without progress",
+          }.get(cfg.lr_schedule, cfg.lr_schedule)
+    lr += f", {cfg.warmup_epochs:g} warm-up epochs" if cfg.warmup_epochs else ""
+    lr += f", floor {cfg.min_lr:g}" if cfg.min_lr else ""
+    dropout = f"dropout {cfg.dropout_rate:g}" + (f" ({cfg.dropout_schedule})" if cfg.dropout_schedule != "none" else "")
+    a = cfg.augmentation()
+    augment = _onoff([(a.crop_padding > 0, f"crop {a.crop_padding}"), (a.flip, "flip"),
+                      (a.shift_scale_rotate is not None, "shift-scale-rotate"),
+                      (a.color_jitter is not None, "colour jitter"), (a.cutout > 0, f"cutout {a.cutout}"),
+                      (a.mixup > 0, f"mixup {a.mixup:g}"), (a.cutmix > 0, f"cutmix {a.cutmix:g}")])
+    regular = _onoff([(cfg.label_smoothing > 0, f"label smoothing {cfg.label_smoothing:g}"),
+                      (cfg.ema > 0, f"weight EMA {cfg.ema:g}"),
+                      (cfg.clip_grad_norm > 0, f"gradient norm clipped at {cfg.clip_grad_norm:g}"),
+                      (cfg.amp, "mixed precision")])
+    limits = ", ".join(f"first {n} {what} images" for n, what in ((cfg.limit_train, "train"), (cfg.limit_test, "test"))
+                       if n is not None)
+    return [f"model      {cfg.model} on {cfg.dataset} from {cfg.data}" + (f" ({limits})" if limits else "")
+            + f", seed {cfg.seed}",
+            f"optimizer  {opt}",
+            f"schedule   lr {lr}; {dropout}",
+            f"augment    {augment}; regularisation: {regular}",
+            f"output     checkpoints in {cfg.checkpoint_dir}/, log in {cfg.log_dir}/{cfg.model}.log "
+            f"(every setting: --verbose, and the log)"]
 
 
 def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:
@@ -76,8 +105,10 @@ def _main(argv: list[str] | None = None) -> int:
     amp = cfg.amp and backend.name == "cupy"
     if cfg.amp and not amp:
         print("--amp: mixed precision needs the CuPy backend; training in float32", flush=True)
-    if not quiet:
-        print_settings(cfg)
+    if args.verbose:
+        print("\n".join(format_settings(cfg.to_dict())))
+    elif not quiet:
+        print("\n".join(summary_lines(cfg)))
     if C.active_comm is None or C.active_comm.is_main:          # once, not once per rank
         for note in cfg.warnings():
             print(f"warning: {note}", file=sys.stderr, flush=True)

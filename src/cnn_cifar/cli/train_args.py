@@ -156,7 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--tensorboard-every", type=C.nonneg_int, default=None, metavar="N",
                    help="with --tensorboard, also log the batch loss and lr every N steps; 0 = per epoch only [50]")
     g.add_argument("--plot", action="store_true", help="refresh viz/<model>/<model>_training_progress.png each epoch")
-    g.add_argument("--quiet", action="store_true", help="no progress bars or settings table")
+    g.add_argument("--quiet", action="store_true", help="no progress bars or settings summary")
+    g.add_argument("--verbose", action="store_true", help="print every setting at start, one per line (the run's "
+                   "log has them too), instead of the summary")
     g.add_argument("--summary", action="store_true", help="print the model as a table (layers, output shapes, "
                    "parameters, multiply-adds) and exit")
 

@@ -145,18 +145,37 @@ class WriteHistory(Hook):
 
 
 class LogLine(Hook):
-    """The one summary line per epoch, on stdout and appended to a log file (if given)."""
+    """The one summary line per epoch, on stdout and appended to a log file (if given). Before its first line,
+    each run (a resumed one too) writes its settings into the log file, so the log says what produced it; a
+    run that ends before its first epoch adds nothing."""
 
     def __init__(self, log_path: str | Path | None = None) -> None:
         self.log_path = Path(log_path) if log_path else None
+        self.header_written = False
 
     def epoch_end(self, trainer: "Trainer", row: dict) -> None:
         line = format_row(row, trainer.target_epochs)
         print(line, flush=True)
         if self.log_path is not None:
+            lines = [line]
+            if not self.header_written:
+                lines[:0] = format_settings(trainer.run_info.get("args", {}))
+                self.header_written = True
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.log_path, "a") as f:
-                f.write(line + "\n")
+                f.write("".join(s + "\n" for s in lines))
+
+
+def format_settings(settings: dict) -> list[str]:
+    """Every setting of a run, one per line, as its flag's name and value (the --verbose table and the log's
+    header)."""
+    width = max((len(k) for k in settings), default=0)
+    lines = ["settings:"]
+    for k, v in settings.items():
+        if isinstance(v, (list, tuple)):
+            v = " ".join(f"{e:g}" if isinstance(e, float) else str(e) for e in v)
+        lines.append(f"  {k.replace('_', '-'):<{width}}  {v}")
+    return lines
 
 
 def format_row(row: dict, epochs: int) -> str:
