@@ -10,7 +10,7 @@
       forAllSystems = f: nixpkgs.lib.genAttrs systems (system: f system);
 
       # Runtime plus test dependencies, the same set pyproject.toml declares.
-      pythonPackages = ps: with ps; [ numpy tqdm matplotlib pytest threadpoolctl pillow tensorboardx ];
+      pythonPackages = ps: with ps; [ numpy tqdm matplotlib pytest threadpoolctl pillow tensorboardx onnx onnxruntime ];
 
       mkDevShell = { pkgs, extraPythonPackages ? (_: [ ]), extraPackages ? [ ], extraShellHook ? "" }:
         let

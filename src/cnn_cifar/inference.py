@@ -121,6 +121,13 @@ def class_names(ck: Checkpoint, num_classes: int) -> list[str]:
     return [f"class {i}" for i in range(num_classes)]
 
 
+def normalization(ck: Checkpoint, num_classes: int) -> tuple[tuple, tuple]:
+    """The (mean, std) to feed the checkpoint's weights: the recorded ones, else CIFAR-100's statistics for a
+    100-class model and CIFAR-10's otherwise."""
+    default = CIFAR100 if num_classes == 100 else CIFAR10
+    return ck.normalization(default.mean, default.std)
+
+
 class Classifier:
     """A checkpoint's model in eval mode with its normalisation and class names."""
 
@@ -129,8 +136,7 @@ class Classifier:
         self.model = ck.rebuild_model(source=str(path))
         self.num_classes = self.model.config["num_classes"]
         self.model.eval()
-        default = CIFAR100 if self.num_classes == 100 else CIFAR10
-        self.mean, self.std = ck.normalization(default.mean, default.std)
+        self.mean, self.std = normalization(ck, self.num_classes)
         self.classes = class_names(ck, self.num_classes)
         self.name = ck.model
 

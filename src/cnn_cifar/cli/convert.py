@@ -1,11 +1,12 @@
-"""convert_cli: PyTorch checkpoint files to our checkpoints and back, without torch installed."""
+"""convert_cli: PyTorch checkpoint files to our checkpoints and back, without torch installed; our checkpoints
+to ONNX."""
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
 
-from ..interop import KEY_STYLES, find_state_dict, from_torch, load, save, to_torch
+from ..interop import KEY_STYLES, OPSET, find_state_dict, from_torch, load, save, save_onnx, to_onnx, to_torch
 from ..models import list_models
 from ..nn.residual import SHORTCUTS
 from ..training import load_checkpoint, save_checkpoint
@@ -15,13 +16,16 @@ from . import common as C
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="convert_cli.py", description="Convert PyTorch checkpoint files (.pt/.pth/.th, zip or legacy "
-        "format) to cnn-cifar-10 checkpoints, and back. No torch needed.")
+        "format) to cnn-cifar-10 checkpoints, and back (no torch needed); export checkpoints to ONNX.")
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--from-torch", metavar="FILE", help="a PyTorch state dict file to convert")
     what.add_argument("--to-torch", metavar="CKPT", help="one of our checkpoints to write as a PyTorch file")
+    what.add_argument("--to-onnx", metavar="CKPT",
+                      help=f"one of our checkpoints to write as an ONNX model (opset {OPSET}) for inference: input "
+                           "'images' float32 [N, 3, 32, 32] in [0, 1] (normalised inside), output 'logits'")
     what.add_argument("--weights-only", metavar="CKPT", help="one of our checkpoints without its optimizer state, "
                       "random streams and history (for publishing; it no longer resumes a run)")
-    p.add_argument("--out", required=True, help="the file to write (.pkl for ours, .pt for PyTorch)")
+    p.add_argument("--out", required=True, help="the file to write (.pkl for ours, .pt for PyTorch, .onnx for ONNX)")
     p.add_argument("--model", choices=list_models(), help="--from-torch: the architecture the weights are for")
     p.add_argument("--shortcut", choices=SHORTCUTS, default=None,
                    help="--from-torch, ResNets: 'pad' (option A: published CIFAR ResNets) or 'projection'")
@@ -59,6 +63,14 @@ def _main(argv: list[str] | None = None) -> int:
         ck = load_checkpoint(args.weights_only).weights_only()
         save_checkpoint(args.out, ck)
         print(f"wrote {args.out}: {ck.model} weights, buffers, model config and normalisation "
+              f"({Path(args.out).stat().st_size / 2 ** 20:.2f} MiB)")
+    elif args.to_onnx:
+        ck = load_checkpoint(args.to_onnx)
+        proto = to_onnx(ck, source=args.to_onnx)
+        save_onnx(args.out, proto)
+        classes = proto.graph.output[0].type.tensor_type.shape.dim[1].dim_value
+        print(f"wrote {args.out}: {ck.model} as ONNX (opset {OPSET}, checked): input 'images' float32 "
+              f"[N, 3, 32, 32] in [0, 1], output 'logits' [N, {classes}]; normalisation and class names inside "
               f"({Path(args.out).stat().st_size / 2 ** 20:.2f} MiB)")
     else:
         ck = load_checkpoint(args.to_torch)
