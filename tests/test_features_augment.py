@@ -307,9 +307,11 @@ def test_settings_table_and_show_augment(cifar_root, tmp_path, monkeypatch, caps
     monkeypatch.setenv("CNN_CIFAR_BACKEND", "numpy")
     flags = ["--data", str(cifar_root), *BASE[:-1], "--shift-scale-rotate", "0.0625", "0.1", "15", "--mixup", "0.2",
              "--show-augment", "6"]
-    assert train_cli.main(flags) == 0
+    assert train_cli.main([*flags, "--verbose"]) == 0
     out = capsys.readouterr().out
     assert "  shift-scale-rotate  0.0625 0.1 15\n" in out and "  color-jitter        None\n" in out
+    assert train_cli.main(flags) == 0
+    assert "\naugment    crop 4, flip, shift-scale-rotate, mixup 0.2; " in capsys.readouterr().out
     png = tmp_path / "viz" / "cnn" / "cnn_augment.png"
     assert f"wrote {Path('viz/cnn/cnn_augment.png')}" in out and png.read_bytes()[:4] == b"\x89PNG"
     assert not (tmp_path / "ck").exists()                                  # it did not train

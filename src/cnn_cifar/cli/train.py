@@ -32,6 +32,7 @@ def summary_lines(cfg: RunConfig) -> list[str]:
     opt += (f", momentum {cfg.momentum:g}{' (Nesterov)' if cfg.nesterov else ''}" if cfg.optimizer == "sgd"
             else f", betas {cfg.beta1:g} {cfg.beta2:g}")
     opt += f", weight decay {cfg.weight_decay:g}; batch {cfg.batch_size}, {cfg.epochs} epochs"
+    opt += ", mixed precision" if cfg.amp else ""
     lr = {"onecycle": f"onecycle to {cfg.max_lr or cfg.lr:g} over {cfg.pct_start:g} of the run",
           "step": f"step x{cfg.lr_decay_factor:g}" + (f" at {cfg.lr_decay_steps}" if cfg.lr_decay_steps else ""),
           "plateau": f"plateau x{cfg.plateau_factor:g} after {cfg.plateau_patience} epochs without progress",
@@ -46,8 +47,7 @@ def summary_lines(cfg: RunConfig) -> list[str]:
                       (a.mixup > 0, f"mixup {a.mixup:g}"), (a.cutmix > 0, f"cutmix {a.cutmix:g}")])
     regular = _onoff([(cfg.label_smoothing > 0, f"label smoothing {cfg.label_smoothing:g}"),
                       (cfg.ema > 0, f"weight EMA {cfg.ema:g}"),
-                      (cfg.clip_grad_norm > 0, f"gradient norm clipped at {cfg.clip_grad_norm:g}"),
-                      (cfg.amp, "mixed precision")])
+                      (cfg.clip_grad_norm > 0, f"gradient norm clipped at {cfg.clip_grad_norm:g}")])
     limits = ", ".join(f"first {n} {what} images" for n, what in ((cfg.limit_train, "train"), (cfg.limit_test, "test"))
                        if n is not None)
     return [f"model      {cfg.model} on {cfg.dataset} from {cfg.data}" + (f" ({limits})" if limits else "")
