@@ -8,8 +8,8 @@
 A training step is forward + loss + backward + SGD update on random float32 data; inference is
 eval mode without caching for backward. With --amp both sides train under autocast with a GradScaler
 (ours: nn.autocast + optim.GradScaler; PyTorch: torch.autocast + torch.amp.GradScaler) and infer under
-autocast; it is meant for GPUs (float16 on a CPU is emulated). Each (framework, model) runs in its own subprocess so peak
-RSS is per run; with --compare-torch the runs alternate ours/PyTorch for --rounds rounds and the
+autocast; it is meant for GPUs (float16 on a CPU is emulated). Each (framework, model) runs in its own subprocess
+so peak RSS is per run; with --compare-torch the runs alternate ours/PyTorch for --rounds rounds and the
 medians and their ratio are printed. PyTorch is never a dependency of the project: point
 --torch-python at an interpreter that has it (default: bench-venv/bin/python if present).
 """
@@ -62,6 +62,7 @@ def worker_ours(model_name: str, batch: int, eval_batch: int, warmup: int, repea
                 amp: bool = False) -> dict:
     sys.path.insert(0, str(ROOT / "src"))
     import numpy as np
+
     from cnn_cifar import backend, nn, runtime
     from cnn_cifar.models import build_model
     from cnn_cifar.optim import SGD, GradScaler

@@ -80,7 +80,8 @@ def main() -> None:
     for k, v in sorted(times.items(), key=lambda kv: -kv[1]):
         print(f"  {k:28s} {1000 * v / args.steps:8.1f} ms  {100 * v / args.steps / total:5.1f}%")
     other = total - sum(times.values()) / args.steps
-    print(f"  {'other (glue)' if args.eval else 'other (loss, glue)':28s} {1000 * other:8.1f} ms  {100 * other / total:5.1f}%")
+    print(f"  {'other (glue)' if args.eval else 'other (loss, glue)':28s} {1000 * other:8.1f} ms  "
+          f"{100 * other / total:5.1f}%")
 
 
 if __name__ == "__main__":

@@ -113,7 +113,8 @@ sd = obj["state_dict"] if "state_dict" in obj else obj
 sd = {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()}
 model.load_state_dict(sd, strict=True)
 model.eval()
-mean = np.array(args["mean"], np.float32).reshape(1, 3, 1, 1); std = np.array(args["std"], np.float32).reshape(1, 3, 1, 1)
+mean = np.array(args["mean"], np.float32).reshape(1, 3, 1, 1)
+std = np.array(args["std"], np.float32).reshape(1, 3, 1, 1)
 out = []
 with torch.no_grad():
     for i in range(0, len(x), 500):
@@ -124,7 +125,8 @@ print(torch.__version__)
 '''
 
 
-def torch_logits(arch: str, file: Path, images: Path, mean, std, tmp: Path, weights_only: bool) -> tuple[np.ndarray, str]:
+def torch_logits(arch: str, file: Path, images: Path, mean, std, tmp: Path,
+                 weights_only: bool) -> tuple[np.ndarray, str]:
     out = tmp / f"torch-{arch}-{file.stem}.npy"
     spec = {"arch": arch, "file": str(file), "images": str(images), "mean": mean, "std": std, "out": str(out),
             "twin_dir": str(SHARED / "reference"), "weights_only": weights_only}
@@ -173,7 +175,8 @@ def main() -> None:
         # A model trained here, into the PyTorch twin.
         subprocess.run([sys.executable, str(ROOT / "src" / "train_cli.py"), "--model", "cnn", "--epochs", "1",
                         "--data", args.data, "--no-download", "--limit-train", "5000", "--checkpoint-dir",
-                        str(tmp / "ck"), "--log-dir", str(tmp / "log"), "--quiet"], check=True, stdout=subprocess.DEVNULL)
+                        str(tmp / "ck"), "--log-dir", str(tmp / "log"), "--quiet"],
+                       check=True, stdout=subprocess.DEVNULL)
         pt = tmp / "cnn.pt"
         convert("--to-torch", str(tmp / "ck" / "cnn_last.pkl"), "--keys", "twin", "--out", str(pt))
         theirs, _ = torch_logits("simplecnn", pt, images, *CIFAR, tmp, weights_only=True)

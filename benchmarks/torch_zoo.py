@@ -33,7 +33,8 @@ def net_basic(num_classes: int = 10, dropout: float = 0.5) -> tnn.Module:
         tnn.Conv2d(3, 32, 3, padding=1), tnn.ReLU(inplace=True), tnn.MaxPool2d(2),
         tnn.Conv2d(32, 64, 3, padding=1), tnn.ReLU(inplace=True), tnn.MaxPool2d(2),
         tnn.Conv2d(64, 128, 3, padding=1), tnn.ReLU(inplace=True), tnn.MaxPool2d(2),
-        tnn.Flatten(), tnn.Linear(2048, 256), tnn.ReLU(inplace=True), tnn.Dropout(dropout), tnn.Linear(256, num_classes))
+        tnn.Flatten(), tnn.Linear(2048, 256), tnn.ReLU(inplace=True), tnn.Dropout(dropout),
+        tnn.Linear(256, num_classes))
 
 
 def net_dilated(num_classes: int = 10, dropout: float = 0.05) -> tnn.Module:

@@ -7,11 +7,15 @@ code paths execute in every run. CNN_CIFAR_TEST_CUPY=standin forces the stand-in
 """
 from __future__ import annotations
 
+import hashlib
 import os
+import pickle
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 STANDIN = Path(__file__).resolve().parent / "standin"
@@ -143,13 +147,6 @@ def _numpy_by_default():
 
 
 # ------------------------------------------------------------------ subprocesses
-import hashlib
-import pickle
-import tarfile
-from pathlib import Path
-
-import numpy as np
-
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src"
 DEFAULT_TIMEOUT = 300.0

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from cnn_cifar import backend
+
 from conftest import SRC, run_python, subprocess_env
 
 

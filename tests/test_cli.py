@@ -17,6 +17,7 @@ import pytest
 from cnn_cifar.cli import test as test_cli
 from cnn_cifar.cli import train as train_cli
 from cnn_cifar.training import load_checkpoint
+
 from conftest import digests, popen_cli, run_cli
 
 WAIT = 180.0      # seconds a signal test waits for a line before it gives up (kills the child and fails)

@@ -177,9 +177,10 @@ def test_defaults_pinned():
     """The full resolved defaults, written out: an edit of a registered Recipe shows up here."""
     cnn = resolve(parse())
     assert {k: cnn[k] for k in RESTORED} == dict(
-        model="cnn", shortcut=None, optimizer="sgd", lr=0.02, momentum=0.9, nesterov=False, weight_decay=5e-4, batch_size=64,
-        epochs=200, lr_schedule="cosine", warmup_epochs=10.0, min_lr=0.0, dropout_schedule="linear_decay",
-        dropout_rate=0.6, min_dropout=0.2, max_dropout=0.7, dataset="cifar10", data="data", seed=0, beta1=0.9,
+        model="cnn", shortcut=None, optimizer="sgd", lr=0.02, momentum=0.9, nesterov=False, weight_decay=5e-4,
+        batch_size=64, epochs=200, lr_schedule="cosine", warmup_epochs=10.0, min_lr=0.0,
+        dropout_schedule="linear_decay", dropout_rate=0.6, min_dropout=0.2, max_dropout=0.7,
+        dataset="cifar10", data="data", seed=0, beta1=0.9,
         beta2=0.999, lr_decay_factor=0.1, lr_decay_steps=None, label_smoothing=0.0, amp=False, crop_padding=4, cutout=0,
         no_augment=False, no_flip=False, limit_train=None, limit_test=None,
         max_lr=None, pct_start=0.3, plateau_factor=0.1, plateau_patience=2, clip_grad_norm=0.0, ema=0.0,
@@ -348,7 +349,8 @@ def test_adam_and_its_betas(cifar_root):
      {"momentum": 0.5, "nesterov": True, "weight_decay": 0.001}),
     ("resnet8", [], {"momentum": 0.9, "nesterov": True, "weight_decay": 5e-4}),
     ("resnet8", ["--no-nesterov", "--weight-decay", "0"], {"momentum": 0.9, "nesterov": False, "weight_decay": 0.0}),
-    ("resnet8", ["--momentum", "0"], {"momentum": 0.0, "nesterov": False, "weight_decay": 5e-4}),  # no momentum: no Nesterov
+    # no momentum: no Nesterov
+    ("resnet8", ["--momentum", "0"], {"momentum": 0.0, "nesterov": False, "weight_decay": 5e-4}),
 ])
 def test_sgd_flags_reach_the_optimizer(cifar_root, model, flags, hyper):
     assert train(cifar_root, "--model", model, *flags) == 0
@@ -377,7 +379,8 @@ def test_label_smoothing_reaches_the_loss(cifar_root):
 
 
 def test_min_lr_is_the_floor_of_the_schedule(cifar_root):
-    assert train(cifar_root, "--lr", "0.02", "--min-lr", "0.005", "--warmup-epochs", "0", "--lr-schedule", "cosine") == 0
+    assert train(cifar_root, "--lr", "0.02", "--min-lr", "0.005", "--warmup-epochs", "0",
+                 "--lr-schedule", "cosine") == 0
     ck = last()
     assert ck.args["min_lr"] == 0.005 and ck.schedule["lr"]["min_lr"] == 0.005
     assert ck.history[0]["lr"] == pytest.approx(0.005, rel=1e-12)      # the end of a 1-epoch cosine
@@ -482,7 +485,7 @@ def test_test_cli_plot_and_out(cifar_root, tmp_path):
 def test_schedule_stretches_to_a_new_epochs_on_resume(cifar_root, monkeypatch, capsys, kind):
     """Train 2 of 4 epochs (a real SIGINT after epoch 2's files are written), resume with --epochs 6: from
     epoch 3 on, the lr follows the 6-epoch schedule."""
-    import cnn_cifar.training.hooks as trainer_mod        # where the history is written each epoch
+    import cnn_cifar.training.hooks as trainer_mod  # where the history is written each epoch
     real = trainer_mod.write_history
 
     def write_then_ctrl_c(d, model, rows):
@@ -522,7 +525,8 @@ def test_help_shows_each_registered_recipe_value():
     text = " ".join(train_cli.build_parser().format_help().split())
     assert ("peak learning rate [cnn: 0.02; resnet8/14/20/32/44/56/110/cifarnet: 0.1; net-basic: 0.001; "
             "net-dilated: 0.01; senet: 0.2]") in text
-    assert "initial rate [cnn: 0.6; resnet8/14/20/32/44/56/110/senet: 0.0; net-basic: 0.5; net-dilated/cifarnet: 0.05]" in text
+    assert ("initial rate [cnn: 0.6; resnet8/14/20/32/44/56/110/senet: 0.0; net-basic: 0.5; "
+            "net-dilated/cifarnet: 0.05]") in text
     assert "parameters for 10 classes: cnn 232,314, resnet8 78,042" in text and "senet 330,794" in text
 
 

@@ -15,10 +15,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cnn_cifar.data import (AugmentConfig, BatchLoader, DatasetError, cutout, load_dataset, md5sum, normalize,
-                            random_crop, random_flip)
+from cnn_cifar.data import (
+    AugmentConfig,
+    BatchLoader,
+    DatasetError,
+    cutout,
+    load_dataset,
+    md5sum,
+    normalize,
+    random_crop,
+    random_flip,
+)
 from cnn_cifar.data.datasets import CIFAR10
 from cnn_cifar.data.download import download
+
 from conftest import run_cli, write_fake_cifar100
 
 
@@ -71,7 +81,8 @@ def test_batch_pickle_that_runs_code_is_refused(cifar_root, tmp_path):
     d = _copy(cifar_root, tmp_path)
     with open(d / "data_batch_1", "wb") as f:
         pickle.dump({"data": _Evil(), "labels": []}, f)
-    with pytest.raises(DatasetError, match=r"data_batch_1 is not a CIFAR batch file: refusing to load global 'builtins.print'"):
+    with pytest.raises(DatasetError, match=r"data_batch_1 is not a CIFAR batch file: "
+                                           r"refusing to load global 'builtins.print'"):
         load_dataset("cifar10", tmp_path, download=False)
 
 

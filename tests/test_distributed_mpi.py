@@ -129,7 +129,7 @@ def test_sigterm_to_mpirun_saves_once_and_one_rank_resumes(cifar_root, tmp_path)
 def _gpu_env() -> dict:
     """The CuPy backend: real CuPy where it runs (NCCL between two GPUs), else the stand-in, whose
     cupy.cuda.nccl carries NCCL's calls out over MPI so the NCCL communicator's code runs here too."""
-    import cupy                              # (conftest put the stand-in first where real CuPy cannot run)
+    import cupy  # (conftest put the stand-in first where real CuPy cannot run)
     if not getattr(cupy, "IS_STANDIN", False):
         if cupy.cuda.runtime.getDeviceCount() < 2:
             pytest.skip("NCCL needs a GPU per rank: 2 ranks need 2 GPUs")

@@ -24,8 +24,9 @@ import pytest
 
 from cnn_cifar.data import DatasetError, load_dataset, md5sum
 from cnn_cifar.data.download import download_and_extract, extract
-from conftest import make_tarball, write_fake_cifar10
 from test_data import serve
+
+from conftest import make_tarball, write_fake_cifar10
 
 FOLDER = "cifar-10-batches-py"
 ARCHIVE_NAME = "cifar-10-python.tar.gz"

@@ -107,7 +107,9 @@ def _warp_loop(img, angle, scale, dx, dy, border):
     def pixel(ch, yy, xx):
         if border == "constant":
             return img[ch, yy, xx] if 0 <= yy < h and 0 <= xx < w else 0.0
-        ref = lambda i, n: abs(i) % (2 * n - 2) if abs(i) % (2 * n - 2) < n else 2 * n - 2 - abs(i) % (2 * n - 2)
+
+        def ref(i, n):
+            return abs(i) % (2 * n - 2) if abs(i) % (2 * n - 2) < n else 2 * n - 2 - abs(i) % (2 * n - 2)
         return img[ch, ref(yy, h), ref(xx, w)]
     for i in range(h):
         for j in range(w):
@@ -150,7 +152,8 @@ def test_ssr_params_ranges_and_probability():
 def _adjust_loop(img, kind, f):
     """Per-pixel reference on [0, 1] (3, H, W): brightness, contrast, saturation as torchvision's _blend,
     hue through colorsys."""
-    gray = lambda p: 0.2989 * p[0] + 0.587 * p[1] + 0.114 * p[2]
+    def gray(p):
+        return 0.2989 * p[0] + 0.587 * p[1] + 0.114 * p[2]
     out = np.empty_like(img)
     m = np.mean([gray(img[:, i, j]) for i in range(img.shape[1]) for j in range(img.shape[2])])
     for i in range(img.shape[1]):

@@ -13,12 +13,18 @@ from cnn_cifar.data import AugmentConfig, BatchLoader, load_dataset
 from cnn_cifar.data.datasets import CIFAR10
 from cnn_cifar.models import build_model
 from cnn_cifar.optim import SGD, AdamW, DropoutSchedule, LRSchedule, clip_grad_norm_, grad_norm
-from cnn_cifar.training import NonFiniteLoss, Trainer, TrainingInterrupted, evaluate_checkpoint
-from cnn_cifar.training import load_checkpoint, train_step
+from cnn_cifar.training import (
+    NonFiniteLoss,
+    Trainer,
+    TrainingInterrupted,
+    evaluate_checkpoint,
+    load_checkpoint,
+    train_step,
+)
 from cnn_cifar.training.config import resolve
 from cnn_cifar.training.ema import ModelEMA, update_bn
-from test_training import StopAfter
 
+from test_training import StopAfter
 
 BASE = ["--no-download", "--limit-train", "128", "--limit-test", "64", "--epochs", "1", "--batch-size", "32",
         "--no-prefetch", "--checkpoint-dir", "ck", "--log-dir", "log", "--quiet"]
@@ -75,7 +81,8 @@ def test_clip_grad_norm_matches_torch(xp):
 
 def _tiny():
     rng = np.random.default_rng(0)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 5, rng=rng), nn.BatchNorm1d(5), nn.ReLU(), nn.Linear(5, 3, rng=rng))
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 5, rng=rng), nn.BatchNorm1d(5), nn.ReLU(),
+                          nn.Linear(5, 3, rng=rng))
     x = np.random.default_rng(0).standard_normal((8, 3, 2, 2)).astype(np.float32)
     y = np.arange(8) % 3
     return model, x, y

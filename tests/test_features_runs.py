@@ -37,7 +37,8 @@ def error_line(capsys, *argv: str) -> str:
 
 # ------------------------------------------------------------------ early stopping
 def test_epochs_without_improvement():
-    rows = lambda *best: [{"best": b} for b in best]
+    def rows(*best):
+        return [{"best": b} for b in best]
     assert EarlyStopping.epochs_without_improvement(rows(True, False, True, False, False)) == 2
     assert EarlyStopping.epochs_without_improvement(rows(True)) == 0
     assert EarlyStopping.epochs_without_improvement([]) == 0

@@ -61,7 +61,8 @@ def argparse_error(capsys, *argv: str) -> str:
 def readme_commands(text: str) -> list[str]:
     """The train_cli/test_cli command lines of a README (continuation backslashes joined)."""
     text = re.sub(r"\\\n\s*", "", text)
-    return [" ".join(line.split()) for line in text.splitlines() if re.match(r"\s*uv run src/(train|test)_cli\.py", line)]
+    return [" ".join(line.split()) for line in text.splitlines()
+            if re.match(r"\s*uv run src/(train|test)_cli\.py", line)]
 
 
 @pytest.mark.skipif(not SEED_README, reason="../shared/seeds/000_*.txt is not in this checkout")

@@ -123,8 +123,9 @@ def test_cupy_and_numpy_train_the_same_weights(cifar_root, tmp_path, on_cupy):
 # read of the loss per step until the loss and its non-finite check stayed on the device; 553 with the column
 # matrix in a reused workspace, col2im allocating its own output, batch norm in four launches each way and the
 # blocks' ReLUs and residual sums fused into their batch norms; 454 with batch norm one reduction and one
-# element-wise kernel each way; 421 with cuBLAS adding the convolutions' weight gradients in place); 104 operations and none per evaluation forward
-# (759 before the kernels). The issue's ceiling is 600 per training step; these keep the counts from growing.
+# element-wise kernel each way; 421 with cuBLAS adding the convolutions' weight gradients in place); 104 operations
+# and none per evaluation forward (759 before the kernels). The issue's ceiling is 600 per training step; these
+# keep the counts from growing.
 TRAIN_OPS_BUDGET, TRAIN_SYNC_BUDGET, EVAL_OPS_BUDGET = 425, 0, 110
 
 
@@ -409,7 +410,10 @@ def test_batchnorm_reduction_types_run_on_the_host_as_written(tmp_path, ctype):
                 p[t] = cnn_pair_add(p[t], cnn_pair<T>(d[j], d[j] * x[j]));
             }}
         for (int s = 4; s > 0; s /= 2)
-            for (int t = 0; t < s; ++t) {{ w[t] = cnn_welford_merge(w[t], w[t + s]); p[t] = cnn_pair_add(p[t], p[t + s]); }}
+            for (int t = 0; t < s; ++t) {{
+                w[t] = cnn_welford_merge(w[t], w[t + s]);
+                p[t] = cnn_pair_add(p[t], p[t + s]);
+            }}
         T mean, var, rmean = 0.5, rvar = 2.0;
         cnn_bn_stats_out(w[0], mean, var, rmean, rvar, (T)0.1, tracked, {c});
         printf("%.17g %.17g %.17g %.17g %.17g %.17g\\n", (double)mean, (double)var, (double)rmean, (double)rvar,
@@ -474,8 +478,9 @@ def test_every_cuda_body_computes_what_its_reference_does(tmp_path, dt):
     """Each fused kernel's CUDA body, compiled for the host (tests/kernel_host.py: CuPy's element-wise and
     reduction templates one index at a time), against the NumPy reference the stand-in runs in its place, for
     every kernel kernels.py declares: the link between the GPU code and everything the suite checks."""
-    import kernel_host
     from cnn_cifar.nn import kernels
+
+    import kernel_host
     cases = _host_cases(dt)
     declared = set(kernels.REFERENCES)                  # every kernel kernels.py declares, by name
     assert declared == {k.name for k, _, _ in cases}, declared ^ {k.name for k, _, _ in cases}

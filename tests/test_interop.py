@@ -26,6 +26,7 @@ from cnn_cifar import backend, nn
 from cnn_cifar.interop import TorchFileError, find_state_dict, from_torch, load, save, to_torch
 from cnn_cifar.models import build_model
 from cnn_cifar.training import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+
 from gradcheck import check_module
 
 
@@ -257,7 +258,8 @@ def test_pad_shortcut_forward_is_subsample_and_centered_zero_channels(xp):
 
 @pytest.mark.parametrize("cin,cout,stride", [(4, 8, 2), (3, 6, 2), (4, 4, 2), (2, 6, 1)])
 def test_pad_shortcut_gradients(xp, cin, cout, stride):
-    check_module(nn.PadShortcut(cin, cout, stride), backend.to_device(np.random.default_rng(1).standard_normal((2, cin, 5, 6))))
+    check_module(nn.PadShortcut(cin, cout, stride),
+                 backend.to_device(np.random.default_rng(1).standard_normal((2, cin, 5, 6))))
 
 
 @pytest.mark.parametrize("training", [True, False])
@@ -337,9 +339,9 @@ def test_find_state_dict():
 # ------------------------------------------------------------------ CLIs and normalisation
 def test_convert_cli_both_ways_and_test_cli_uses_the_recorded_normalisation(fake_torch, tmp_path, cifar_root,
                                                                               monkeypatch, capsys):
+    import cnn_cifar.training.evaluation as evaluation
     from cnn_cifar.cli import convert as convert_cli
     from cnn_cifar.cli import test as test_cli
-    import cnn_cifar.training.evaluation as evaluation
     theirs = _torch_style("resnet8", shortcut="pad")
     storages, obj = [], OrderedDict()
     for i, (k, v) in enumerate(theirs.items()):           # a legacy-format file, as the published weights are

@@ -16,9 +16,16 @@ import pytest
 from cnn_cifar import backend
 from cnn_cifar.cli.common import run
 from cnn_cifar.data import DatasetError, load_dataset
-from cnn_cifar.training import (CheckpointError, NonFiniteLoss, StopFlag, TrainingInterrupted, interrupt_guard,
-                                load_checkpoint)
+from cnn_cifar.training import (
+    CheckpointError,
+    NonFiniteLoss,
+    StopFlag,
+    TrainingInterrupted,
+    interrupt_guard,
+    load_checkpoint,
+)
 from cnn_cifar.training.atomic import atomic_write
+
 from conftest import digests
 from test_training import StopAfter, make_trainer
 

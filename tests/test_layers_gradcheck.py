@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from cnn_cifar import backend, nn
+
 from gradcheck import check_module, numeric_grad, rel_error
 
 

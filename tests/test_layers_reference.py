@@ -9,8 +9,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import reference
 from cnn_cifar import backend, nn
+
+import reference
 
 # (N, C, H, W, out, kernel, stride, padding, dilation, groups, bias)
 CONV_CASES = {

@@ -6,6 +6,7 @@ import pytest
 
 from cnn_cifar import backend, nn
 from cnn_cifar.models import build_model, list_models
+
 from gradcheck import check_module
 
 

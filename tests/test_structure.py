@@ -10,6 +10,7 @@ import pytest
 from cnn_cifar import backend, nn, runtime
 from cnn_cifar.models import Recipe, build_model, list_models, register, unregister
 from cnn_cifar.nn import im2col
+
 from conftest import SRC, STANDIN, run_python, subprocess_env
 
 LAYERS = {

@@ -13,9 +13,20 @@ from cnn_cifar.data import AugmentConfig, BatchLoader, load_dataset
 from cnn_cifar.data.datasets import CIFAR10
 from cnn_cifar.models import build_model
 from cnn_cifar.optim import SGD, DropoutSchedule, LRSchedule
-from cnn_cifar.training import (Checkpoint, CheckpointError, NonFiniteLoss, StopFlag, Trainer, TrainingInterrupted,
-                                classification_report, confusion_matrix, load_checkpoint, save_checkpoint,
-                                topk_correct)
+from cnn_cifar.training import (
+    Checkpoint,
+    CheckpointError,
+    NonFiniteLoss,
+    StopFlag,
+    Trainer,
+    TrainingInterrupted,
+    classification_report,
+    confusion_matrix,
+    load_checkpoint,
+    save_checkpoint,
+    topk_correct,
+)
+
 from conftest import digests
 
 

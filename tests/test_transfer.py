@@ -5,8 +5,15 @@ import numpy as np
 import pytest
 
 from cnn_cifar.models import build_model
-from cnn_cifar.training import (Checkpoint, CheckpointError, find_checkpoint, load_checkpoint, save_checkpoint,
-                                transfer_weights)
+from cnn_cifar.training import (
+    Checkpoint,
+    CheckpointError,
+    find_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    transfer_weights,
+)
+
 from conftest import write_fake_cifar100
 
 

@@ -12,6 +12,7 @@ import pytest
 from cnn_cifar.cli import visualize as visualize_cli
 from cnn_cifar.training import write_history
 from cnn_cifar.viz import HistoryError, read_history, summary_text
+
 from conftest import CLASSES, run_cli
 
 

@@ -8,6 +8,7 @@ import pytest
 from cnn_cifar import backend, nn
 from cnn_cifar.models import build_model, list_models, recipe
 from cnn_cifar.optim import build_optimizer
+
 from gradcheck import check_module
 
 ZOO = {"net-basic": 620_362, "net-dilated": 193_280, "cifarnet": 174_762, "senet": 330_794}

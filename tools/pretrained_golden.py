@@ -20,6 +20,7 @@ sys.path[:0] = [str(ROOT / "src"), str(ROOT / "tests")]
 
 from cnn_cifar.data import load_dataset  # noqa: E402
 from cnn_cifar.inference import Classifier  # noqa: E402
+
 from conftest import write_fake_cifar10  # noqa: E402
 
 N = 40

@@ -47,10 +47,12 @@ def format_summary(model: nn.Module, input_shape: tuple[int, ...] = (1, 3, 32, 3
     rows = layer_rows(model, input_shape)
     width = max(len("Layer (type)"), *(len(f"{r['name']} ({r['type']})") for r in rows))
     rule = "-" * (width + 56)
-    lines = [rule, f"{'Layer (type)':<{width}}  {'Output Shape':>20}  {'Param #':>14}  {'Mult-Adds':>14}", "=" * len(rule)]
+    lines = [rule, f"{'Layer (type)':<{width}}  {'Output Shape':>20}  {'Param #':>14}  {'Mult-Adds':>14}",
+             "=" * len(rule)]
     for r in rows:
         shape = "[" + ", ".join(["-1", *map(str, r["output"][1:])]) + "]"
-        lines.append(f"{r['name'] + ' (' + r['type'] + ')':<{width}}  {shape:>20}  {r['params']:>14,}  {r['macs']:>14,}")
+        lines.append(f"{r['name'] + ' (' + r['type'] + ')':<{width}}  {shape:>20}  {r['params']:>14,}"
+                     f"  {r['macs']:>14,}")
     total = model.num_parameters()
     buffers = sum(int(np.size(b)) for _, b in model.named_buffers())
     activations = sum(int(np.prod(r["output"])) for r in rows) * 4 / 2 ** 20

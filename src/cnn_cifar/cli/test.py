@@ -53,7 +53,8 @@ def format_report(res: dict) -> str:
         lines.append(f"{c['class']:<{w}}  {c['precision']:9.4f}  {c['recall']:6.4f}  {c['f1']:.4f}"
                      f"  {100 * c['accuracy']:7.2f}%  {c['support']:7d}")
     m = res["macro"]
-    lines.append(f"{'macro avg':<{w}}  {m['precision']:9.4f}  {m['recall']:6.4f}  {m['f1']:.4f}  {100 * m['accuracy']:7.2f}%")
+    lines.append(f"{'macro avg':<{w}}  {m['precision']:9.4f}  {m['recall']:6.4f}  {m['f1']:.4f}"
+                 f"  {100 * m['accuracy']:7.2f}%")
     cm = np.asarray(res["confusion_matrix"])
     if len(classes) <= 20:
         short = [c[:6] for c in classes]
@@ -86,7 +87,7 @@ def _main(argv: list[str] | None = None) -> int:
         Path(args.json).write_text(json.dumps(res, indent=1))
         print(f"wrote {args.json}")
     if args.plot:
-        from ..viz import plot_evaluation      # matplotlib is imported only when plots are asked for
+        from ..viz import plot_evaluation  # matplotlib is imported only when plots are asked for
         out = Path(args.out) if args.out else Path("viz") / res["model"]
         for p in plot_evaluation(res, out, res["model"]):
             print(f"wrote {p}")

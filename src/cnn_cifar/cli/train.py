@@ -8,13 +8,12 @@ import numpy as np
 
 from .. import backend, nn
 from ..data import BatchLoader, get_spec, load_dataset
+from ..distributed import DataParallel
 from ..models import build_model, options_of
 from ..optim import GradScaler
-from ..training import (CheckpointError, RunConfig, Trainer, interrupt_guard, load_checkpoint, resolve,
-                        transfer_weights)
+from ..training import CheckpointError, RunConfig, Trainer, interrupt_guard, load_checkpoint, resolve, transfer_weights
 from ..training.hooks import format_settings
 from ..training.mixing import MixedCrossEntropy
-from ..distributed import DataParallel
 from . import common as C
 from . import parallel
 from .config_file import ConfigFileError, config_argv, write_config
@@ -159,7 +158,7 @@ def _main(argv: list[str] | None = None) -> int:
     part = parallel.test_part(len(x_te), comm)       # each rank evaluates its part; the counts are summed
     test_loader = BatchLoader(x_te[part], y_te[part], max(bs, 500), mean, std, prefetch=not args.no_prefetch)
     if args.show_augment:
-        from ..viz import show_augment            # matplotlib is imported only when asked
+        from ..viz import show_augment  # matplotlib is imported only when asked
         print(f"wrote {show_augment(train_loader, args.show_augment, ds.classes, name)}")
         return 0
     criterion = nn.SoftmaxCrossEntropy(cfg.label_smoothing)
@@ -167,12 +166,13 @@ def _main(argv: list[str] | None = None) -> int:
         criterion = MixedCrossEntropy(criterion)
     hooks = cfg.run_hooks()
     if args.plot:
-        from ..viz import PlotProgress        # matplotlib is imported only when plots are asked for
+        from ..viz import PlotProgress  # matplotlib is imported only when plots are asked for
         hooks.append(PlotProgress(f"viz/{name}"))
     optimizer = cfg.build_optimizer(model.parameters())
     trainer = Trainer(model, name, optimizer,
                       cfg.make_lr_schedule(steps_per_epoch=len(train_loader)), cfg.make_dropout_schedule(),
-                      criterion, train_loader, test_loader, num_classes, cfg.checkpoint_dir, f"{cfg.log_dir}/{name}.log",
+                      criterion, train_loader, test_loader, num_classes, cfg.checkpoint_dir,
+                      f"{cfg.log_dir}/{name}.log",
                       run_info={"args": cfg.run_settings(), "dataset": cfg.dataset, "classes": ds.classes},
                       quiet=quiet, hooks=hooks, clip_grad_norm=cfg.clip_grad_norm or None,
                       ema=cfg.make_ema(model, cfg.make_bn_batches(x_tr, y_tr, bs, mean, std)),

@@ -110,8 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dropout-schedule", choices=DROPOUT_SCHEDULES, default=None,
                    help=f"how the dropout rate changes by epoch {per_model('dropout_schedule')}")
     g.add_argument("--dropout-rate", type=C.probability, default=None, help=f"initial rate {per_model('dropout_rate')}")
-    g.add_argument("--min-dropout", type=C.probability, default=None, help=f"final/lowest rate {per_model('min_dropout')}")
-    g.add_argument("--max-dropout", type=C.probability, default=None, help=f"adaptive: highest rate {per_model('max_dropout')}")
+    g.add_argument("--min-dropout", type=C.probability, default=None,
+                   help=f"final/lowest rate {per_model('min_dropout')}")
+    g.add_argument("--max-dropout", type=C.probability, default=None,
+                   help=f"adaptive: highest rate {per_model('max_dropout')}")
 
     g = p.add_argument_group("data and augmentation")
     g.add_argument("--dataset", choices=["cifar10", "cifar100"], default=None, help="[default: cifar10]")

@@ -12,7 +12,6 @@ from .. import backend
 from ..backend import Array
 from . import augment
 
-
 CUTOUT_FILLS = ("mean", "zero")
 SSR_BORDERS = ("reflect", "constant")
 

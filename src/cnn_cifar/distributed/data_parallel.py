@@ -4,9 +4,9 @@ global batch, and applies the same averaged update, so the replicas stay equal.
 Per step (``train_step`` with ``parallel=``): one small all-reduce of (loss sum, correct, images, stop
 requests), so every rank sees the global batch's loss and agrees on stopping, then one all-reduce per
 gradient bucket: slices of the optimizer's flat gradient buffer when it is given (no copies), else
-buckets the gradients are packed into. The float buffers (BatchNorm running statistics) ride in the last bucket as rank 0's
-values (the other ranks add zeros), as PyTorch's DistributedDataParallel broadcasts rank 0's buffers: the
-replicas evaluate and save identical models.
+buckets the gradients are packed into. The float buffers (BatchNorm running statistics) ride in the last bucket
+as rank 0's values (the other ranks add zeros), as PyTorch's DistributedDataParallel broadcasts rank 0's buffers:
+the replicas evaluate and save identical models.
 """
 from __future__ import annotations
 

@@ -40,7 +40,8 @@ STORAGE_DTYPES = {
 DTYPE_STORAGES = {np.dtype(np.float64): "DoubleStorage", np.dtype(np.float32): "FloatStorage",
                   np.dtype(np.float16): "HalfStorage", np.dtype(np.int64): "LongStorage",
                   np.dtype(np.int32): "IntStorage", np.dtype(np.int16): "ShortStorage",
-                  np.dtype(np.int8): "CharStorage", np.dtype(np.uint8): "ByteStorage", np.dtype(np.bool_): "BoolStorage"}
+                  np.dtype(np.int8): "CharStorage", np.dtype(np.uint8): "ByteStorage",
+                  np.dtype(np.bool_): "BoolStorage"}
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL = 1001
 

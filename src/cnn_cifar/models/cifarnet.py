@@ -48,8 +48,8 @@ class CIFARNet(ChainModel):
 
 
 # 004's recipe: SGD-Nesterov 0.1, wd 5e-4, cosine to 1e-6 without warm-up, batch 512, gradient clipping at
-# 1.0, AMP (on CuPy; NumPy trains it in float32); flip, ShiftScaleRotate(0.0625, 0.1, 15 degrees), one 16x16 cutout filled with the
-# mean, ColorJitter(0.2, 0.2, 0.2, 0.02), a 32x32 crop of the 4-padded image. 250 epochs.
+# 1.0, AMP (on CuPy; NumPy trains it in float32); flip, ShiftScaleRotate(0.0625, 0.1, 15 degrees), one 16x16
+# cutout filled with the mean, ColorJitter(0.2, 0.2, 0.2, 0.02), a 32x32 crop of the 4-padded image. 250 epochs.
 register("cifarnet", CIFARNet, Recipe(
     optimizer="sgd", lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4, batch_size=512, epochs=250,
     lr_schedule="cosine", warmup_epochs=0.0, min_lr=1e-6, clip_grad_norm=1.0, amp=True, dropout_rate=0.05,

@@ -1,5 +1,7 @@
 """Hand-written layers with explicit forward and backward, PyTorch-style names and layouts."""
+from . import amp, init, random
 from .activation import ReLU, Sigmoid
+from .amp import autocast
 from .blocks import ResidualSum, SqueezeExcitation
 from .conv import Conv2d
 from .dropout import Dropout, Dropout2d, dropout_rate, set_dropout
@@ -9,11 +11,10 @@ from .module import Module, Parameter, Sequential, grad_enabled, no_grad
 from .norm import BatchNorm1d, BatchNorm2d, convert_sync_batchnorm
 from .pooling import AvgPool2d, GlobalAvgPool2d, MaxPool2d
 from .residual import BasicBlock, PadShortcut
-from . import amp, init, random
-from .amp import autocast
 
 __all__ = [
     "AvgPool2d", "BasicBlock", "PadShortcut", "BatchNorm1d", "BatchNorm2d", "Conv2d", "Dropout", "Dropout2d",
-    "Flatten", "GlobalAvgPool2d", "Linear", "MaxPool2d", "Module", "Parameter", "ReLU", "ResidualSum", "Sigmoid", "SqueezeExcitation",
-    "Sequential", "SoftmaxCrossEntropy", "amp", "autocast", "convert_sync_batchnorm", "dropout_rate", "grad_enabled", "init", "no_grad", "random", "set_dropout",
+    "Flatten", "GlobalAvgPool2d", "Linear", "MaxPool2d", "Module", "Parameter", "ReLU", "ResidualSum", "Sigmoid",
+    "SqueezeExcitation", "Sequential", "SoftmaxCrossEntropy", "amp", "autocast", "convert_sync_batchnorm",
+    "dropout_rate", "grad_enabled", "init", "no_grad", "random", "set_dropout",
 ]

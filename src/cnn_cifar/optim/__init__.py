@@ -6,5 +6,5 @@ from .plateau import ReduceLROnPlateau
 from .schedules import DROPOUT_SCHEDULES, LR_SCHEDULES, DropoutSchedule, LRSchedule, lr_at
 
 __all__ = ["ADAMW_DEFAULT_WEIGHT_DECAY", "OPTIMIZERS", "SGD", "Adam", "AdamW", "Optimizer", "build_optimizer",
-           "clip_grad_norm_", "grad_norm", "GradScaler", "DROPOUT_SCHEDULES", "LR_SCHEDULES", "DropoutSchedule", "LRSchedule",
-           "ReduceLROnPlateau", "lr_at"]
+           "clip_grad_norm_", "grad_norm", "GradScaler", "DROPOUT_SCHEDULES", "LR_SCHEDULES", "DropoutSchedule",
+           "LRSchedule", "ReduceLROnPlateau", "lr_at"]

@@ -52,7 +52,8 @@ class LRSchedule:
             steps = tuple(float(v) for v in steps)
             object.__setattr__(self, "decay_steps", steps[0] if len(steps) == 1 else steps)
             if not steps or any(b <= a for a, b in zip(steps, steps[1:])):
-                raise ValueError(f"lr decay milestones must be increasing epochs, got {' '.join(f'{v:g}' for v in steps)}")
+                raise ValueError(f"lr decay milestones must be increasing epochs, "
+                                 f"got {' '.join(f'{v:g}' for v in steps)}")
         if any(v <= 0 for v in _as_tuple(self.decay_steps)):
             raise ValueError(f"lr decay steps must be positive, got {self.decay_steps}")
         if self.kind == "onecycle":

@@ -1,6 +1,14 @@
 """Training: run settings, the loop and its hooks, one train step, evaluation, checkpoints, history, metrics."""
-from .checkpoint import (FORMAT, VERSION, Checkpoint, CheckpointError, find_checkpoint, load_checkpoint,
-                         save_checkpoint, transfer_weights)
+from .checkpoint import (
+    FORMAT,
+    VERSION,
+    Checkpoint,
+    CheckpointError,
+    find_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    transfer_weights,
+)
 from .config import RunConfig, resolve
 from .evaluation import evaluate, evaluate_checkpoint
 from .history import FIELDS, HistoryError, history_paths, read_history, write_history
@@ -13,5 +21,6 @@ from .trainer import Trainer
 __all__ = ["FIELDS", "FORMAT", "VERSION", "Checkpoint", "CheckpointError", "HistoryError", "Hook", "LogLine",
            "NonFiniteLoss", "ProgressBar", "RunConfig", "SaveCheckpoints", "StopFlag", "Trainer",
            "TrainingInterrupted", "WriteHistory", "classification_report", "confusion_matrix", "evaluate",
-           "evaluate_checkpoint", "find_checkpoint", "format_row", "history_paths", "interrupt_guard", "load_checkpoint",
-           "read_history", "resolve", "save_checkpoint", "topk_correct", "train_step", "transfer_weights", "write_history"]
+           "evaluate_checkpoint", "find_checkpoint", "format_row", "history_paths", "interrupt_guard",
+           "load_checkpoint", "read_history", "resolve", "save_checkpoint", "topk_correct", "train_step",
+           "transfer_weights", "write_history"]

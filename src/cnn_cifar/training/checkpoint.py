@@ -60,7 +60,7 @@ class Checkpoint:
         """The model these weights are for (architecture, class count, dropout and builder options as
         recorded), with the weights loaded; a CheckpointError names what does not fit. ``source`` names the
         checkpoint in that message."""
-        from ..models import build_model, options_of          # (models do not import training: no cycle)
+        from ..models import build_model, options_of  # (models do not import training: no cycle)
         cfg = self.model_config
         model = build_model(self.model, num_classes=num_classes or self.num_classes or 10,
                             dropout=cfg.get("dropout", 0.0), **options_of(cfg))
@@ -165,7 +165,7 @@ def transfer_weights(model: "Module", ck: Checkpoint) -> list[str]:
     """Load ``ck``'s weights into ``model`` (a new run starting from them). The final classifier's tensors may
     differ in shape (another class count): those keep the model's fresh initialisation and their names are
     returned. Any other difference is a CheckpointError naming the tensor."""
-    from ..nn import Linear                                  # (nn does not import training: no cycle)
+    from ..nn import Linear  # (nn does not import training: no cycle)
     heads = [name for name, m in model.named_modules() if isinstance(m, Linear)]
     head = heads[-1] if heads else None
     own = model.state_dict()

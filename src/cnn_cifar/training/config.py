@@ -12,10 +12,15 @@ import numpy as np
 
 from ..data import AugmentConfig, BatchLoader
 from ..models import Recipe, recipe
-from ..nn import Parameter
-from ..nn import Module
-from ..optim import (ADAMW_DEFAULT_WEIGHT_DECAY, DropoutSchedule, LRSchedule, Optimizer, ReduceLROnPlateau,
-                     build_optimizer)
+from ..nn import Module, Parameter
+from ..optim import (
+    ADAMW_DEFAULT_WEIGHT_DECAY,
+    DropoutSchedule,
+    LRSchedule,
+    Optimizer,
+    ReduceLROnPlateau,
+    build_optimizer,
+)
 from .ema import ModelEMA
 from .hooks import EarlyStopping, Hook, SaveSnapshots
 

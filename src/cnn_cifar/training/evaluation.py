@@ -93,7 +93,8 @@ def evaluate_checkpoint(path: str | os.PathLike, data: str | os.PathLike = "data
     ev = evaluate(with_tta(net, tta), loader, nn.SoftmaxCrossEntropy(), num_classes, progress=progress)
     report = metrics.classification_report(ev["confusion_matrix"], ds.classes)
     return {"model": ck.model, "checkpoint": str(path), "epoch": ck.epoch, "dataset": dataset,
-            **({"tta": tta} if tta not in (None, "none") else {}), "n": ev["n"], "accuracy": ev["accuracy"], "loss": ev["loss"],
+            **({"tta": tta} if tta not in (None, "none") else {}),
+            "n": ev["n"], "accuracy": ev["accuracy"], "loss": ev["loss"],
             "topk": {str(k): v for k, v in ev["topk"].items()},
             "per_class": report["per_class"], "macro": report["macro"],
             "confusion_matrix": ev["confusion_matrix"].tolist(), "classes": ds.classes}

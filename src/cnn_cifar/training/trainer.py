@@ -13,8 +13,8 @@ import numpy as np
 from .. import nn, runtime
 from ..backend import Array, get_array_module, to_numpy
 from ..data import BatchLoader
-from ..optim import DropoutSchedule, GradScaler, LRSchedule, Optimizer, ReduceLROnPlateau
 from ..distributed.comm import SingleProcess
+from ..optim import DropoutSchedule, GradScaler, LRSchedule, Optimizer, ReduceLROnPlateau
 from .checkpoint import Checkpoint, save_checkpoint
 from .ema import ModelEMA
 from .evaluation import evaluate

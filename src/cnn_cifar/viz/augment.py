@@ -4,7 +4,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-
 from matplotlib.figure import Figure
 
 from .. import backend
@@ -23,7 +22,8 @@ def show_augment(loader: BatchLoader, n: int, classes: list[str], model: str, ou
             break
     x = np.concatenate(images)[:n]
     y = np.concatenate(labels)[:n]
-    x = x * np.asarray(loader.std, np.float32)[None, :, None, None] + np.asarray(loader.mean, np.float32)[None, :, None, None]
+    x = (x * np.asarray(loader.std, np.float32)[None, :, None, None]
+         + np.asarray(loader.mean, np.float32)[None, :, None, None])
     x = np.clip(x.transpose(0, 2, 3, 1), 0.0, 1.0)
     cols = min(n, 8)
     rows = -(-len(x) // cols)

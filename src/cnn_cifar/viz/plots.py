@@ -11,8 +11,6 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from ..training.history import HistoryError, read_history
-
 COLORS = {"train": "#1f77b4", "test": "#d62728", "lr": "#2ca02c", "dropout": "#9467bd", "gap": "#ff7f0e"}
 
 
