@@ -18,7 +18,7 @@ from cnn_cifar.data.datasets import CIFAR10
 from cnn_cifar.models import list_models
 from cnn_cifar.optim import LRSchedule
 from cnn_cifar.training import load_checkpoint
-from cnn_cifar.training.config import RECIPE_FIELDS, RESTORED
+from cnn_cifar.training.config import FIELDS, RECIPE_FIELDS, RESTORED
 from cnn_cifar.training.config import resolve as resolve_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -528,6 +528,43 @@ def test_help_shows_each_registered_recipe_value():
     assert ("initial rate [cnn: 0.6; resnet8/14/20/32/44/56/110/senet: 0.0; net-basic: 0.5; "
             "net-dilated/cifarnet: 0.05]") in text
     assert "parameters for 10 classes: cnn 232,314, resnet8 78,042" in text and "senet 330,794" in text
+
+
+def _help_default(help_text: str, model: str) -> str:
+    """The default a help text shows for ``model``: its trailing [v] or [names: v; names: v] group."""
+    groups = re.search(r"\[([^\[\]]*)\]$", help_text)[1].split("; ")
+    if len(groups) == 1 and ": " not in groups[0]:
+        return groups[0]
+    for group in groups:
+        names, value = group.split(": ")
+        expanded, family = [], ""
+        for n in names.split("/"):                    # "resnet8/14" is resnet8 and resnet14
+            expanded.append(family + n if n.isdigit() else n)
+            family = re.match(r"[a-z_-]*", expanded[-1])[0]
+        if model in expanded:
+            return value
+    raise AssertionError(f"{model} not in {help_text!r}")
+
+
+# Defaults a help text describes in words: the model's lists every model, the backend's names its variable,
+# lr-decay-steps's is computed from the run, max-lr's is --lr, and "off" stands for None.
+DESCRIBED_DEFAULTS = ("model", "backend", "lr_decay_steps", "max_lr", "shift_scale_rotate", "color_jitter")
+
+
+def test_every_default_in_the_help_is_the_one_a_run_gets():
+    """For every flag whose help shows a default, and every model, the shown value is what resolve() gives
+    when the flag is left out: defaults have one home (the recipes, RunConfig), the help reads them."""
+    parser = train_cli.build_parser()
+    shown = {a.dest: a.help for a in parser._actions
+             if a.help and re.search(r"\[[^\[\]]*\]$", a.help) and a.dest in FIELDS}
+    assert {"lr", "label_smoothing", "beta1", "cutout_p", "ema_bn_batches", "seed", "data", "checkpoint_dir",
+            "tensorboard_every", "save_every"} <= set(shown)
+    for name in list_models():
+        cfg = resolve(parse("--model", name))
+        for dest, text in shown.items():
+            if dest in DESCRIBED_DEFAULTS:
+                continue
+            assert _help_default(text, name) == str(cfg[dest]), (name, dest, text)
 
 
 def test_amp_is_a_recipe_setting_a_flag_can_turn_off():

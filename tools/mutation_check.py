@@ -303,6 +303,9 @@ MUTATIONS = [
     ("a layer with its own forward exported as its parent", "src/cnn_cifar/interop/onnx_export.py",
      "return convert if type(module).forward is cls.forward else None", "return convert",
      "tests/test_onnx.py -k unsupported"),
+    ("a help text's default written by hand (not the recipes')", "src/cnn_cifar/cli/train_args.py",
+     "help=f\"label smoothing {per_model('label_smoothing')}\")", "help=\"label smoothing [0.0]\")",
+     "tests/test_cli_settings.py -k every_default"),
     # -- prediction
     ("images resized by nearest neighbour (aliasing)", "src/cnn_cifar/inference.py",
      "im = im.resize((SIZE, SIZE), Image.Resampling.BILINEAR, reducing_gap=None)",

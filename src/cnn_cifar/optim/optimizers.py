@@ -246,13 +246,16 @@ class Adam(Optimizer):
             grp.data -= step_size * (m / denom)
 
 
+ADAMW_DEFAULT_WEIGHT_DECAY = 1e-2
+"""torch.optim.AdamW's default weight_decay: AdamW's here too, and train_cli's for --optimizer adamw."""
+
+
 class AdamW(Adam):
     """Adam with decoupled weight decay (Loshchilov & Hutter), as torch.optim.AdamW: each step first shrinks
-    the weights, p *= 1 - lr * weight_decay, then takes the Adam step on the plain gradient. PyTorch's
-    default weight_decay, 1e-2, is this class's default too."""
+    the weights, p *= 1 - lr * weight_decay, then takes the Adam step on the plain gradient."""
 
     def __init__(self, params: Iterable[Parameter], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, weight_decay: float = 1e-2):
+                 eps: float = 1e-8, weight_decay: float = ADAMW_DEFAULT_WEIGHT_DECAY):
         super().__init__(params, lr, betas, eps, weight_decay)
 
     def _update(self, ok: Array | None = None) -> None:
@@ -260,7 +263,6 @@ class AdamW(Adam):
 
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
-ADAMW_DEFAULT_WEIGHT_DECAY = 1e-2
 
 
 def build_optimizer(name: str, params: Iterable[Parameter], *, lr: float, momentum: float = 0.9,
