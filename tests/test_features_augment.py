@@ -17,6 +17,7 @@ from cnn_cifar.cli import train as train_cli
 from cnn_cifar.data import BatchLoader
 from cnn_cifar.data import augment as A
 from cnn_cifar.data.loader import AugmentConfig
+from cnn_cifar.errors import SettingError
 from cnn_cifar.training import load_checkpoint
 from cnn_cifar.training.mixing import MixedCrossEntropy, hard_labels
 
@@ -321,10 +322,10 @@ def test_settings_table_and_show_augment(cifar_root, tmp_path, monkeypatch, caps
 
 
 @pytest.mark.parametrize("flags,msg", [
-    (["--shift-scale-rotate", "0.1", "1", "10"], "--shift-scale-rotate needs 0 <= SHIFT <= 1, 0 <= SCALE < 1 "
-                                                 "and 0 <= DEGREES <= 180, got 0.1 1 10"),
-    (["--color-jitter", "0.2", "0.2", "0.2", "0.6"], "--color-jitter needs B, C, S >= 0 and 0 <= H <= 0.5, "
-                                                     "got 0.2 0.2 0.2 0.6"),
+    (["--shift-scale-rotate", "0.1", "1", "10"], "--shift-scale-rotate needs 0 <= shift <= 1, 0 <= scale < 1 "
+                                                 "and 0 <= degrees <= 180, got 0.1 1 10"),
+    (["--color-jitter", "0.2", "0.2", "0.2", "0.6"], "--color-jitter needs brightness, contrast, saturation >= 0 "
+                                                     "and 0 <= hue <= 0.5, got 0.2 0.2 0.2 0.6"),
     (["--color-jitter", "0.2", "0.2"], "argument --color-jitter: expected 4 arguments"),
     (["--cutout-p", "0"], "argument --cutout-p: must be a positive number, got 0"),
     (["--cutout-fill", "blue"], "argument --cutout-fill: invalid choice: 'blue'"),
@@ -350,3 +351,12 @@ def test_prefetch_stops_when_the_consumer_stops_after_the_last_batch_was_built()
     closer.start()
     closer.join(timeout=10)
     assert not closer.is_alive(), "closing the prefetching iterator hung"
+
+
+def test_augmentation_errors_name_parameters_in_the_library_and_flags_on_the_command_line():
+    with pytest.raises(SettingError, match=r"^cutout_p must be in \(0, 1\], got 0$") as exc:
+        AugmentConfig(cutout_p=0)
+    assert exc.value.worded(lambda s: f"<{s}>") == "<cutout_p> must be in (0, 1], got 0"
+    with pytest.raises(SettingError, match=r"^mixup and cutmix take an alpha >= 0") as exc:
+        AugmentConfig(mixup=-1)
+    assert exc.value.worded(lambda s: "--" + s) == "--mixup and --cutmix take an alpha >= 0 (0 = off)"

@@ -10,6 +10,7 @@ from typing import Callable
 
 from .. import backend, runtime
 from ..data import DatasetError
+from ..errors import SettingError
 from ..training import CheckpointError, NonFiniteLoss, TrainingInterrupted
 
 
@@ -73,6 +74,16 @@ def select_backend(choice: str, quiet: bool = False) -> None:
         print(backend.describe(), flush=True)
 
 
+def flag(setting: str) -> str:
+    """A run setting's command-line flag: ``cutout_p`` -> ``--cutout-p``."""
+    return "--" + setting.replace("_", "-")
+
+
+def message(exc: BaseException) -> str:
+    """An error's message for the command line: a SettingError names its settings as flags."""
+    return exc.worded(flag) if isinstance(exc, SettingError) else str(exc)
+
+
 active_comm = None
 """The run's Communicator once a --distributed run has joined its ranks (None in one process)."""
 
@@ -94,7 +105,7 @@ def _report(exc: BaseException) -> tuple[int, str] | None:
         return (143 if what == "SIGTERM" else 130,
                 f"\naborted: second {what}, nothing saved for the current epoch (existing checkpoints untouched)")
     if isinstance(exc, (DatasetError, CheckpointError, NonFiniteLoss, backend.BackendError, ValueError, OSError)):
-        return 1, f"error: {exc}"
+        return 1, f"error: {message(exc)}"
     return None
 
 

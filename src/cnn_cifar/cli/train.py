@@ -87,7 +87,7 @@ def _main(argv: list[str] | None = None) -> int:
     try:
         cfg = resolve(vars(args), ck.args if ck is not None else None, args.resume)
     except ValueError as exc:
-        parser.error(str(exc))
+        parser.error(C.message(exc))
     quiet = bool(args.quiet)
     if cfg.tensorboard and not args.dump_config:
         from ..training.tensorboard import MISSING, tensorboard_available

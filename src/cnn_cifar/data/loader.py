@@ -10,6 +10,7 @@ import numpy as np
 
 from .. import backend
 from ..backend import Array
+from ..errors import SettingError
 from . import augment
 
 CUTOUT_FILLS = ("mean", "zero")
@@ -36,23 +37,25 @@ class AugmentConfig:
 
     def __post_init__(self) -> None:
         if self.cutout_fill not in CUTOUT_FILLS:
-            raise ValueError(f"--cutout-fill must be one of {', '.join(CUTOUT_FILLS)}, got {self.cutout_fill!r}")
+            raise SettingError(f"cutout_fill must be one of {', '.join(CUTOUT_FILLS)}, got {self.cutout_fill!r}",
+                               "cutout_fill")
         if self.ssr_border not in SSR_BORDERS:
-            raise ValueError(f"--ssr-border must be one of {', '.join(SSR_BORDERS)}, got {self.ssr_border!r}")
+            raise SettingError(f"ssr_border must be one of {', '.join(SSR_BORDERS)}, got {self.ssr_border!r}",
+                               "ssr_border")
         for name in ("cutout_p", "ssr_p"):
             if not 0 < getattr(self, name) <= 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be in (0, 1], got {getattr(self, name)}")
+                raise SettingError(f"{name} must be in (0, 1], got {getattr(self, name)}", name)
         if self.shift_scale_rotate is not None:
             shift, scale, degrees = self.shift_scale_rotate
             if not (0 <= shift <= 1 and 0 <= scale < 1 and 0 <= degrees <= 180):
-                raise ValueError("--shift-scale-rotate needs 0 <= SHIFT <= 1, 0 <= SCALE < 1 and 0 <= DEGREES <= 180, "
-                                 f"got {shift:g} {scale:g} {degrees:g}")
+                raise SettingError("shift_scale_rotate needs 0 <= shift <= 1, 0 <= scale < 1 and 0 <= degrees <= "
+                                   f"180, got {shift:g} {scale:g} {degrees:g}", "shift_scale_rotate")
         if self.color_jitter is not None:
             if min(self.color_jitter) < 0 or self.color_jitter[3] > 0.5:
-                raise ValueError("--color-jitter needs B, C, S >= 0 and 0 <= H <= 0.5, got "
-                                 + " ".join(f"{v:g}" for v in self.color_jitter))
+                raise SettingError("color_jitter needs brightness, contrast, saturation >= 0 and 0 <= hue <= 0.5, "
+                                   "got " + " ".join(f"{v:g}" for v in self.color_jitter), "color_jitter")
         if self.mixup < 0 or self.cutmix < 0:
-            raise ValueError("--mixup and --cutmix take an alpha >= 0 (0 = off)")
+            raise SettingError("mixup and cutmix take an alpha >= 0 (0 = off)", "mixup", "cutmix")
 
     @classmethod
     def none(cls) -> "AugmentConfig":
