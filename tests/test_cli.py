@@ -83,7 +83,8 @@ def test_bad_flags_are_argparse_errors(inproc, cifar_root, flags, pattern):
 
 def test_missing_data_is_one_line(inproc, tmp_path):
     p = inproc(train_cli.main, "--model", "cnn", "--data", str(tmp_path / "nowhere"), "--no-download", "--epochs", "1")
-    one_line_error(p, 1, r"error: cifar10 not found: .*data_batch_1 is missing")
+    one_line_error(p, 1, r"error: cifar10 not found: .*data_batch_1 is missing \(run without --no-download to "
+                         r"fetch it, or point --data at the folder holding cifar-10-batches-py\)$")
 
 
 def test_cupy_without_a_gpu_is_one_line(inproc, cifar_root, monkeypatch):

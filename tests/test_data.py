@@ -47,7 +47,8 @@ def test_official_url_and_md5():
 
 
 def test_missing_data_without_download(tmp_path):
-    with pytest.raises(DatasetError, match=r"cifar10 not found: .*data_batch_1 is missing"):
+    with pytest.raises(DatasetError, match=r"cifar10 not found: .*data_batch_1 is missing \(load with "
+                                           r"download=True to fetch it, or from the folder holding"):
         load_dataset("cifar10", tmp_path, download=False)
 
 

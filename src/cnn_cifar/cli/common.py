@@ -10,6 +10,7 @@ from typing import Callable
 
 from .. import backend, runtime
 from ..data import DatasetError
+from ..data.datasets import DatasetNotFound
 from ..errors import SettingError
 from ..training import CheckpointError, NonFiniteLoss, TrainingInterrupted
 
@@ -80,8 +81,14 @@ def flag(setting: str) -> str:
 
 
 def message(exc: BaseException) -> str:
-    """An error's message for the command line: a SettingError names its settings as flags."""
-    return exc.worded(flag) if isinstance(exc, SettingError) else str(exc)
+    """An error's message for the command line: a SettingError names its settings as flags, a missing dataset
+    says which flags fetch or find it."""
+    if isinstance(exc, SettingError):
+        return exc.worded(flag)
+    if isinstance(exc, DatasetNotFound):
+        return (f"{exc.spec.name} not found: {exc.path} is missing (run without --no-download to fetch it, or "
+                f"point --data at the folder holding {exc.spec.folder})")
+    return str(exc)
 
 
 active_comm = None

@@ -57,6 +57,15 @@ class Dataset:
     classes: list[str]
 
 
+class DatasetNotFound(DatasetError):
+    """A dataset's file is missing and downloading was not allowed (``path`` names the first missing file)."""
+
+    def __init__(self, spec: DatasetSpec, path: Path):
+        self.spec, self.path = spec, path
+        super().__init__(f"{spec.name} not found: {path} is missing (load with download=True to fetch it, or from "
+                         f"the folder holding {spec.folder})")
+
+
 def get_spec(name: str) -> DatasetSpec:
     if name not in DATASETS:
         raise DatasetError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
@@ -113,8 +122,7 @@ def load_dataset(name: str = "cifar10", root: str | os.PathLike = "data", downlo
         d = dataset_dir(root, spec)
         missing = [f for f in (*spec.train_files, *spec.test_files, spec.meta_file) if not (d / f).is_file()]
         if not download:
-            raise DatasetError(f"{spec.name} not found: {d / missing[0]} is missing (run without "
-                               f"--no-download to fetch it, or point --data at the folder holding {spec.folder})")
+            raise DatasetNotFound(spec, d / missing[0])
         download_and_extract(url or spec.url, root, md5 or spec.md5, spec.folder, progress=progress)
     d = dataset_dir(root, spec)
     xs, ys = zip(*(_read_batch(d / f, spec.label_key) for f in spec.train_files))
