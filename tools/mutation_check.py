@@ -306,6 +306,16 @@ MUTATIONS = [
     ("a help text's default written by hand (not the recipes')", "src/cnn_cifar/cli/train_args.py",
      "help=f\"label smoothing {per_model('label_smoothing')}\")", "help=\"label smoothing [0.0]\")",
      "tests/test_cli_settings.py -k every_default"),
+    # -- special functions and GELU
+    ("erf's float32 Taylor branch one term short", "src/cnn_cifar/nn/special.py",
+     "(-1 / 1320, 1 / 216, -1 / 42, 1 / 10, -1 / 3, 1.0)", "(0.0, 1 / 216, -1 / 42, 1 / 10, -1 / 3, 1.0)",
+     "tests/test_special.py -k float32"),
+    ("erfc's float64 continued fraction perturbed", "src/cnn_cifar/nn/special.py",
+     "        tail = z + (k / 2.0) / tail", "        tail = z + (k / 2.0) / (tail + 1e-3)",
+     "tests/test_special.py -k double_precision"),
+    ("GELU's backward without the density term", "src/cnn_cifar/nn/activation.py",
+     "return (dy * (cdf + x * special.normal_pdf(x))).astype(dy.dtype, copy=False)",
+     "return (dy * cdf).astype(dy.dtype, copy=False)", "tests/test_special.py -k gradcheck"),
     # -- prediction
     ("images resized by nearest neighbour (aliasing)", "src/cnn_cifar/inference.py",
      "im = im.resize((SIZE, SIZE), Image.Resampling.BILINEAR, reducing_gap=None)",

@@ -1,6 +1,6 @@
 """Hand-written layers with explicit forward and backward, PyTorch-style names and layouts."""
-from . import amp, init, random
-from .activation import ReLU, Sigmoid
+from . import amp, init, random, special
+from .activation import GELU, ReLU, Sigmoid
 from .amp import autocast
 from .blocks import ResidualSum, SqueezeExcitation
 from .conv import Conv2d
@@ -13,8 +13,8 @@ from .pooling import AvgPool2d, GlobalAvgPool2d, MaxPool2d
 from .residual import BasicBlock, PadShortcut
 
 __all__ = [
-    "AvgPool2d", "BasicBlock", "PadShortcut", "BatchNorm1d", "BatchNorm2d", "Conv2d", "Dropout", "Dropout2d",
+    "AvgPool2d", "BasicBlock", "PadShortcut", "BatchNorm1d", "BatchNorm2d", "Conv2d", "Dropout", "Dropout2d", "GELU",
     "Flatten", "GlobalAvgPool2d", "Linear", "MaxPool2d", "Module", "Parameter", "ReLU", "ResidualSum", "Sigmoid",
     "SqueezeExcitation", "Sequential", "SoftmaxCrossEntropy", "amp", "autocast", "convert_sync_batchnorm",
-    "dropout_rate", "grad_enabled", "init", "no_grad", "random", "set_dropout",
+    "dropout_rate", "grad_enabled", "init", "no_grad", "random", "set_dropout", "special",
 ]

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from .. import runtime
 from ..backend import Array, get_array_module
-from . import kernels
+from . import kernels, special
 from .layout import chwn, nchw
 from .module import Module
 
@@ -63,3 +63,20 @@ class Sigmoid(Module):
     def backward(self, dy: Array) -> Array:
         y, = self.saved()
         return dy * (y * (1.0 - y))
+
+
+class GELU(Module):
+    """The exact GELU, x * Phi(x) with Phi the standard normal distribution function, as PyTorch's
+    ``nn.GELU()`` (approximate='none'); backward dy * (Phi(x) + x * phi(x)). Phi comes from ``special``
+    (erfc, accurate for very negative x, where 1 + erf would cancel). Float16 is computed in float32."""
+
+    def forward(self, x: Array) -> Array:
+        xp = get_array_module(x)
+        xw = x.astype(xp.float32) if x.dtype.itemsize < 4 else x
+        cdf = special.normal_cdf(xw)
+        self.save_for_backward(xw, cdf)
+        return (xw * cdf).astype(x.dtype, copy=False)
+
+    def backward(self, dy: Array) -> Array:
+        x, cdf = self.saved()
+        return (dy * (cdf + x * special.normal_pdf(x))).astype(dy.dtype, copy=False)
