@@ -93,3 +93,4 @@ def test_gelu_in_float32_and_float16_keeps_the_dtype_and_the_value(xp):
 def test_gelu_backward_without_forward_is_the_librarys_error():
     with pytest.raises(RuntimeError, match="GELU: backward called without a forward"):
         nn.GELU().backward(np.ones(3))
+
