@@ -21,8 +21,8 @@ from cnn_cifar.models import build_model  # noqa: E402
 from cnn_cifar.optim import SGD  # noqa: E402
 from cnn_cifar.training import train_step as one_step  # noqa: E402
 
-LEAVES = (nn.Conv2d, nn.BatchNorm2d, nn.BatchNorm1d, nn.ReLU, nn.MaxPool2d, nn.AvgPool2d, nn.GlobalAvgPool2d,
-          nn.Linear, nn.Flatten, nn.Dropout)
+LEAVES = (nn.Conv2d, nn.BatchNorm2d, nn.BatchNorm1d, nn.BatchNormReLU2d, nn.BatchNormAddReLU2d, nn.ReLU, nn.MaxPool2d,
+          nn.AvgPool2d, nn.GlobalAvgPool2d, nn.Linear, nn.Flatten, nn.Dropout)
 
 
 def main() -> None:
@@ -38,9 +38,11 @@ def main() -> None:
         for meth in ("forward", "backward"):
             orig = getattr(cls, meth)
 
-            def timed(self, x, _orig=orig, _key=f"{cls.__name__}.{meth}"):
+            # every argument passed on (BatchNormAddReLU2d's forward takes the residual too); the wrapper's own
+            # settings keyword-only, so no argument lands in them
+            def timed(self, *args, _orig=orig, _key=f"{cls.__name__}.{meth}", **kwargs):
                 t0 = time.perf_counter()
-                out = _orig(self, x)
+                out = _orig(self, *args, **kwargs)
                 times[_key] += time.perf_counter() - t0
                 return out
             setattr(cls, meth, timed)

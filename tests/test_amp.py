@@ -51,6 +51,7 @@ LAYERS = {
     "conv-grouped": lambda: nn.Conv2d(4, 6, 1, groups=2),
     "depthwise": lambda: nn.Conv2d(4, 4, 3, padding=1, groups=4),
     "batchnorm2d": lambda: nn.BatchNorm2d(4),
+    "batchnorm-relu2d": lambda: nn.BatchNormReLU2d(4),
     "squeeze-excite": lambda: nn.SqueezeExcitation(4, 2, rng=np.random.default_rng(1)),
 }
 
@@ -101,16 +102,16 @@ def test_batchnorm_statistics_stay_float32_where_float16_would_overflow(xp):
 
 
 def test_fused_batchnorm_keeps_a_float16_gate_and_matches_float32_under_autocast(xp):
-    """BatchNorm2d(relu=True)(x, r) under autocast: float16 out, its ReLU gate kept as that float16 output (not
+    """BatchNormAddReLU2d()(x, r) under autocast: float16 out, its ReLU gate kept as that float16 output (not
     a float32 copy: half the memory until backward), gradients of x and r in float16 close to float32's."""
-    a, b = _pair(lambda: nn.BatchNorm2d(3, relu=True))
+    a, b = _pair(lambda: nn.BatchNormAddReLU2d(3))
     rng = np.random.default_rng(6)
     x, r, dy = (xp.asarray(rng.standard_normal((4, 3, 5, 5)).astype(np.float16)) for _ in range(3))
     y32 = a(x.astype(xp.float32), r.astype(xp.float32))
     dx32, dr32 = a.backward(dy.astype(xp.float32))
     with nn.autocast():
         y16 = b(x, r)
-    assert _dt(y16) == F16 and _dt(b._saved[0].gate) == F16 and _rel(y16, y32) < 2e-3
+    assert _dt(y16) == F16 and _dt(b._saved[1].gate) == F16 and _rel(y16, y32) < 2e-3
     dx16, dr16 = b.backward(dy)
     assert _dt(dx16) == F16 and _dt(dr16) == F16 and _rel(dx16, dx32) < 5e-3 and _rel(dr16, dr32) < 1e-3
     assert _rel(b.weight.grad, a.weight.grad) < 5e-3
@@ -299,7 +300,7 @@ def test_train_cli_amp_on_cupy_keeps_the_scale_and_resumes_exactly(cifar_root, t
         backend.set_backend("numpy")
     a, b = (load_checkpoint(tmp_path / d / "cnn_last.pkl") for d in ("straight", "split"))
     assert a.args["amp"] is True and b.args["amp"] is True
-    sa, sb = a.optimizer["grad_scaler"], b.optimizer["grad_scaler"]
+    sa, sb = a.grad_scaler, b.grad_scaler
     assert sa == sb and sa["scale"] > 0 and sa["_growth_tracker"] + sa["skipped"] > 0
     assert all(a.state_dict[k].dtype == b.state_dict[k].dtype for k in a.state_dict)
     assert a.state_dict["conv1.weight"].dtype == np.float32

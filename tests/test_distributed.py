@@ -25,42 +25,47 @@ def test_single_process_leaves_arrays_alone():
     assert list(a) == [0, 1, 2, 3] and comm.is_main and comm.size == 1 and comm.broadcast_object(5) == 5
 
 
-def _bn_case(xp, shape=(8, 3, 4, 5), relu=False):
+KINDS = {"plain": nn.BatchNorm2d, "relu": nn.BatchNormReLU2d, "relu-residual": nn.BatchNormAddReLU2d}
+
+
+def _bn_case(xp, kind, shape=(8, 3, 4, 5)):
     rng = np.random.default_rng(0)
     x = rng.normal(1.5, 2.0, shape)
     dy = rng.normal(0.0, 1.0, shape)
-    bn = nn.BatchNorm2d(shape[1], relu=relu).to(np.float64)
+    bn = KINDS[kind](shape[1]).to(np.float64)
     bn.weight.data[...] = xp.asarray(rng.uniform(0.5, 1.5, shape[1]))
     bn.bias.data[...] = xp.asarray(rng.normal(0, 1, shape[1]))
     return x, dy, bn
 
 
-@pytest.mark.parametrize("fused", [False, True], ids=["plain", "relu-residual"])
+@pytest.mark.parametrize("kind", list(KINDS))
 @pytest.mark.parametrize("world", [2, 4])
-def test_synchronised_batch_norm_equals_one_process(xp, world, fused):
+def test_synchronised_batch_norm_equals_one_process(xp, world, kind):
     """Each rank normalises its shard with the global batch's statistics: outputs, input gradients (times
     the rank count: each rank's loss is its shard's mean), averaged weight gradients and running statistics
-    all equal one process's on the whole batch; also with the fused ReLU and residual sum (the input's
-    gradient is checked, the residual's is the gated dy)."""
-    x, dy, ref = _bn_case(xp, relu=fused)
-    r = np.random.default_rng(1).normal(0.0, 1.0, x.shape) if fused else None
-    y_ref = ref(xp.asarray(x), *([xp.asarray(r)] if fused else []))
-    dx_ref = ref.backward(xp.asarray(dy))
-    dx_ref = backend.to_numpy(dx_ref[0] if fused else dx_ref)
+    all equal one process's on the whole batch; also for the fused BatchNormReLU2d and BatchNormAddReLU2d (with
+    a residual: the gradients of the input and of the residual, the gated dy)."""
+    x, dy, ref = _bn_case(xp, kind)
+    added = kind == "relu-residual"
+    r = np.random.default_rng(1).normal(0.0, 1.0, x.shape) if added else None
+    y_ref = ref(xp.asarray(x), *([xp.asarray(r)] if added else []))
+    grads_ref = ref.backward(xp.asarray(dy))
+    grads_ref = [backend.to_numpy(g) for g in (grads_ref if added else (grads_ref,))]
     k = len(x) // world
-    states = [_bn_case(xp, relu=fused)[2] for _ in range(world)]
+    states = [_bn_case(xp, kind)[2] for _ in range(world)]
 
     def rank(comm):
         bn = nn.convert_sync_batchnorm(states[comm.rank], comm)
         sl = slice(comm.rank * k, (comm.rank + 1) * k)
-        y = bn(xp.asarray(x[sl]), *([xp.asarray(r[sl])] if fused else []))
-        dx = bn.backward(xp.asarray(dy[sl] * world))
-        dx = dx[0] if fused else dx
+        y = bn(xp.asarray(x[sl]), *([xp.asarray(r[sl])] if added else []))
+        grads = bn.backward(xp.asarray(dy[sl] * world))
+        grads = [backend.to_numpy(g) for g in (grads if added else (grads,))]
         g = comm.allreduce_mean(xp.concatenate([bn.weight.grad, bn.bias.grad]))
-        return backend.to_numpy(y), backend.to_numpy(dx), backend.to_numpy(g), bn
+        return backend.to_numpy(y), grads, backend.to_numpy(g), bn
     results = run_ranks(world, rank)
     np.testing.assert_allclose(np.concatenate([r[0] for r in results]), backend.to_numpy(y_ref), atol=1e-12)
-    np.testing.assert_allclose(np.concatenate([r[1] for r in results]), world * dx_ref, atol=1e-11)
+    for i, want in enumerate(grads_ref):                         # dx, and d residual for the added layer
+        np.testing.assert_allclose(np.concatenate([r[1][i] for r in results]), world * want, atol=1e-11)
     for _, _, g, bn in results:
         np.testing.assert_allclose(g, np.concatenate([backend.to_numpy(ref.weight.grad),
                                                       backend.to_numpy(ref.bias.grad)]), atol=1e-11)

@@ -163,5 +163,5 @@ def test_mixed_precision_on_two_ranks_matches_one_rank(cifar_root, tmp_path):
                          env=env, capture_output=True, text=True, timeout=180)
     assert two.returncode == 0, two.stderr
     assert_same_run(tmp_path / "one" / "cnn_last.pkl", tmp_path / "two" / "cnn_last.pkl", rtol=2e-2)
-    a, b = (load_checkpoint(tmp_path / d / "cnn_last.pkl").optimizer["grad_scaler"] for d in ("one", "two"))
+    a, b = (load_checkpoint(tmp_path / d / "cnn_last.pkl").grad_scaler for d in ("one", "two"))
     assert a == b

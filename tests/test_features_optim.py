@@ -11,10 +11,16 @@ from cnn_cifar import backend, nn
 from cnn_cifar.cli import train as train_cli
 from cnn_cifar.data import AugmentConfig, BatchLoader, load_dataset
 from cnn_cifar.data.datasets import CIFAR10
+from cnn_cifar.errors import SettingError
 from cnn_cifar.models import build_model
 from cnn_cifar.optim import SGD, AdamW, DropoutSchedule, LRSchedule, clip_grad_norm_, grad_norm
 from cnn_cifar.training import (
+    Learner,
+    Loaders,
+    LoopOptions,
     NonFiniteLoss,
+    RunOutput,
+    Schedules,
     Trainer,
     TrainingInterrupted,
     evaluate_checkpoint,
@@ -151,8 +157,9 @@ def test_ema_follows_averaged_model_semantics(xp):
         np.testing.assert_allclose(backend.to_numpy(lin.weight.data), want, rtol=1e-6)
     np.testing.assert_array_equal(backend.to_numpy(lin.weight.data), live)       # swapped back exactly
     assert list(avg) == list(model.state_dict())
-    with pytest.raises(ValueError, match=r"--ema decay must be in \(0, 1\)"):
+    with pytest.raises(SettingError, match=r"^ModelEMA decay must be in \(0, 1\), got 1.0$") as exc:
         ModelEMA(model, 1.0)
+    assert exc.value.worded(lambda s: f"--{s}") == "ModelEMA --ema must be in (0, 1), got 1.0"
     with pytest.raises(RuntimeError, match=r"inside swapped\(\)"):
         ema.update_bn()
     with ema.swapped():
@@ -191,10 +198,10 @@ def test_ema_measures_the_averages_batch_norm_statistics_before_evaluating(cifar
     ck = load_checkpoint(tmp_path / "cnn_last.pkl")
     model = build_model("cnn")
     model.load_state_dict(ck.state_dict)
-    update_bn(tr.ema.bn_batches(), model)
+    update_bn(ema_of(tr).bn_batches(), model)
     measured = model.state_dict()
     plain = make_trainer(ds, tmp_path / "plain")
-    plain.ema.bn_batches = None
+    ema_of(plain).bn_batches = None
     plain.fit(1)
     averaged = load_checkpoint(tmp_path / "plain" / "cnn_last.pkl").state_dict
     for key in ("bn1.running_mean", "bn1.running_var", "num_batches_tracked"):
@@ -207,7 +214,7 @@ def test_ema_measures_the_averages_batch_norm_statistics_before_evaluating(cifar
 
 
 
-def make_trainer(ds, ckdir, stop=None, seed=0, opt="adamw"):
+def make_trainer(ds, ckdir, stop=None, seed=0, opt="adamw", ema=True):
     model = build_model("cnn", seed=seed)
     optimizer = AdamW(model.parameters(), 2e-3) if opt == "adamw" else SGD(model.parameters(), 0.02)
     nn.random.manual_seed(seed + 1)
@@ -217,9 +224,14 @@ def make_trainer(ds, ckdir, stop=None, seed=0, opt="adamw"):
     def bn_batches():           # augmented, a fresh stream each time: a shared one would break exact resume
         return BatchLoader(ds.x_train[:64], ds.y_train[:64], 32, CIFAR10.mean, CIFAR10.std,
                            augment_cfg=AugmentConfig(4, True, 0), rng=np.random.default_rng(5))
-    return Trainer(model, "cnn", optimizer, LRSchedule("cosine", 2e-3, 2), DropoutSchedule("none", 0.3),
-                   nn.SoftmaxCrossEntropy(), train, test, 10, ckdir, quiet=True, stop=stop, clip_grad_norm=0.5,
-                   ema=ModelEMA(model, 0.8, bn_batches))
+    return Trainer(Learner("cnn", model, optimizer, nn.SoftmaxCrossEntropy()), Loaders(train, test, 10),
+                   Schedules(LRSchedule("cosine", 2e-3, 2), DropoutSchedule("none", 0.3)), RunOutput(ckdir),
+                   LoopOptions(quiet=True, stop=stop, clip_grad_norm=0.5),
+                   [ModelEMA(model, 0.8, bn_batches)] if ema else [])
+
+
+def ema_of(trainer: Trainer) -> ModelEMA:
+    return next(h for h in trainer.hooks if isinstance(h, ModelEMA))
 
 
 def test_ema_and_clipping_resume_mid_epoch_exactly(cifar_root, tmp_path):
@@ -230,30 +242,29 @@ def test_ema_and_clipping_resume_mid_epoch_exactly(cifar_root, tmp_path):
     with pytest.raises(TrainingInterrupted, match=r"interrupted at epoch 2, step 2"):
         stopped.fit(2)
     ck = load_checkpoint(tmp_path / "b" / "cnn_last.pkl")
-    assert ck.optimizer["ema"]["updates"] == 6 and ck.optimizer["ema"]["decay"] == 0.8
+    assert ck.hooks["ema"] == {"updates": 6, "decay": 0.8} and "ema" not in ck.optimizer
     resumed = make_trainer(ds, tmp_path / "b", seed=4)
     resumed.restore(ck)
     resumed.fit(2)
     a, b = straight.checkpoint(), resumed.checkpoint()
     for key in a.state_dict:
         assert np.array_equal(a.state_dict[key], b.state_dict[key]), key
-        assert np.array_equal(a.optimizer["ema"]["training_weights"][key], b.optimizer["ema"]["training_weights"][key])
+        assert np.array_equal(a.training_weights[key], b.training_weights[key])
     assert [r["test_acc"] for r in straight.history] == [r["test_acc"] for r in resumed.history]
     # the checkpoint's weights are the average, which is what was evaluated
-    assert not np.array_equal(a.state_dict["conv1.weight"], a.optimizer["ema"]["training_weights"]["conv1.weight"])
+    assert not np.array_equal(a.state_dict["conv1.weight"], a.training_weights["conv1.weight"])
 
 
 def test_resuming_a_run_without_ema_starts_the_average_there(cifar_root, tmp_path):
     ds = load_dataset("cifar10", cifar_root, download=False)
-    plain = make_trainer(ds, tmp_path, opt="sgd")
-    plain.ema = None
-    plain.hooks = plain.hooks[1:]
+    plain = make_trainer(ds, tmp_path, opt="sgd", ema=False)
     plain.fit(1)
     ck = load_checkpoint(tmp_path / "cnn_last.pkl")
-    assert "ema" not in ck.optimizer
+    assert ck.hooks == {} and ck.training_weights is None
     tr = make_trainer(ds, tmp_path, opt="sgd", seed=3)
     tr.restore(ck)
-    assert tr.ema.updates == 0 and all(np.array_equal(v, ck.state_dict[k]) for k, v in tr.ema.weights().items())
+    ema = ema_of(tr)
+    assert ema.updates == 0 and all(np.array_equal(v, ck.state_dict[k]) for k, v in ema.weights().items())
 
 
 def test_ema_through_the_cli(cifar_root, tmp_path, monkeypatch):
@@ -265,7 +276,7 @@ def test_ema_through_the_cli(cifar_root, tmp_path, monkeypatch):
     ck = load_checkpoint(Path("ck/cnn_last.pkl"))
     assert (ck.args["ema"], ck.args["clip_grad_norm"], ck.args["weight_decay"]) == (0.9, 2.0, 0.01)
     assert ck.optimizer["type"] == "AdamW" and ck.optimizer["hyper"]["weight_decay"] == 0.01
-    assert ck.optimizer["ema"]["updates"] == 8
+    assert ck.hooks["ema"]["updates"] == 8
     best = max(ck.history, key=lambda r: r["test_acc"])
     res = evaluate_checkpoint("ck/cnn_best.pkl", cifar_root, limit=64, download=False)    # the best average
     assert res["accuracy"] == best["test_acc"] and res["loss"] == pytest.approx(best["test_loss"], rel=1e-5)

@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 
 from cnn_cifar.cli import train as train_cli
+from cnn_cifar.cli.common import message
+from cnn_cifar.errors import SettingError
 from cnn_cifar.training import load_checkpoint
 from cnn_cifar.training.config import resolve
-from cnn_cifar.training.hooks import EarlyStopping
+from cnn_cifar.training.hooks import EarlyStopping, SaveSnapshots
 
 BASE = ["--no-download", "--limit-train", "64", "--limit-test", "32", "--epochs", "1", "--batch-size", "32",
         "--no-prefetch", "--checkpoint-dir", "ck", "--log-dir", "log", "--quiet"]
@@ -124,6 +126,20 @@ def test_config_keys_dashed_or_dest_and_the_command_line_wins(cifar_root):
 def test_config_file_errors_are_one_line(capsys, text, msg):
     Path("c.toml").write_text(text)
     assert error_line(capsys, "--config", "c.toml").startswith(msg)
+
+
+@pytest.mark.parametrize("make,words", [
+    (lambda: EarlyStopping(0), ("EarlyStopping patience", "EarlyStopping --early-stop")),
+    (lambda: SaveSnapshots(-1), ("SaveSnapshots every", "SaveSnapshots --save-every")),
+])
+def test_run_control_errors_name_the_parameter_and_on_the_command_line_the_flag(make, words):
+    """The hooks state the condition with their parameter's name; train_cli's wording of an error (what reaches
+    them without the parser's checks: a checkpoint's settings) names the flag."""
+    with pytest.raises(SettingError) as exc:
+        make()
+    library, cli = words
+    assert str(exc.value).startswith(f"{library} must be a positive number of epochs, got ")
+    assert message(exc.value).startswith(f"{cli} must be a positive number of epochs, got ")
 
 
 def test_missing_config_file_and_bad_early_stop(capsys):

@@ -83,8 +83,8 @@ def test_mixed_precision_logs_the_loss_scale(cifar_root):
     s = read_scalars(Path("amp"))
     ck = load_checkpoint("ck/cnn_last.pkl")
     assert [st for st, _ in s["step/loss_scale"]] == [2, 4] and [st for st, _ in s["step/skipped_steps"]] == [2, 4]
-    assert s["step/loss_scale"][-1][1] == ck.optimizer["grad_scaler"]["scale"]
-    assert s["step/skipped_steps"][-1][1] == ck.optimizer["grad_scaler"]["skipped"]
+    assert s["step/loss_scale"][-1][1] == ck.grad_scaler["scale"]
+    assert s["step/skipped_steps"][-1][1] == ck.grad_scaler["skipped"]
     assert train_cli.main(["--data", str(cifar_root), *BASE, "--epochs", "1", "--checkpoint-dir", "f32",
                            "--tensorboard", "f32", "--tensorboard-every", "2"]) == 0
     assert "step/loss_scale" not in read_scalars(Path("f32"))

@@ -61,37 +61,51 @@ def test_batchnorm_running_stats_and_eval(xp):
     np.testing.assert_allclose(backend.to_numpy(bn.running_mean), rm)   # eval leaves stats alone
 
 
+@pytest.mark.parametrize("residual", [False, True], ids=["BatchNormReLU2d", "BatchNormAddReLU2d"])
 @pytest.mark.parametrize("training", [True, False])
-def test_fused_batchnorm_relu_residual_equals_the_three_layers(xp, training):
-    """BatchNorm2d(relu=True)(x, r) is ReLU()(BatchNorm2d()(x) + r) (same statistics, same gradients of x, r and
-    the parameters), and says so in its repr; a residual of another shape is refused."""
+def test_fused_batchnorm_relu_residual_equals_the_three_layers(xp, training, residual):
+    """BatchNormAddReLU2d()(x, r) is ReLU()(BatchNorm2d()(x) + r), and BatchNormReLU2d()(x) is ReLU()(BatchNorm2d()(x))
+    (same statistics, same gradients of x, r and the parameters: backward returns (dx, dr), or dx); both take
+    BatchNorm2d's state dict as it is; nothing is kept under no_grad; a residual of another shape is refused."""
     rng = np.random.default_rng(1)
     x, r, dy = (_x((4, 3, 5, 5), s, np.float64) for s in (1, 2, 3))
-    fused, plain = nn.BatchNorm2d(3, relu=True).to(np.float64), nn.BatchNorm2d(3).to(np.float64)
+    fused = (nn.BatchNormAddReLU2d if residual else nn.BatchNormReLU2d)(3).to(np.float64)
+    plain = nn.BatchNorm2d(3).to(np.float64)
     for bn in (fused, plain):
         bn.weight.data = backend.to_device(rng.uniform(0.5, 1.5, 3))
         bn.bias.data = backend.to_device(np.array([0.3, -0.2, 0.0]))
         bn.train(training)
         rng = np.random.default_rng(1)
+    assert fused.state_dict().keys() == plain.state_dict().keys()
+    fused.load_state_dict(plain.state_dict())
     relu = nn.ReLU()
-    y = fused(x, r)
-    want = relu(plain(x) + r)
+    y = fused(x, r) if residual else fused(x)
+    want = relu(plain(x) + r) if residual else relu(plain(x))
     np.testing.assert_allclose(backend.to_numpy(y), backend.to_numpy(want), rtol=1e-12, atol=1e-12)
     assert 0 < float((backend.to_numpy(y) == 0).mean()) < 1
-    dx, dr = fused.backward(dy)
+    grads = fused.backward(dy)
     d = relu.backward(dy)
-    for got, ref in ((dx, plain.backward(d)), (dr, d), (fused.weight.grad, plain.weight.grad),
+    if residual:
+        dx, dr = grads
+        np.testing.assert_allclose(backend.to_numpy(dr), backend.to_numpy(d), rtol=1e-12, atol=1e-12)
+    else:
+        dx = grads
+    for got, ref in ((dx, plain.backward(d)), (fused.weight.grad, plain.weight.grad),
                      (fused.bias.grad, plain.bias.grad), (fused.running_var, plain.running_var)):
         np.testing.assert_allclose(backend.to_numpy(got), backend.to_numpy(ref), rtol=1e-12, atol=1e-12)
-    assert "relu=True" in repr(fused) and "relu" not in repr(plain)
-    with pytest.raises(ValueError, match="residual of shape"):
-        fused(x, r[:, :2])
+    assert repr(fused) == f"{type(fused).__name__}(3, eps=1e-05, momentum=0.1)"
+    with nn.no_grad():
+        fused(x, r) if residual else fused(x)
+    assert not fused.has_saved
+    if residual:
+        with pytest.raises(ValueError, match="residual of shape"):
+            fused(x, r[:, :2])
 
 
 @pytest.mark.parametrize("make,shape", [(lambda: nn.Conv2d(3, 4, 3, padding=1), (2, 3, 5, 5)),
                                         (lambda: nn.Conv2d(4, 4, 3, groups=2), (2, 4, 5, 5)),
                                         (lambda: nn.Linear(5, 3), (4, 5)),
-                                        (lambda: nn.BatchNorm2d(3, relu=True), (2, 3, 5, 5))],
+                                        (lambda: nn.BatchNormReLU2d(3), (2, 3, 5, 5))],
                          ids=["conv", "conv-groups", "linear", "batchnorm"])
 def test_gradients_accumulate_over_backward_calls(xp, make, shape):
     """As in PyTorch, parameter gradients add up over backward calls until zeroed: two calls give the sum of

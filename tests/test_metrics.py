@@ -24,8 +24,11 @@ from fractions import Fraction as F
 import numpy as np
 import pytest
 
+from cnn_cifar import backend
 from cnn_cifar.cli.test import format_report
-from cnn_cifar.training import classification_report, confusion_matrix, topk_correct
+from cnn_cifar.data.augment import MixedTargets
+from cnn_cifar.training import EpochMeter, NonFiniteLoss, classification_report, confusion_matrix, topk_correct
+from cnn_cifar.training.metrics import correct_count, correct_hits
 
 Y_TRUE = [0, 0, 0, 1, 1, 2, 2, 2, 2, 3]
 Y_PRED = [0, 1, 0, 1, 1, 2, 0, 2, 1, 1]
@@ -211,6 +214,41 @@ def _line(text: str, first_word: str) -> list[str]:
             if ln.split()[:1] == [first_word] and any(t.endswith("%") for t in ln.split())]
     assert len(rows) == 1, (first_word, text)
     return rows[0]
+
+
+def test_correct_counts_take_a_mixed_batchs_larger_share(xp):
+    """Train accuracy's numerator: argmax equal to the label; for a mixed batch, to the label with the larger
+    share (y_a from lam 0.5 up). ``correct_hits`` stays on the logits' device, ``correct_count`` reads it."""
+    logits = xp.asarray([[0.1, 0.9, 0.0], [0.8, 0.2, 0.0], [0.3, 0.3, 0.4], [0.0, 0.0, 1.0]])
+    y_a, y_b = xp.asarray([1, 1, 2, 0]), xp.asarray([0, 0, 1, 2])
+    assert correct_count(logits, y_a) == 2 and correct_count(logits, y_b) == 2
+    assert correct_count(logits, MixedTargets(y_a, y_b, 0.5)) == 2        # y_a: argmax 1, 0, 2, 2 hits rows 0, 2
+    hits = correct_hits(logits, MixedTargets(y_a, y_b, 0.3))               # y_b: rows 1 and 3
+    assert backend.get_array_module(hits) is xp and int(backend.to_numpy(hits)) == 2
+
+
+def test_epoch_meter_counts_where_the_logits_are_and_names_the_first_non_finite_step(xp):
+    """On the host a step's figures are added at once; on a device the correct predictions and a deferred loss
+    (a 0-d device array) are summed there and folded in by ``read``, which names the first step whose loss
+    was not finite. ``add`` takes figures counted elsewhere (a data-parallel step's)."""
+    meter = EpochMeter(lambda step: f"at step {step} of the test")
+    logits, y = xp.asarray([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7]]), xp.asarray([1, 1, 1])
+    deferred = xp is not np
+    loss = (lambda v: xp.asarray(v)) if deferred else float
+    meter.count(loss(0.5), logits, y, 1)
+    meter.count(loss(1.0), logits, y, 2)
+    assert meter.unchecked == deferred
+    assert meter.read() == {"loss_sum": 4.5, "correct": 4, "seen": 6, "seconds": 0.0} and not meter.unchecked
+    meter.add(2.0, 5, 10)
+    assert meter.read() == {"loss_sum": 24.5, "correct": 9, "seen": 16, "seconds": 0.0}
+    meter.reset({"loss_sum": 1.0, "correct": 1, "seen": 2, "seconds": 3.0})   # an epoch resumed part-way
+    meter.count(loss(0.5), logits, y, 3)
+    assert meter.read() == {"loss_sum": 2.5, "correct": 3, "seen": 5, "seconds": 3.0}
+    if deferred:
+        for step, value in ((4, 0.5), (5, float("nan")), (6, float("inf"))):
+            meter.count(loss(value), logits, y, step)
+        with pytest.raises(NonFiniteLoss, match=r"^loss became non-finite \(NaN or infinite\) at step 5 of the test$"):
+            meter.read()
 
 
 def test_format_report_numbers():

@@ -123,6 +123,25 @@ def test_first_layer_skips_the_image_gradient_but_not_its_weight_gradient():
     np.testing.assert_allclose(grads[0], grads[1], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("name", [n for n in list_models() if not n.startswith("resnet") or n == "resnet8"])
+def test_every_model_skips_only_the_image_gradient(name):
+    """build_model sets needs_input_grad False on the layer the images enter, and on no other: a training step's
+    backward returns None (a later layer skipping its input gradient would break the chain), and gives every
+    parameter a gradient; with the flag set back, the images' gradient comes out."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 32, 32)).astype(np.float32)
+    model = build_model(name, dropout=0.0)
+    skipping = [m for m in model.modules() if getattr(m, "needs_input_grad", True) is False]
+    assert len(skipping) == 1
+    crit = nn.SoftmaxCrossEntropy()
+    crit(model(x), np.array([1, 2]))
+    assert model.backward(crit.backward()) is None
+    assert all(float(np.abs(p.grad).sum()) > 0 for p in model.parameters())
+    skipping[0].needs_input_grad = True
+    crit(model(x), np.array([1, 2]))
+    assert model.backward(crit.backward()).shape == x.shape
+
+
 def test_initialisation_follows_pytorch():
     """Conv2d and Linear start as PyTorch's layers do (weights and biases U(+-1/sqrt(fan_in))); the CIFAR
     ResNets re-draw their convolutions from He et al.'s normal (std sqrt(2 / fan_out)), as torchvision does."""

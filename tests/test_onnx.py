@@ -30,6 +30,7 @@ from conftest import ROOT, run_python
 RESNETS = [("resnet8", {"shortcut": "projection"}), ("resnet8", {"shortcut": "pad"}), ("resnet20", {"shortcut": "pad"})]
 CASES = [(name, {}) for name in list_models() if not name.startswith("resnet")] + RESNETS
 CLASSES = [f"kind {i}" for i in range(10)]
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNormReLU2d, nn.BatchNormAddReLU2d)
 
 
 def _case_id(case) -> str:
@@ -44,7 +45,7 @@ def _randomised_checkpoint(name: str, options: dict, path: Path, seed: int = 0) 
     activations would leave the logits of some models (net-dilated, senet) almost independent of the image."""
     rng = np.random.default_rng(seed)
     model = build_model(name, seed=seed, **options)
-    norms = [m for m in model.modules() if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d))]
+    norms = [m for m in model.modules() if isinstance(m, BATCH_NORMS)]
     for m in norms:
         m.weight.data[...] = rng.uniform(0.5, 1.5, m.num_features)
         m.bias.data[...] = rng.normal(0.0, 0.3, m.num_features)

@@ -19,7 +19,7 @@ LAYERS = {
     "Linear": (lambda: nn.Linear(4, 3), (2, 4)),
     "BatchNorm2d": (lambda: nn.BatchNorm2d(2), (2, 2, 3, 3)),
     "BatchNorm1d": (lambda: nn.BatchNorm1d(4), (3, 4)),
-    "BatchNorm2d-relu": (lambda: nn.BatchNorm2d(2, relu=True), (2, 2, 3, 3)),
+    "BatchNormReLU2d": (lambda: nn.BatchNormReLU2d(2), (2, 2, 3, 3)),
     "MaxPool2d": (lambda: nn.MaxPool2d(2), (2, 2, 4, 4)),
     "AvgPool2d": (lambda: nn.AvgPool2d(2), (2, 2, 4, 4)),
     "GlobalAvgPool2d": (lambda: nn.GlobalAvgPool2d(), (2, 2, 4, 4)),

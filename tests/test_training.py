@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import pickle
 import stat
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,11 +13,17 @@ from cnn_cifar import nn
 from cnn_cifar.data import AugmentConfig, BatchLoader, load_dataset
 from cnn_cifar.data.datasets import CIFAR10
 from cnn_cifar.models import build_model
-from cnn_cifar.optim import SGD, DropoutSchedule, LRSchedule
+from cnn_cifar.optim import SGD, DropoutSchedule, GradScaler, LRSchedule, ReduceLROnPlateau
 from cnn_cifar.training import (
     Checkpoint,
     CheckpointError,
+    Hook,
+    Learner,
+    Loaders,
+    LoopOptions,
     NonFiniteLoss,
+    RunOutput,
+    Schedules,
     StopFlag,
     Trainer,
     TrainingInterrupted,
@@ -26,6 +33,7 @@ from cnn_cifar.training import (
     save_checkpoint,
     topk_correct,
 )
+from cnn_cifar.training.ema import ModelEMA
 
 from conftest import digests
 
@@ -37,9 +45,10 @@ def make_trainer(ds, ckdir, epochs=3, lr=0.02, stop=None, seed=0):
     train = BatchLoader(ds.x_train, ds.y_train, 64, CIFAR10.mean, CIFAR10.std, shuffle=True,
                         augment_cfg=AugmentConfig(4, True, 4), rng=np.random.default_rng(seed), drop_last=True)
     test = BatchLoader(ds.x_test, ds.y_test, 100, CIFAR10.mean, CIFAR10.std)
-    return Trainer(model, "cnn", opt, LRSchedule("cosine", lr, epochs, warmup_epochs=1),
-                   DropoutSchedule("linear_decay", 0.6, 0.2, total_epochs=epochs), nn.SoftmaxCrossEntropy(0.1),
-                   train, test, 10, ckdir, quiet=True, stop=stop)
+    return Trainer(Learner("cnn", model, opt, nn.SoftmaxCrossEntropy(0.1)), Loaders(train, test, 10),
+                   Schedules(LRSchedule("cosine", lr, epochs, warmup_epochs=1),
+                             DropoutSchedule("linear_decay", 0.6, 0.2, total_epochs=epochs)),
+                   RunOutput(ckdir), LoopOptions(quiet=True, stop=stop))
 
 
 class StopAfter(StopFlag):
@@ -105,6 +114,57 @@ def test_nan_loss_stops_and_keeps_the_best_checkpoint(cifar_root, tmp_path):
     assert bad.optimizer.lr > 1e29                            # the huge lr really came from the schedule
     assert sorted(os.listdir(tmp_path)) == sorted(names)      # nothing new, no temp file
     assert digests(tmp_path, names) == before, "a file changed after the NaN stop"
+
+
+class Recorder(Hook):
+    """A hook with state of its own (its count of ``after_step`` calls) that records when ``final_step`` ran."""
+
+    name = "recorder"
+
+    def __init__(self):
+        self.after, self.final_at, self.loaded = 0, [], "never"
+
+    def after_step(self, trainer):
+        self.after += 1
+
+    def final_step(self, trainer):
+        self.final_at.append((trainer.epoch, trainer.step))
+
+    def state_dict(self):
+        return {"after": self.after}
+
+    def load_state_dict(self, state):
+        self.loaded = state
+        self.after = state["after"] if state else 0
+
+
+def test_hooks_change_the_run_after_each_step_and_once_at_its_end_and_keep_their_state(cifar_root, tmp_path):
+    """``after_step`` follows every optimizer step, ``final_step`` the run's last one (the last epoch's 7th, before
+    its evaluation), and a hook's state rides in the checkpoint under its name. Stopped right after the last step
+    (17 checks: 10 in epoch 1, then step 7), the saved run has had its final step: the resumed one does not
+    repeat it, and ends as a straight run does. A checkpoint without the hook's state hands it None."""
+    ds = load_dataset("cifar10", cifar_root, download=False)
+    straight, hook = make_trainer(ds, tmp_path / "a", epochs=2), Recorder()
+    straight.hooks.append(hook)
+    straight.fit(2)
+    assert (hook.after, hook.final_at) == (14, [(1, 7)])
+    assert load_checkpoint(tmp_path / "a" / "cnn_last.pkl").hooks == {"recorder": {"after": 14}}
+    stopped, hook = make_trainer(ds, tmp_path / "b", epochs=2, stop=StopAfter(16)), Recorder()
+    stopped.hooks.append(hook)
+    with pytest.raises(TrainingInterrupted, match=r"interrupted at epoch 2, step 7"):
+        stopped.fit(2)
+    assert hook.final_at == [(1, 7)]
+    resumed, hook = make_trainer(ds, tmp_path / "b", epochs=2, seed=9), Recorder()
+    resumed.hooks.append(hook)
+    resumed.restore(load_checkpoint(tmp_path / "b" / "cnn_last.pkl"))
+    assert hook.loaded == {"after": 14}
+    resumed.fit(2)
+    assert (hook.after, hook.final_at) == (14, [])
+    assert _same_weights(straight.model.state_dict(), resumed.model.state_dict())
+    other, hook = make_trainer(ds, tmp_path / "c", epochs=2), Recorder()     # a checkpoint without its state
+    other.hooks.append(hook)
+    other.restore(load_checkpoint(tmp_path / "a" / "cnn_best.pkl").weights_only())
+    assert hook.loaded is None
 
 
 def test_eval_accuracy_uses_eval_mode_and_matches_a_fresh_evaluation(cifar_root, tmp_path):
@@ -193,6 +253,62 @@ def test_the_epoch_line_marks_a_new_best():
     assert format_row(row, 10) == ("epoch   3/10  train loss 1.2346 acc  50.00%  test loss 0.9877 acc  61.23%  "
                                    "lr 0.012500  dropout 0.250    12.3s  *best*")
     assert format_row(dict(row, best=False), 10).endswith("   12.3s")
+
+
+# ------------------------------------------------------------------ checkpoints from before the hooks kept their state
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def _tiny_trainer(ds, ckdir, seed):
+    """The run the fixtures checkpoint_499d642_*.pkl come from: a 170-parameter network (convolution, batch
+    norm, dropout, linear), 128 training images in 4 steps an epoch, SGD with momentum, the plateau schedule,
+    dropout decaying, the weights' average with its batch-norm statistics measured on 2 batches, and mixed
+    precision's loss scaler."""
+    rng = np.random.default_rng(seed)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, stride=2, padding=1, rng=rng), nn.BatchNorm2d(4), nn.ReLU(),
+                          nn.Dropout(0.3), nn.GlobalAvgPool2d(), nn.Linear(4, 10, rng=rng))
+    nn.random.manual_seed(seed + 1)
+    train = BatchLoader(ds.x_train[:128], ds.y_train[:128], 32, CIFAR10.mean, CIFAR10.std, shuffle=True,
+                        augment_cfg=AugmentConfig(4, True, 0), rng=np.random.default_rng(seed), drop_last=True)
+    test = BatchLoader(ds.x_test[:64], ds.y_test[:64], 64, CIFAR10.mean, CIFAR10.std)
+
+    def bn_batches():
+        return BatchLoader(ds.x_train[:64], ds.y_train[:64], 32, CIFAR10.mean, CIFAR10.std,
+                           augment_cfg=AugmentConfig(4, True, 0), rng=np.random.default_rng(5))
+    lr = ReduceLROnPlateau(LRSchedule("plateau", 0.05, 3, warmup_epochs=0.5), 0.5, 0, threshold=0.1)
+    return Trainer(Learner("tiny", model, SGD(model.parameters(), 0.05, momentum=0.9), nn.SoftmaxCrossEntropy(0.1)),
+                   Loaders(train, test, 10), Schedules(lr, DropoutSchedule("linear_decay", 0.3, 0.1, total_epochs=3)),
+                   RunOutput(ckdir), LoopOptions(quiet=True, scaler=GradScaler(2.0 ** 8, growth_interval=3)),
+                   [ModelEMA(model, 0.8, bn_batches)])
+
+
+def test_a_checkpoint_from_before_the_hooks_kept_their_state_resumes_as_it_did(cifar_root, tmp_path):
+    """checkpoint_499d642_stopped.pkl was written by 499d642's code, which kept EMA's state with the training
+    weights in ``optimizer["ema"]`` and the loss scaler's in ``optimizer["grad_scaler"]``: ``_tiny_trainer``'s run,
+    stopped (Ctrl-C) at epoch 2, step 2 of 3. The reader moves them to their own keys; resumed now, the run ends
+    where that code's resumed run ended (checkpoint_499d642_resumed.pkl, its last checkpoint, which equalled
+    a straight run's): bit for bit on the machine that wrote them, to float32 rounding elsewhere."""
+    ds = load_dataset("cifar10", cifar_root, download=False)
+    old = load_checkpoint(FIXTURES / "checkpoint_499d642_stopped.pkl", "tiny")
+    assert (old.epoch, old.step, old.hooks) == (1, 2, {"ema": {"decay": 0.8, "updates": 6}})
+    assert not {"ema", "grad_scaler"} & set(old.optimizer) and old.grad_scaler["scale"] == 2.0 ** 10
+    assert old.training_weights.keys() == old.state_dict.keys()
+    assert not np.array_equal(old.training_weights["0.weight"], old.state_dict["0.weight"])
+    tr = _tiny_trainer(ds, tmp_path, seed=4)               # another seed: everything must come from the file
+    tr.restore(old)
+    tr.fit(3)
+    got, want = tr.checkpoint(), load_checkpoint(FIXTURES / "checkpoint_499d642_resumed.pkl")
+    assert got.hooks == want.hooks == {"ema": {"decay": 0.8, "updates": 12}}
+    assert got.grad_scaler == want.grad_scaler and got.grad_scaler["scale"] == 2.0 ** 12
+    assert got.schedule["lr"]["state"]["lr"] == want.schedule["lr"]["state"]["lr"] == 0.0125
+    for weights in ("state_dict", "training_weights"):
+        a, b = getattr(got, weights), getattr(want, weights)
+        assert a.keys() == b.keys()
+        for key in a:
+            np.testing.assert_allclose(a[key], b[key], rtol=1e-5, atol=1e-7, err_msg=f"{weights}: {key}")
+    assert [r["test_acc"] for r in got.history] == [r["test_acc"] for r in want.history]
+    assert [r["train_loss"] for r in got.history] == pytest.approx([r["train_loss"] for r in want.history], rel=1e-5)
+    assert [r["lr"] for r in got.history] == [r["lr"] for r in want.history] == [0.05, 0.05, 0.025]
 
 
 # ------------------------------------------------------------------ metrics

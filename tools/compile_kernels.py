@@ -20,7 +20,7 @@ What it reproduces rather than calls: the kernel type of each argument (``CArray
 32-bit>``, scalar or ``CIndexer``) comes from the launch arrays, in Cython functions that need a device
 (broadcasting, ``_reduce_dims``, the reduction's axis permutation). ``broadcast``, ``reduce_dims`` and
 ``reduction_source`` redo those steps in Python (from cupy/_core/_kernel.pyx and _reduction.pyx of CuPy 14)
-on metadata-only stand-ins with the shapes and views of the call sites (nn/norm.py, nn/conv.py,
+on metadata-only stand-ins with the shapes and views of the call sites (nn/norm_device.py, nn/conv_device.py,
 nn/activation.py, optim/optimizers.py). No reduction here can take CuPy's CUB path (one input and one output
 only). It compiles; it does not run: wrong results, races or out-of-bounds indexing need a GPU
 (benchmarks/gpu_check.py).

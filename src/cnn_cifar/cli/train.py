@@ -8,10 +8,25 @@ import numpy as np
 
 from .. import backend, nn
 from ..data import BatchLoader, get_spec, load_dataset
+from ..data.datasets import Dataset
 from ..distributed import DataParallel
 from ..models import build_model, options_of
 from ..optim import GradScaler
-from ..training import CheckpointError, RunConfig, Trainer, interrupt_guard, load_checkpoint, resolve, transfer_weights
+from ..training import (
+    Checkpoint,
+    CheckpointError,
+    Learner,
+    Loaders,
+    LoopOptions,
+    RunConfig,
+    RunOutput,
+    Schedules,
+    Trainer,
+    interrupt_guard,
+    load_checkpoint,
+    resolve,
+    transfer_weights,
+)
 from ..training.hooks import format_settings
 from ..training.mixing import MixedCrossEntropy
 from . import common as C
@@ -76,6 +91,62 @@ def _main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parse_args(parser, argv)
     C.active_comm = None
+    cfg, ck, src = _settings(parser, args)
+    if args.dump_config:
+        path = write_config(cfg.to_dict(), args.dump_config, "train_cli.py settings, written by --dump-config; "
+                            "train with: train_cli.py --config FILE")
+        print(f"wrote {path}")
+        return 0
+    amp = _start(cfg, args)
+    if args.summary:
+        from .summary import format_summary
+        num_classes = ck.num_classes if ck is not None and ck.num_classes else get_spec(cfg.dataset).num_classes
+        print(format_summary(build_model(cfg.model, num_classes=num_classes, dropout=cfg.dropout_rate, seed=cfg.seed,
+                                         **({"shortcut": cfg.shortcut} if cfg.shortcut else {}))))
+        return 0
+    comm = parallel.communicator(args.distributed, args.sync_bn, cfg.batch_size)
+    ds = _dataset(cfg, args, comm)
+    (x_tr, y_tr), (x_te, y_te) = (ds.x_train[:cfg.limit_train], ds.y_train[:cfg.limit_train]), \
+        (ds.x_test[:cfg.limit_test], ds.y_test[:cfg.limit_test])
+    if len(x_tr) < 2:
+        raise ValueError(f"need at least 2 training images, have {len(x_tr)}")
+    if ck is not None and (ck.num_classes or ds.spec.num_classes) != ds.spec.num_classes:
+        raise CheckpointError(f"{args.resume} was trained with {ck.num_classes} classes, "
+                              f"{cfg.dataset} has {ds.spec.num_classes}")
+    base = ck if ck is not None else src
+    model = _model(cfg, args, base, src, ds.spec.num_classes, comm)
+    bs = min(cfg.batch_size, len(x_tr))           # (the loader's shard checks it splits over the ranks)
+    # Weights from a checkpoint keep the normalisation they were trained with; a new run uses the dataset's.
+    mean, std = base.normalization(ds.spec.mean, ds.spec.std) if base is not None else (ds.spec.mean, ds.spec.std)
+    train_loader = BatchLoader(x_tr, y_tr, bs, mean, std, shuffle=True, augment_cfg=cfg.augmentation(),
+                               rng=np.random.default_rng(cfg.seed), drop_last=True, prefetch=not args.no_prefetch,
+                               shard=(comm.rank, comm.size))
+    part = parallel.test_part(len(x_te), comm)       # each rank evaluates its part; the counts are summed
+    test_loader = BatchLoader(x_te[part], y_te[part], max(bs, 500), mean, std, prefetch=not args.no_prefetch)
+    if args.show_augment:
+        from ..viz import show_augment  # matplotlib is imported only when asked
+        print(f"wrote {show_augment(train_loader, args.show_augment, ds.classes, cfg.model)}")
+        return 0
+    hooks = _hooks(cfg, args, model, cfg.make_bn_batches(x_tr, y_tr, bs, mean, std))
+    trainer = _trainer(cfg, args, model, Loaders(train_loader, test_loader, ds.spec.num_classes), ds.classes,
+                       amp, comm, hooks)
+    if ck is not None and not _resume(trainer, ck, cfg, args):
+        return 0
+    if trainer.parallel is not None:
+        trainer.parallel.broadcast_state()          # every replica starts from rank 0's weights
+    print(f"training {cfg.model} ({model.num_parameters():,} parameters) on {cfg.dataset}: {len(x_tr)} train / "
+          f"{len(x_te)} test images, {len(train_loader)} steps per epoch", flush=True)
+    with interrupt_guard(trainer.stop, quiet=not comm.is_main):
+        trainer.fit(cfg.epochs)
+    print(f"done: best test accuracy {100 * trainer.best_accuracy:.2f}% -> {trainer.best_path}; "
+          f"last -> {trainer.last_path}")
+    return 0
+
+
+def _settings(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[RunConfig, Checkpoint | None,
+                                                                                  Checkpoint | None]:
+    """The run's settings (flags, else the resumed checkpoint's, else the recipe's), the checkpoint it resumes
+    and the one it starts from; flag combinations that make no sense are argparse errors."""
     if args.sync_bn and not args.distributed:
         parser.error("--sync-bn needs --distributed")
     if args.resume and args.init_from:
@@ -88,16 +159,16 @@ def _main(argv: list[str] | None = None) -> int:
         cfg = resolve(vars(args), ck.args if ck is not None else None, args.resume)
     except ValueError as exc:
         parser.error(C.message(exc))
-    quiet = bool(args.quiet)
     if cfg.tensorboard and not args.dump_config:
         from ..training.tensorboard import MISSING, tensorboard_available
         if not tensorboard_available():
             parser.error(MISSING)
-    if args.dump_config:
-        path = write_config(cfg.to_dict(), args.dump_config, "train_cli.py settings, written by --dump-config; "
-                            "train with: train_cli.py --config FILE")
-        print(f"wrote {path}")
-        return 0
+    return cfg, ck, src
+
+
+def _start(cfg: RunConfig, args: argparse.Namespace) -> bool:
+    """Join the ranks, choose the backend and say what will run (summary or every setting, warnings); returns
+    whether mixed precision is on (it needs CuPy)."""
     if args.distributed:
         parallel.join(cfg.backend)
     C.select_backend(cfg.backend, quiet=False)
@@ -106,41 +177,35 @@ def _main(argv: list[str] | None = None) -> int:
         print("--amp: mixed precision needs the CuPy backend; training in float32", flush=True)
     if args.verbose:
         print("\n".join(format_settings(cfg.to_dict())))
-    elif not quiet:
+    elif not args.quiet:
         print("\n".join(summary_lines(cfg)))
     if C.active_comm is None or C.active_comm.is_main:          # once, not once per rank
         for note in cfg.warnings():
             print(f"warning: {note}", file=sys.stderr, flush=True)
+    return amp
 
-    if args.summary:
-        from .summary import format_summary
-        num_classes = ck.num_classes if ck is not None and ck.num_classes else get_spec(cfg.dataset).num_classes
-        print(format_summary(build_model(cfg.model, num_classes=num_classes, dropout=cfg.dropout_rate, seed=cfg.seed,
-                                         **({"shortcut": cfg.shortcut} if cfg.shortcut else {}))))
-        return 0
-    comm = parallel.communicator(args.distributed, args.sync_bn, cfg.batch_size)
-    if comm.is_main:                                  # rank 0 downloads, the others wait and read
-        ds = load_dataset(cfg.dataset, cfg.data, download=not args.no_download, progress=not quiet)
+
+def _dataset(cfg: RunConfig, args: argparse.Namespace, comm) -> Dataset:
+    """The dataset: rank 0 downloads it if needed while the other ranks wait, then read it."""
+    if comm.is_main:
+        ds = load_dataset(cfg.dataset, cfg.data, download=not args.no_download, progress=not args.quiet)
     comm.barrier()
     if not comm.is_main:
         ds = load_dataset(cfg.dataset, cfg.data, download=False, progress=False)
-    x_tr, y_tr = ds.x_train[:cfg.limit_train], ds.y_train[:cfg.limit_train]
-    x_te, y_te = ds.x_test[:cfg.limit_test], ds.y_test[:cfg.limit_test]
-    if len(x_tr) < 2:
-        raise ValueError(f"need at least 2 training images, have {len(x_tr)}")
-    name, num_classes = cfg.model, ds.spec.num_classes
-    if ck is not None and (ck.num_classes or num_classes) != num_classes:
-        raise CheckpointError(f"{args.resume} was trained with {ck.num_classes} classes, "
-                              f"{cfg.dataset} has {num_classes}")
+    return ds
 
-    base = ck if ck is not None else src
+
+def _model(cfg: RunConfig, args: argparse.Namespace, base: Checkpoint | None, src: Checkpoint | None,
+           num_classes: int, comm) -> nn.Module:
+    """The model, built as the checkpoint it continues or starts from was (its builder options), with
+    --init-from's weights, its dropout stream seeded per rank and, with --sync-bn, synchronised batch norms."""
     options = options_of(base.model_config) if base is not None else {}   # e.g. the shortcut it was built with
     if cfg.shortcut:
         options["shortcut"] = cfg.shortcut
-    model = build_model(name, num_classes=num_classes, dropout=cfg.dropout_rate, seed=cfg.seed, **options)
+    model = build_model(cfg.model, num_classes=num_classes, dropout=cfg.dropout_rate, seed=cfg.seed, **options)
     if src is not None:
-        if src.model != name:
-            raise CheckpointError(f"{args.init_from} holds a '{src.model}' model, not '{name}'")
+        if src.model != cfg.model:
+            raise CheckpointError(f"{args.init_from} holds a '{src.model}' model, not '{cfg.model}'")
         fresh = transfer_weights(model, src)
         print(f"initialised from {args.init_from}" + (
             f"; its {src.num_classes}-class head ({', '.join(fresh)}) re-initialised for {num_classes} classes"
@@ -149,53 +214,48 @@ def _main(argv: list[str] | None = None) -> int:
     nn.random.set_rank(comm.rank)                     # each rank its own dropout masks
     if args.sync_bn:
         nn.convert_sync_batchnorm(model, comm)
-    bs = min(cfg.batch_size, len(x_tr))           # (the loader's shard checks it splits over the ranks)
-    # Weights from a checkpoint keep the normalisation they were trained with; a new run uses the dataset's.
-    mean, std = base.normalization(ds.spec.mean, ds.spec.std) if base is not None else (ds.spec.mean, ds.spec.std)
-    train_loader = BatchLoader(x_tr, y_tr, bs, mean, std, shuffle=True, augment_cfg=cfg.augmentation(),
-                               rng=np.random.default_rng(cfg.seed), drop_last=True, prefetch=not args.no_prefetch,
-                               shard=(comm.rank, comm.size))
-    part = parallel.test_part(len(x_te), comm)       # each rank evaluates its part; the counts are summed
-    test_loader = BatchLoader(x_te[part], y_te[part], max(bs, 500), mean, std, prefetch=not args.no_prefetch)
-    if args.show_augment:
-        from ..viz import show_augment  # matplotlib is imported only when asked
-        print(f"wrote {show_augment(train_loader, args.show_augment, ds.classes, name)}")
-        return 0
+    return model
+
+
+def _hooks(cfg: RunConfig, args: argparse.Namespace, model: nn.Module, bn_batches) -> list:
+    """The run's features as hooks: the weights' average, snapshots, early stopping, TensorBoard, plots."""
+    ema = cfg.make_ema(model, bn_batches)
+    hooks = ([ema] if ema is not None else []) + cfg.run_hooks()
+    if args.plot:
+        from ..viz import PlotProgress  # matplotlib is imported only when plots are asked for
+        hooks.append(PlotProgress(f"viz/{cfg.model}"))
+    return hooks
+
+
+def _trainer(cfg: RunConfig, args: argparse.Namespace, model: nn.Module, loaders: Loaders, classes: list[str],
+             amp: bool, comm, hooks: list) -> Trainer:
+    """The Trainer wired from the settings: loss, optimizer, schedules, outputs, loop options."""
     criterion = nn.SoftmaxCrossEntropy(cfg.label_smoothing)
     if cfg.augmentation().mixes:
         criterion = MixedCrossEntropy(criterion)
-    hooks = cfg.run_hooks()
-    if args.plot:
-        from ..viz import PlotProgress  # matplotlib is imported only when plots are asked for
-        hooks.append(PlotProgress(f"viz/{name}"))
     optimizer = cfg.build_optimizer(model.parameters())
-    trainer = Trainer(model, name, optimizer,
-                      cfg.make_lr_schedule(steps_per_epoch=len(train_loader)), cfg.make_dropout_schedule(),
-                      criterion, train_loader, test_loader, num_classes, cfg.checkpoint_dir,
-                      f"{cfg.log_dir}/{name}.log",
-                      run_info={"args": cfg.run_settings(), "dataset": cfg.dataset, "classes": ds.classes},
-                      quiet=quiet, hooks=hooks, clip_grad_norm=cfg.clip_grad_norm or None,
-                      ema=cfg.make_ema(model, cfg.make_bn_batches(x_tr, y_tr, bs, mean, std)),
-                      parallel=DataParallel(model, comm, optimizer=optimizer) if args.distributed else None,
-                      scaler=GradScaler(enabled=amp))
-    if ck is not None:
-        trainer.restore(ck)
-        print(f"resumed from {args.resume}: {trainer.epoch} epoch(s) done"
-              + (f", {trainer.step} step(s) into epoch {trainer.epoch + 1}" if trainer.step else "")
-              + f"; checkpoints go to {cfg.checkpoint_dir}")
-        if trainer.epoch >= cfg.epochs:
-            print(f"nothing to do: the checkpoint already has {trainer.epoch} of {cfg.epochs} epochs "
-                  f"(give a larger --epochs to continue)")
-            return 0
-    if trainer.parallel is not None:
-        trainer.parallel.broadcast_state()          # every replica starts from rank 0's weights
-    print(f"training {name} ({model.num_parameters():,} parameters) on {cfg.dataset}: {len(x_tr)} train / "
-          f"{len(x_te)} test images, {len(train_loader)} steps per epoch", flush=True)
-    with interrupt_guard(trainer.stop, quiet=not comm.is_main):
-        trainer.fit(cfg.epochs)
-    print(f"done: best test accuracy {100 * trainer.best_accuracy:.2f}% -> {trainer.best_path}; "
-          f"last -> {trainer.last_path}")
-    return 0
+    return Trainer(
+        Learner(cfg.model, model, optimizer, criterion), loaders,
+        Schedules(cfg.make_lr_schedule(steps_per_epoch=len(loaders.train)), cfg.make_dropout_schedule()),
+        RunOutput(cfg.checkpoint_dir, f"{cfg.log_dir}/{cfg.model}.log",
+                  run_info={"args": cfg.run_settings(), "dataset": cfg.dataset, "classes": classes}),
+        LoopOptions(quiet=bool(args.quiet), clip_grad_norm=cfg.clip_grad_norm or None,
+                    scaler=GradScaler(enabled=amp),
+                    parallel=DataParallel(model, comm, optimizer=optimizer) if args.distributed else None),
+        hooks)
+
+
+def _resume(trainer: Trainer, ck: Checkpoint, cfg: RunConfig, args: argparse.Namespace) -> bool:
+    """Restore the checkpoint's state and say where the run stands; False when it has nothing left to do."""
+    trainer.restore(ck)
+    print(f"resumed from {args.resume}: {trainer.epoch} epoch(s) done"
+          + (f", {trainer.step} step(s) into epoch {trainer.epoch + 1}" if trainer.step else "")
+          + f"; checkpoints go to {cfg.checkpoint_dir}")
+    if trainer.epoch >= cfg.epochs:
+        print(f"nothing to do: the checkpoint already has {trainer.epoch} of {cfg.epochs} epochs "
+              f"(give a larger --epochs to continue)")
+        return False
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:

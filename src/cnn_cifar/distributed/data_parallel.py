@@ -84,12 +84,11 @@ class DataParallel:
         for m, key in self.buffers:
             self.comm.broadcast(m._buffers[key])
 
-    def agree(self, loss: float, logits: Array, y, stop_signum: int | None) -> float:
-        """The global batch's mean loss from each rank's shard (shards are equal in size), with the correct
-        count and the stop requests (``stop_signum``: this rank's pending signal) summed over ranks."""
-        from ..training.mixing import correct_count
-        n = len(logits)
-        stats = np.array([loss * n, correct_count(logits, y), n, *_stop_flags(stop_signum)], dtype=np.float64)
+    def agree(self, loss: float, correct: int, n: int, stop_signum: int | None) -> float:
+        """The global batch's mean loss from each rank's shard of ``n`` images (shards are equal in size), with
+        the ``correct`` predictions (counted by the caller) and the stop requests (``stop_signum``: this rank's
+        pending signal) summed over ranks."""
+        stats = np.array([loss * n, correct, n, *_stop_flags(stop_signum)], dtype=np.float64)
         self.comm.allreduce_sum(stats)
         self.correct, self.seen = int(stats[1]), int(stats[2])
         self.stop_signum = _agreed_signal(stats[3:])

@@ -2,7 +2,7 @@
 
 The graph is built one layer at a time: ``CONVERTERS`` maps each layer class to a function that appends that
 layer's nodes and initializers to a ``GraphBuilder``, given the name of its input (and the extra inputs its
-forward takes: batch norm's residual), and returns the name of its output. Containers and blocks
+forward takes: BatchNormAddReLU2d's residual), and returns the name of its output. Containers and blocks
 (``Sequential``, the models' ``ChainModel``, ``ResidualSum``, ``BasicBlock``, ``PadShortcut``,
 ``SqueezeExcitation``) have converters too, which compose their children as their forward does, so a model
 exports when every module its forward runs has one. A layer without one is an ``OnnxExportError`` naming it.
@@ -129,21 +129,29 @@ def _conv2d(g: GraphBuilder, m: nn.Conv2d, x: str) -> str:
                   pads=[ph, pw, ph, pw], dilations=list(m.dilation), group=m.groups)
 
 
-def _batch_norm(g: GraphBuilder, m: nn.BatchNorm1d | nn.BatchNorm2d, x: str, residual: str | None = None) -> str:
+def _batch_norm(g: GraphBuilder, m: nn.BatchNorm1d | nn.BatchNorm2d | nn.BatchNormReLU2d | nn.BatchNormAddReLU2d,
+                x: str) -> str:
     """x * scale + shift with scale = weight / sqrt(running_var + eps), shift = bias - running_mean * scale,
-    computed as the eval forward computes them; then the fused residual sum and ReLU where the layer has them."""
+    computed as the eval forward computes them."""
     name = _path(m)
     xp = backend.get_array_module(m.running_var)
     scale = m.weight.data * (1.0 / xp.sqrt(m.running_var + m.eps))
     shift = m.bias.data - m.running_mean * scale
-    shape = (-1, 1, 1) if isinstance(m, nn.BatchNorm2d) else (-1,)
+    shape = (-1,) if isinstance(m, nn.BatchNorm1d) else (-1, 1, 1)
     y = g.node("Mul", [x, g.const(f"{name}.scale", scale.reshape(shape))], f"{name}/scale")
-    y = g.node("Add", [y, g.const(f"{name}.shift", shift.reshape(shape))], name)
-    if residual is not None:
-        y = g.node("Add", [y, residual], f"{name}/add_residual")
-    if m.relu:
-        y = g.node("Relu", [y], f"{name}/relu")
-    return y
+    return g.node("Add", [y, g.const(f"{name}.shift", shift.reshape(shape))], name)
+
+
+def _batch_norm_relu(g: GraphBuilder, m: nn.BatchNormReLU2d, x: str) -> str:
+    """relu(bn(x))."""
+    return g.node("Relu", [_batch_norm(g, m, x)], f"{_path(m)}/relu")
+
+
+def _batch_norm_add_relu(g: GraphBuilder, m: nn.BatchNormAddReLU2d, x: str, residual: str) -> str:
+    """relu(bn(x) + residual)."""
+    name = _path(m)
+    y = g.node("Add", [_batch_norm(g, m, x), residual], f"{name}/add_residual")
+    return g.node("Relu", [y], f"{name}/relu")
 
 
 def _linear(g: GraphBuilder, m: nn.Linear, x: str) -> str:
@@ -206,7 +214,7 @@ def _residual_sum(g: GraphBuilder, m: nn.ResidualSum, x: str) -> str:
 
 
 def _basic_block(g: GraphBuilder, m: nn.BasicBlock, x: str) -> str:
-    """bn2(conv2(bn1(conv1(x))), shortcut(x)): the residual sum and both ReLUs inside the batch norms."""
+    """bn2(conv2(bn1(conv1(x))), shortcut(x)): the residual sum and both ReLUs inside the fused batch norms."""
     out = g.convert(m.bn1, g.convert(m.conv1, x))
     return g.convert(m.bn2, g.convert(m.conv2, out), x if m.shortcut is None else g.convert(m.shortcut, x))
 
@@ -237,6 +245,8 @@ CONVERTERS: dict[type, Converter] = {
     nn.Conv2d: _conv2d,
     nn.BatchNorm1d: _batch_norm,
     nn.BatchNorm2d: _batch_norm,
+    nn.BatchNormReLU2d: _batch_norm_relu,
+    nn.BatchNormAddReLU2d: _batch_norm_add_relu,
     nn.Linear: _linear,
     nn.ReLU: _relu,
     nn.Sigmoid: _sigmoid,

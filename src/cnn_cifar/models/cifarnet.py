@@ -38,7 +38,6 @@ class CIFARNet(ChainModel):
                                                 nn.BatchNorm2d(cout, dtype=dtype)))
         self.c1 = nn.Sequential(nn.Conv2d(3, 40, 3, padding=1, bias=False, rng=rng, dtype=dtype),
                                 nn.BatchNorm2d(40, dtype=dtype), *after())
-        self.c1[0].needs_input_grad = False
         self.c2 = nn.Sequential(projected(40, 128, 1), *after())
         self.c3 = nn.Sequential(projected(128, 240, 4), *after())
         self.c4 = nn.Sequential(*separable(240, 384, rng, dtype, stride=2), *after())

@@ -25,7 +25,6 @@ class NetBasic(ChainModel):
             setattr(self, f"pool{i}", nn.MaxPool2d(2))
             order += [conv, getattr(self, f"relu{i}"), getattr(self, f"pool{i}")]
             cin = cout
-        self.conv1.needs_input_grad = False
         self.flatten = nn.Flatten()
         self.fc1 = nn.Linear(128 * 4 * 4, 256, rng=rng, dtype=dtype)
         self.relu4 = nn.ReLU(inplace=True)

@@ -43,7 +43,6 @@ class NetDilated(ChainModel):
                 mods.append(nn.AvgPool2d(5))
             setattr(self, block, nn.Sequential(*mods))
             order.append(getattr(self, block))
-        self.c1[0].needs_input_grad = False
         self.output = nn.Conv2d(64, num_classes, 1, bias=False, rng=rng, dtype=dtype)
         self.flatten = nn.Flatten()
         self._order = order + [self.output, self.flatten]

@@ -105,11 +105,23 @@ def recipe(name: str) -> Recipe:
     return get_entry(name).recipe
 
 
+def skip_input_gradient(model: Module) -> None:
+    """Let the model's first layer skip the gradient w.r.t. the images, which training never uses (in PyTorch,
+    an input without ``requires_grad``): the first module in registration order with ``needs_input_grad`` (a
+    ``Conv2d``) gets it False, so ``model.backward`` returns None. Called by ``build_model`` for every model:
+    a model registers its stem first (as every model here does) and sets nothing itself. Set it True again
+    on that layer (``model.conv1.needs_input_grad = True``) for a gradient w.r.t. the images."""
+    first = next((m for m in model.modules() if hasattr(m, "needs_input_grad")), None)
+    if first is not None:
+        first.needs_input_grad = False
+
+
 def build_model(name: str, num_classes: int = 10, dropout: float | None = None, seed: int | None = 0,
                 dtype: type = np.float32, **options: object) -> Module:
     """Build a registered model; the same seed gives the same initial weights. Without ``dropout`` the
     model gets its recipe's rate. ``options`` are the builder's own keywords (``shortcut="pad"`` for the
-    ResNets). ``model.config`` records what rebuilds it (name, classes, dropout and the options)."""
+    ResNets). ``model.config`` records what rebuilds it (name, classes, dropout and the options). The first
+    layer skips the images' gradient (``skip_input_gradient``)."""
     entry = get_entry(name)
     if num_classes < 2:
         raise ValueError(f"num_classes must be at least 2, got {num_classes}")
@@ -119,6 +131,7 @@ def build_model(name: str, num_classes: int = 10, dropout: float | None = None, 
                             seed=seed, dtype=dtype, **options)
     except TypeError as exc:
         raise ValueError(f"model {name!r} does not take the options {sorted(options)} ({exc})") from None
+    skip_input_gradient(model)
     model.config = {"name": name, "num_classes": num_classes, "dropout": float(dropout_rate(model) or 0.0),
                     **options}
     return model

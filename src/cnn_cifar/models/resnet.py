@@ -25,8 +25,7 @@ class ResNet(ChainModel):
         self.depth, self.shortcut = depth, shortcut
         rng = np.random.default_rng(seed)
         self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False, rng=rng, dtype=dtype)
-        self.conv1.needs_input_grad = False   # no gradient w.r.t. the images (set True to get one)
-        self.bn1 = nn.BatchNorm2d(16, dtype=dtype, relu=True)        # BN + ReLU, fused
+        self.bn1 = nn.BatchNormReLU2d(16, dtype=dtype)               # BN + ReLU, fused
         in_planes = 16
         for i, planes in enumerate((16, 32, 64)):
             blocks = []

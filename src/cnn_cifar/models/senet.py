@@ -34,7 +34,6 @@ class SENet(ChainModel):
         rng = np.random.default_rng(seed)
         self.stem = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1, bias=False, rng=rng, dtype=dtype),
                                   nn.BatchNorm2d(32, dtype=dtype), nn.ReLU(inplace=True))
-        self.stem[0].needs_input_grad = False
         self.blocks = nn.Sequential(*(se_block(i, o, s, rng, dtype) for i, o, s in BLOCKS))
         self.pool = nn.GlobalAvgPool2d()
         self.dropout = nn.Dropout(dropout)

@@ -17,7 +17,6 @@ class SimpleCNN(ChainModel):
         super().__init__()
         rng = np.random.default_rng(seed)
         self.conv1 = nn.Conv2d(3, 8, 3, rng=rng, dtype=dtype)
-        self.conv1.needs_input_grad = False   # no gradient w.r.t. the images (set True to get one)
         self.bn1 = nn.BatchNorm2d(8, dtype=dtype)
         self.relu1 = nn.ReLU(inplace=True)
         self.pool = nn.MaxPool2d(2)

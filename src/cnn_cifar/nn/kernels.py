@@ -62,7 +62,7 @@ def reduction(in_params: str, out_params: str, map_expr: str, reduce_expr: str, 
 
 # ------------------------------------------------------------------------------------------ batch norm
 # Rows are channels: x2 (C, M), per-channel values as (C, 1) columns. The forward kernels may end in a fused
-# ReLU, after adding a residual (BatchNorm2d(relu=True) and its ``residual`` argument); the backward kernels
+# ReLU (BatchNormReLU2d), after adding a residual (BatchNormAddReLU2d's second input); the backward kernels
 # take a ``gate``, the fused ReLU's output (the gradient passes where it is positive), or the scalar 1 when
 # there is no ReLU to undo. Each direction is one reduction (over M, per channel) and one element-wise pass
 # (backward with a residual and a ReLU: one more, the gated gradient the residual also receives).
@@ -131,7 +131,6 @@ def _relu(v):
 _EPILOGUES = {   # name suffix: (extra input, CUDA statement turning v into y, reference)
     "": ("", "y = v;", lambda v: v),
     "_relu": ("", "y = v < (T)(0.0f) ? (T)(0.0f) : v;", _relu),
-    "_add": (", T res", "y = v + res;", lambda v: v),
     "_add_relu": (", T res", "v += res; y = v < (T)(0.0f) ? (T)(0.0f) : v;", _relu),
 }
 
@@ -158,8 +157,8 @@ def _bn_forward_kernels(suffix: str) -> tuple[Kernel, Kernel]:
 
 
 # Normalise with the batch's mean and variance (training; the normalised values are kept for backward) or
-# with the running ones (inference), scale and shift, then the epilogue: by suffix "" (none), "_relu", "_add"
-# (a residual added), "_add_relu" (a residual added before the ReLU).
+# with the running ones (inference), scale and shift, then the epilogue: by suffix "" (none: BatchNorm1d/2d),
+# "_relu" (BatchNormReLU2d), "_add_relu" (a residual added before the ReLU: BatchNormAddReLU2d).
 BN_FORWARD, BN_EVAL = {}, {}
 for _suffix in _EPILOGUES:
     BN_FORWARD[_suffix], BN_EVAL[_suffix] = _bn_forward_kernels(_suffix)

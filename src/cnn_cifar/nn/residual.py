@@ -1,4 +1,6 @@
-"""The basic residual block of He et al. (2016) for CIFAR ResNets, with either shortcut of the paper."""
+"""Residual connections: the basic block of He et al. (2016) for CIFAR ResNets with either shortcut of the
+paper (``BasicBlock``, ``PadShortcut``), and the sum of a branch and its shortcut around any modules
+(``ResidualSum``)."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,7 +9,7 @@ from ..backend import Array, get_array_module
 from .conv import Conv2d
 from .layout import check_4d, chwn, nchw
 from .module import Module, Sequential
-from .norm import BatchNorm2d
+from .norm import BatchNorm2d, BatchNormAddReLU2d, BatchNormReLU2d
 
 SHORTCUTS = ("projection", "pad")
 
@@ -46,13 +48,33 @@ class PadShortcut(Module):
         return nchw(dx)
 
 
+class ResidualSum(Module):
+    """main(x) + shortcut(x), the shortcut the identity when None; backward sends dy down both branches
+    and adds their input gradients."""
+
+    def __init__(self, main: Module, shortcut: Module | None = None):
+        super().__init__()
+        self.main = main
+        self.shortcut = shortcut
+
+    def forward(self, x: Array) -> Array:
+        y = self.main(x)
+        return y + (x if self.shortcut is None else self.shortcut(x))
+
+    def backward(self, dy: Array) -> Array:
+        dx = self.main.backward(dy)
+        ds = dy if self.shortcut is None else self.shortcut.backward(dy)
+        return dx + ds
+
+
 class BasicBlock(Module):
     """relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x)).
 
     The shortcut is the identity, or where stride or width change either a 1x1 convolution + BN
     (``shortcut="projection"``, option B of the paper) or sub-sampling with zero-padded channels
     (``"pad"``, option A, no parameters). Convolutions before BN carry no bias. Both ReLUs, and the
-    residual sum, are fused into the batch norms (``BatchNorm2d(relu=True)``): one pass each.
+    residual sum, are fused into the batch norms: ``bn1`` is a ``BatchNormReLU2d``, ``bn2`` a
+    ``BatchNormAddReLU2d`` given the shortcut's output, whose backward returns the shortcut's gradient too.
     """
 
     expansion = 1
@@ -63,9 +85,9 @@ class BasicBlock(Module):
         if shortcut not in SHORTCUTS:
             raise ValueError(f"unknown shortcut {shortcut!r}; choose one of {', '.join(SHORTCUTS)}")
         self.conv1 = Conv2d(in_planes, planes, 3, stride, 1, bias=False, rng=rng, dtype=dtype)
-        self.bn1 = BatchNorm2d(planes, dtype=dtype, relu=True)
+        self.bn1 = BatchNormReLU2d(planes, dtype=dtype)
         self.conv2 = Conv2d(planes, planes, 3, 1, 1, bias=False, rng=rng, dtype=dtype)
-        self.bn2 = BatchNorm2d(planes, dtype=dtype, relu=True)
+        self.bn2 = BatchNormAddReLU2d(planes, dtype=dtype)
         if (stride != 1 or in_planes != planes) and shortcut == "pad":
             self.shortcut = PadShortcut(in_planes, planes, stride)
         elif stride != 1 or in_planes != planes:

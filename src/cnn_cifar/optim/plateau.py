@@ -14,7 +14,8 @@ from .schedules import LRSchedule
 
 class ReduceLROnPlateau:
     """Called like an LRSchedule, ``sched(t)``: the warmup of ``base`` (an LRSchedule of kind "plateau")
-    scaled to the current lr; ``step(metric)`` at each epoch's end may lower that lr."""
+    scaled to the current lr; ``step(metric)`` at each epoch's end may lower that lr. ``epoch_end`` and
+    ``load_state_dict`` are the interface it shares with LRSchedule (whose do nothing)."""
 
     def __init__(self, base: LRSchedule, factor: float = 0.1, patience: int = 2, threshold: float = 1e-4,
                  eps: float = 1e-8):
@@ -50,6 +51,10 @@ class ReduceLROnPlateau:
             if self.lr - new_lr > self.eps:
                 self.lr = new_lr
             self.num_bad_epochs = 0
+
+    def epoch_end(self, metric: float) -> None:
+        """The Trainer's call at each epoch's end, with the test loss: ``step(metric)``."""
+        self.step(metric)
 
     def state_dict(self) -> dict:
         return {"lr": self.lr, "best": self.best, "num_bad_epochs": self.num_bad_epochs}

@@ -85,6 +85,14 @@ class LRSchedule:
     def __call__(self, t: float) -> float:
         return lr_at(self, t)
 
+    def epoch_end(self, metric: float) -> None:
+        """An epoch ended with ``metric`` (its test loss): nothing changes, the lr being a function of progress
+        only. ReduceLROnPlateau, which follows the metric, has the same interface, so the Trainer calls both
+        alike."""
+
+    def load_state_dict(self, state: dict) -> None:
+        """Nothing to restore: this schedule keeps no state (a checkpoint's plateau state is ignored)."""
+
     def to_dict(self) -> dict:
         return asdict(self)
 

@@ -12,15 +12,17 @@ from .checkpoint import (
 from .config import RunConfig, resolve
 from .evaluation import evaluate, evaluate_checkpoint
 from .history import FIELDS, HistoryError, history_paths, read_history, write_history
-from .hooks import Hook, LogLine, ProgressBar, SaveCheckpoints, WriteHistory, format_row
+from .hooks import Hook, LogLine, ProgressBar, SaveCheckpoints, TrainerView, WriteHistory, format_row
 from .interrupt import StopFlag, TrainingInterrupted, interrupt_guard
+from .meter import EpochMeter
 from .metrics import classification_report, confusion_matrix, topk_correct
+from .parts import Learner, Loaders, LoopOptions, RunOutput, Schedules
 from .step import NonFiniteLoss, train_step
 from .trainer import Trainer
 
-__all__ = ["FIELDS", "FORMAT", "VERSION", "Checkpoint", "CheckpointError", "HistoryError", "Hook", "LogLine",
-           "NonFiniteLoss", "ProgressBar", "RunConfig", "SaveCheckpoints", "StopFlag", "Trainer",
-           "TrainingInterrupted", "WriteHistory", "classification_report", "confusion_matrix", "evaluate",
-           "evaluate_checkpoint", "find_checkpoint", "format_row", "history_paths", "interrupt_guard",
-           "load_checkpoint", "read_history", "resolve", "save_checkpoint", "topk_correct", "train_step",
-           "transfer_weights", "write_history"]
+__all__ = ["FIELDS", "FORMAT", "VERSION", "Checkpoint", "CheckpointError", "EpochMeter", "HistoryError", "Hook",
+           "Learner", "Loaders", "LogLine", "LoopOptions", "NonFiniteLoss", "ProgressBar", "RunConfig", "RunOutput",
+           "SaveCheckpoints", "Schedules", "StopFlag", "Trainer", "TrainerView", "TrainingInterrupted",
+           "WriteHistory", "classification_report", "confusion_matrix", "evaluate", "evaluate_checkpoint",
+           "find_checkpoint", "format_row", "history_paths", "interrupt_guard", "load_checkpoint", "read_history",
+           "resolve", "save_checkpoint", "topk_correct", "train_step", "transfer_weights", "write_history"]

@@ -6,15 +6,14 @@ import os
 import pickle
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from .. import safe_pickle
+from ..models import build_model, options_of
+from ..nn import Linear, Module
 from .atomic import atomic_write
-
-if TYPE_CHECKING:
-    from ..nn import Module
 
 FORMAT = "cnn-cifar-10/checkpoint"
 VERSION = 1
@@ -27,13 +26,20 @@ class CheckpointError(RuntimeError):
 @dataclass
 class Checkpoint:
     """Everything a run saves: the model, and for ``--resume`` the optimizer, schedules, random streams,
-    position (epoch, and step inside it), history and run settings."""
+    position (epoch, and step inside it), history, run settings, and the state of the hooks and the loss
+    scaler.
+
+    ``state_dict`` holds the weights that were evaluated: the model's own, or those a hook provided (EMA's
+    average), in which case ``training_weights`` holds the weights training continues from."""
     model: str
     state_dict: dict
     epoch: int = 0                       # epochs completed
     step: int = 0                        # steps completed inside the next epoch (after Ctrl-C)
     model_config: dict = field(default_factory=dict)    # what build_model needs: name, num_classes, dropout
     optimizer: dict | None = None
+    training_weights: dict | None = None  # where they differ from state_dict (a hook provided those)
+    hooks: dict = field(default_factory=dict)           # each hook's state, by its name (hooks.Hook.state_dict)
+    grad_scaler: dict | None = None      # mixed precision's loss scale and growth counter
     schedule: dict = field(default_factory=dict)        # lr and dropout schedules, current dropout_p
     partial: dict | None = None          # running sums of an interrupted epoch
     best_accuracy: float = -1.0
@@ -56,11 +62,10 @@ class Checkpoint:
         n = self.model_config.get("num_classes")
         return None if n is None else int(n)
 
-    def rebuild_model(self, num_classes: int | None = None, source: str = "checkpoint") -> "Module":
+    def rebuild_model(self, num_classes: int | None = None, source: str = "checkpoint") -> Module:
         """The model these weights are for (architecture, class count, dropout and builder options as
         recorded), with the weights loaded; a CheckpointError names what does not fit. ``source`` names the
         checkpoint in that message."""
-        from ..models import build_model, options_of  # (models do not import training: no cycle)
         cfg = self.model_config
         model = build_model(self.model, num_classes=num_classes or self.num_classes or 10,
                             dropout=cfg.get("dropout", 0.0), **options_of(cfg))
@@ -86,11 +91,33 @@ class Checkpoint:
         for key in ("model", "state_dict", "epoch"):
             if key not in d:
                 raise CheckpointError(f"{source} is incomplete: no '{key}' entry")
+        d = _upgraded(d)
         known = {f.name for f in fields(cls)}
         try:
             return cls(**{k: v for k, v in d.items() if k in known})
         except TypeError as exc:
             raise CheckpointError(f"{source} is malformed: {exc}") from None
+
+
+def _upgraded(d: dict) -> dict:
+    """A checkpoint in today's layout. Files written before the hooks kept their own state (up to 499d642)
+    carried EMA's state (``decay``, ``updates``) and the training weights in ``optimizer["ema"]``, and the loss
+    scaler's in ``optimizer["grad_scaler"]``; they move to ``hooks["ema"]``, ``training_weights`` and
+    ``grad_scaler``. The given dict is left as it was."""
+    optimizer = d.get("optimizer")
+    if not isinstance(optimizer, dict) or not {"ema", "grad_scaler"} & optimizer.keys():
+        return d
+    optimizer = dict(optimizer)
+    d = {**d, "optimizer": optimizer}
+    ema = optimizer.pop("ema", None)
+    if ema is not None:
+        ema = dict(ema)
+        d["training_weights"] = ema.pop("training_weights", None)
+        d["hooks"] = {**d.get("hooks", {}), "ema": ema}
+    scaler = optimizer.pop("grad_scaler", None)
+    if scaler is not None:
+        d["grad_scaler"] = scaler
+    return d
 
 
 def _plain(obj: Any) -> Any:
@@ -161,11 +188,10 @@ def find_checkpoint(path: str | os.PathLike, model: str | None = None) -> Path:
     raise CheckpointError(f"no {want} in {path}" + (f" (it holds {', '.join(found)})" if found else " (no .pkl files)"))
 
 
-def transfer_weights(model: "Module", ck: Checkpoint) -> list[str]:
+def transfer_weights(model: Module, ck: Checkpoint) -> list[str]:
     """Load ``ck``'s weights into ``model`` (a new run starting from them). The final classifier's tensors may
     differ in shape (another class count): those keep the model's fresh initialisation and their names are
     returned. Any other difference is a CheckpointError naming the tensor."""
-    from ..nn import Linear  # (nn does not import training: no cycle)
     heads = [name for name, m in model.named_modules() if isinstance(m, Linear)]
     head = heads[-1] if heads else None
     own = model.state_dict()

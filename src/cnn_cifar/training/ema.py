@@ -5,9 +5,11 @@ use_buffers=True) updated after every optimizer step: the first update copies th
 moves the average toward them, ema += (1 - decay) * (w - ema). Integer buffers (BN's num_batches_tracked)
 are copied, not averaged.
 
-The trainer evaluates the average (``swapped``: the model's arrays and the average's trade places, by
-reference, so nothing is copied and swapping back is exact) and saves it as the checkpoint's weights; the
-training weights travel beside it for ``--resume``.
+As a hook it owns its part of the loop: it averages after every optimizer step (``after_step``), provides
+the weights the trainer evaluates and saves (``evaluated_weights``: the model's arrays and the average's trade
+places, by reference, so nothing is copied and swapping back is exact), and keeps its step count in the
+checkpoint (``state_dict``, under ``hooks["ema"]``); the average is the checkpoint's weights, the training
+weights travel beside it (``Checkpoint.training_weights``) for ``--resume``.
 
 Averaged batch-norm statistics do not describe the averaged weights: while the learning rate is high the
 weights wander, their average has a smaller scale than any of them, and its activations a smaller variance
@@ -24,19 +26,21 @@ from collections import OrderedDict
 from typing import Callable, Iterable, Iterator
 
 from .. import backend
+from ..errors import SettingError
 from ..nn import Dropout, Module, no_grad
 from ..nn.norm import _BatchNorm
-from .hooks import Hook
+from .hooks import Hook, TrainerView
 
 
 class ModelEMA(Hook):
-    """``update()`` after each optimizer step (as the ``step_end`` hook); ``swapped()`` to evaluate."""
+    """``update()`` after each optimizer step (the ``after_step`` hook); ``swapped()`` to evaluate."""
 
     every_rank = True          # every replica averages its (equal) weights
+    name = "ema"               # its state's key in the checkpoint
 
     def __init__(self, model: Module, decay: float, bn_batches: Callable[[], Iterable] | None = None):
         if not 0.0 < decay < 1.0:
-            raise ValueError(f"--ema decay must be in (0, 1), got {decay}")
+            raise SettingError(f"ModelEMA decay must be in (0, 1), got {decay}", decay="ema")
         self.model, self.decay = model, float(decay)
         self.bn_batches = bn_batches   # () -> (x, y) batches to measure the average's BN statistics on; None: averaged
         self.is_swapped = False
@@ -72,8 +76,17 @@ class ModelEMA(Hook):
                 avg += (1.0 - self.decay) * (w - avg)
         self.updates += 1
 
-    def step_end(self, trainer, loss: float, batch: int) -> None:
+    def after_step(self, trainer: TrainerView) -> None:
         self.update()
+
+    @contextlib.contextmanager
+    def evaluated_weights(self, trainer: TrainerView, evaluating: bool) -> Iterator[bool]:
+        """The average, in the model; before an evaluation with its batch-norm statistics measured (given
+        ``bn_batches``). The average keeps them: they are what is evaluated and saved."""
+        with self.swapped():
+            if evaluating:
+                self.update_bn()
+            yield True
 
     @contextlib.contextmanager
     def swapped(self) -> Iterator[None]:
@@ -103,17 +116,17 @@ class ModelEMA(Hook):
         """The averaged weights as a state dict (dotted names -> host NumPy copies)."""
         return OrderedDict((n, backend.to_numpy(a).copy()) for n, a in zip(self.names, self.shadow))
 
-    def load_weights(self, state: dict, updates: int) -> None:
-        """Restore the average from a state dict of the model's shape (``updates`` steps already averaged)."""
-        missing = [n for n in self.names if n not in state]
-        if missing:
-            raise ValueError(f"EMA weights lack {missing[:3]}")
-        for i, n in enumerate(self.names):
-            self.shadow[i] = backend.to_device(state[n], self.shadow[i].dtype).copy()
-        self.updates = int(updates)
-
     def state_dict(self) -> dict:
+        """The decay and the steps averaged; the average itself is the checkpoint's weights."""
         return {"decay": self.decay, "updates": self.updates}
+
+    def load_state_dict(self, state: dict | None) -> None:
+        """Take the average from the model, which holds the checkpoint's weights (``Trainer.restore``): with
+        ``state`` those are the average, ``state["updates"]`` steps of it; without (a run saved without EMA)
+        they are the weights averaging starts from, as at the start of a run."""
+        self.reset()
+        if state is not None:
+            self.updates = int(state["updates"])
 
 
 def update_bn(loader: Iterable, model: Module) -> None:

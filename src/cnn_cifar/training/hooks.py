@@ -1,57 +1,131 @@
 """What happens around the training loop's epochs and steps, as hooks (in the spirit of Chainer's training
-extensions): progress bars, checkpoints, history files, the log line. A training feature attaches as a hook
-instead of growing the loop."""
+extensions): progress bars, checkpoints, history files, the log line, and training features such as the
+weights' moving average (``ema.py``). A feature attaches as a hook that owns its state and its part of the
+loop, instead of growing the loop."""
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import ContextManager, Iterator, Protocol
 
 from tqdm.auto import tqdm
 
-from .checkpoint import save_checkpoint
+from ..data import BatchLoader
+from ..errors import SettingError
+from ..nn import Module
+from ..optim import GradScaler, Optimizer
+from .checkpoint import Checkpoint, save_checkpoint
 from .history import write_history
+from .meter import EpochMeter
 
-if TYPE_CHECKING:                                   # annotations only: trainer imports this module
-    from .trainer import Trainer
+
+class TrainerView(Protocol):
+    """What a hook sees of the Trainer (``training/trainer.py``): the loop's state and what it saves. Hooks
+    are written against this, so a hook's module needs nothing of the loop's."""
+
+    model: Module
+    model_name: str
+    optimizer: Optimizer
+    train_loader: BatchLoader
+    scaler: GradScaler | None               # mixed precision's loss scaler (None: float32)
+    meter: EpochMeter                       # the epoch's running figures (``meter.read()``)
+    checkpoint_dir: Path
+    run_info: dict                          # "args" (the run settings), "dataset", "classes"
+    epoch: int                              # epochs completed
+    step: int                               # steps completed inside the current epoch
+    target_epochs: int                      # the epoch count ``fit`` is training to
+    history: list[dict]
+    best_accuracy: float
+
+    @property
+    def last_path(self) -> Path: ...
+
+    @property
+    def best_path(self) -> Path: ...
+
+    def checkpoint(self) -> Checkpoint: ...
+
+    def finish(self, reason: str) -> None: ...
 
 
 class Hook:
-    """Called by the Trainer: ``fit_start`` once when ``fit`` begins (after any restore), ``epoch_start``
-    before an epoch's first (or resumed) step, ``step_end`` after each step, ``train_end`` when the steps
-    stop (normally or not), ``epoch_end`` with the epoch's history row once it is evaluated and counted,
-    ``fit_end`` when ``fit`` returns or raises (to release files). Each default does nothing. ``step_end``'s
-    ``loss`` is a float, or on a GPU a 0-d device array (``float(loss)`` reads it: do so only when needed). A hook ends
-    the run early with ``trainer.finish(reason)``.
+    """Called by the Trainer, in the order of its hooks: ``fit_start`` once when ``fit`` begins (after any
+    restore), ``epoch_start`` before an epoch's first (or resumed) step, ``after_step`` right after each
+    optimizer step (the place to change the weights: a moving average, lookahead), ``final_step`` once after
+    the run's last step (the last epoch's, before its evaluation: weights put in order there are evaluated
+    and saved; a run ended early by ``finish`` has none), ``step_end`` after each step once its figures are
+    counted, ``train_end`` when the steps stop (normally or not), ``epoch_end`` with the epoch's history row
+    once it is evaluated and counted, ``fit_end`` when ``fit`` returns or raises (to release files). Each
+    default does nothing. ``step_end``'s ``loss`` is a float, or on a GPU a 0-d device array
+    (``float(loss)`` reads it: do so only when needed). A hook ends the run early with
+    ``trainer.finish(reason)``.
+
+    A hook may provide the weights that are evaluated and saved (``evaluated_weights``: EMA's average); the
+    Trainer then saves the training weights beside them (``Checkpoint.training_weights``) and continues
+    from those on resume. A hook with state that must survive a resume returns it from ``state_dict`` (plain
+    data and host arrays); the checkpoint keeps it under ``hooks[name]`` and ``load_state_dict`` gets it back.
 
     In data-parallel runs only rank 0 runs the hooks, except those with ``every_rank`` set: the ones that
     change the run's state (the weights' average, early stopping), which must happen on every rank alike."""
 
     every_rank = False
 
-    def fit_start(self, trainer: "Trainer") -> None:
+    @property
+    def name(self) -> str:
+        """The key of this hook's state in the checkpoint (hooks with state need distinct names)."""
+        return type(self).__name__
+
+    def fit_start(self, trainer: TrainerView) -> None:
         pass
 
-    def fit_end(self, trainer: "Trainer") -> None:
+    def fit_end(self, trainer: TrainerView) -> None:
         pass
 
-    def epoch_start(self, trainer: "Trainer") -> None:
+    def epoch_start(self, trainer: TrainerView) -> None:
         pass
 
-    def step_end(self, trainer: "Trainer", loss: float, batch: int) -> None:
+    def after_step(self, trainer: TrainerView) -> None:
         pass
 
-    def train_end(self, trainer: "Trainer") -> None:
+    def final_step(self, trainer: TrainerView) -> None:
         pass
 
-    def epoch_end(self, trainer: "Trainer", row: dict) -> None:
+    def step_end(self, trainer: TrainerView, loss: float, batch: int) -> None:
         pass
+
+    def train_end(self, trainer: TrainerView) -> None:
+        pass
+
+    def epoch_end(self, trainer: TrainerView, row: dict) -> None:
+        pass
+
+    def evaluated_weights(self, trainer: TrainerView, evaluating: bool) -> ContextManager[bool]:
+        """A context within which the model holds the weights to evaluate and save (``evaluating``: they are
+        about to be evaluated, so measure what they need first; false: only saved); it yields whether it
+        replaced the training weights. This default replaces nothing."""
+        return _unchanged()
+
+    def state_dict(self) -> dict | None:
+        """What must survive a resume (plain data and host arrays), or None: nothing."""
+        return None
+
+    def load_state_dict(self, state: dict | None) -> None:
+        """Restore ``state_dict``'s result; None: the checkpoint holds none (a run saved without this hook),
+        so start from the restored run. Called by ``Trainer.restore`` while the model holds the checkpoint's
+        saved weights (the evaluated ones); the training weights, where a hook provided the evaluated ones,
+        are loaded after."""
+
+
+@contextlib.contextmanager
+def _unchanged() -> Iterator[bool]:
+    yield False
 
 
 class ProgressBar(Hook):
     """A tqdm bar per epoch with the running loss, accuracy and images per second. The figures are
     refreshed after the first step, then at most every ``every_s`` seconds and at the epoch's last step: on a
-    GPU reading the accuracy is a host synchronisation (``trainer.read_partial``), which a bar shown to a
+    GPU reading the accuracy is a host synchronisation (``trainer.meter.read()``), which a bar shown to a
     person need not pay every step."""
 
     def __init__(self, every_s: float = 0.5) -> None:
@@ -59,25 +133,25 @@ class ProgressBar(Hook):
         self.every_s = every_s
         self._shown = 0.0
 
-    def epoch_start(self, trainer: "Trainer") -> None:
+    def epoch_start(self, trainer: TrainerView) -> None:
         self.bar = tqdm(total=len(trainer.train_loader), initial=trainer.step,
                         desc=f"epoch {trainer.epoch + 1}/{trainer.target_epochs}", unit="batch", leave=False,
                         dynamic_ncols=True)
-        self.t0, self.seen0 = time.perf_counter(), trainer.partial["seen"]
+        self.t0, self.seen0 = time.perf_counter(), trainer.meter.read()["seen"]     # (nothing on the device yet)
         self._shown = 0.0
 
-    def step_end(self, trainer: "Trainer", loss: float, batch: int) -> None:
+    def step_end(self, trainer: TrainerView, loss: float, batch: int) -> None:
         self.bar.update(1)
         now = time.perf_counter()
         if self._shown and now - self._shown < self.every_s and self.bar.n < self.bar.total:
             return
         self._shown = now
-        p = trainer.read_partial()
+        p = trainer.meter.read()
         self.bar.set_postfix(loss=f"{p['loss_sum'] / p['seen']:.4f}", acc=f"{100 * p['correct'] / p['seen']:.2f}%",
                              img_s=f"{(p['seen'] - self.seen0) / max(time.perf_counter() - self.t0, 1e-9):.0f}",
                              refresh=False)
 
-    def train_end(self, trainer: "Trainer") -> None:
+    def train_end(self, trainer: TrainerView) -> None:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
@@ -86,7 +160,7 @@ class ProgressBar(Hook):
 class SaveCheckpoints(Hook):
     """<model>_last.pkl every epoch, <model>_best.pkl on a new best test accuracy (both atomic)."""
 
-    def epoch_end(self, trainer: "Trainer", row: dict) -> None:
+    def epoch_end(self, trainer: TrainerView, row: dict) -> None:
         ck = trainer.checkpoint()
         save_checkpoint(trainer.last_path, ck)
         if row["best"]:
@@ -98,10 +172,11 @@ class SaveSnapshots(Hook):
 
     def __init__(self, every: int) -> None:
         if every < 1:
-            raise ValueError(f"--save-every must be a positive number of epochs, got {every}")
+            raise SettingError(f"SaveSnapshots every must be a positive number of epochs, got {every}",
+                               every="save_every")
         self.every = int(every)
 
-    def epoch_end(self, trainer: "Trainer", row: dict) -> None:
+    def epoch_end(self, trainer: TrainerView, row: dict) -> None:
         if trainer.epoch % self.every == 0:
             save_checkpoint(trainer.checkpoint_dir / f"{trainer.model_name}_epoch{trainer.epoch}.pkl",
                             trainer.checkpoint())
@@ -116,7 +191,8 @@ class EarlyStopping(Hook):
 
     def __init__(self, patience: int) -> None:
         if patience < 1:
-            raise ValueError(f"--early-stop must be a positive number of epochs, got {patience}")
+            raise SettingError(f"EarlyStopping patience must be a positive number of epochs, got {patience}",
+                               patience="early_stop")
         self.patience = int(patience)
 
     @staticmethod
@@ -124,23 +200,23 @@ class EarlyStopping(Hook):
         marks = [bool(r.get("best")) for r in history]
         return len(marks) - 1 - max((i for i, b in enumerate(marks) if b), default=-1)
 
-    def _check(self, trainer: "Trainer") -> None:
+    def _check(self, trainer: TrainerView) -> None:
         stale = self.epochs_without_improvement(trainer.history)
         if trainer.history and stale >= self.patience:
             trainer.finish(f"early stop: test accuracy has not improved for {stale} epochs (best "
                            f"{100 * trainer.best_accuracy:.2f}% at epoch {len(trainer.history) - stale})")
 
-    def fit_start(self, trainer: "Trainer") -> None:
+    def fit_start(self, trainer: TrainerView) -> None:
         self._check(trainer)
 
-    def epoch_end(self, trainer: "Trainer", row: dict) -> None:
+    def epoch_end(self, trainer: TrainerView, row: dict) -> None:
         self._check(trainer)
 
 
 class WriteHistory(Hook):
     """<model>_history.csv and .jsonl beside the checkpoints."""
 
-    def epoch_end(self, trainer: "Trainer", row: dict) -> None:
+    def epoch_end(self, trainer: TrainerView, row: dict) -> None:
         write_history(trainer.checkpoint_dir, trainer.model_name, trainer.history)
 
 
@@ -153,7 +229,7 @@ class LogLine(Hook):
         self.log_path = Path(log_path) if log_path else None
         self.header_written = False
 
-    def epoch_end(self, trainer: "Trainer", row: dict) -> None:
+    def epoch_end(self, trainer: TrainerView, row: dict) -> None:
         line = format_row(row, trainer.target_epochs)
         print(line, flush=True)
         if self.log_path is not None:

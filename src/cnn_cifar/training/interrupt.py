@@ -39,7 +39,7 @@ def interrupt_guard(flag: StopFlag, quiet: bool = False) -> Iterator[StopFlag]:
     """Ctrl-C or SIGTERM (what Slurm, ``timeout`` and container runtimes send) asks the loop to stop after
     the current step and save; a second one aborts at once (KeyboardInterrupt naming the signal). ``quiet``
     (the ranks other than 0 of a distributed run) leaves the notice to others."""
-    def handler(signum, frame):  # noqa: ARG001
+    def handler(signum, _frame):
         if flag.requested:
             raise KeyboardInterrupt(NAMES.get(signum, "signal"))
         flag.set(signum)

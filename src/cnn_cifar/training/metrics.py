@@ -1,9 +1,23 @@
-"""Classification metrics from predictions: accuracy, top-k, confusion matrix, per-class report."""
+"""Classification metrics from predictions: correct counts (train accuracy's numerator, also for mixed
+batches), top-k, confusion matrix, per-class report."""
 from __future__ import annotations
 
 import numpy as np
 
 from ..backend import Array, get_array_module, to_numpy
+from ..data.augment import MixedTargets
+from .mixing import hard_labels
+
+
+def correct_hits(logits: Array, y: Array | MixedTargets) -> Array:
+    """How many rows of ``logits`` have their argmax at the (hard) label, as a 0-d array on the logits'
+    device (no host read): train accuracy's numerator."""
+    return (logits.argmax(axis=1) == hard_labels(y)).sum()
+
+
+def correct_count(logits: Array, y: Array | MixedTargets) -> int:
+    """``correct_hits`` read back as an int."""
+    return int(to_numpy(correct_hits(logits, y)))
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:

@@ -8,25 +8,15 @@ without a soft-target loss in ``nn``.
 """
 from __future__ import annotations
 
-from ..backend import Array, to_numpy
+from ..backend import Array
 from ..data.augment import MixedTargets
 from ..nn import SoftmaxCrossEntropy, grad_enabled
 
 
 def hard_labels(y: Array | MixedTargets) -> Array:
-    """The labels train accuracy counts: for a mixed batch, the one with the larger share."""
+    """The labels train accuracy counts (``metrics.correct_hits``): for a mixed batch, the one with the larger
+    share."""
     return y.dominant if isinstance(y, MixedTargets) else y
-
-
-def correct_hits(logits: Array, y: Array | MixedTargets) -> Array:
-    """How many rows of ``logits`` have their argmax at the (hard) label, as a 0-d array on the logits'
-    device (no host read): train accuracy's numerator."""
-    return (logits.argmax(axis=1) == hard_labels(y)).sum()
-
-
-def correct_count(logits: Array, y: Array | MixedTargets) -> int:
-    """``correct_hits`` read back as an int."""
-    return int(to_numpy(correct_hits(logits, y)))
 
 
 class MixedCrossEntropy:

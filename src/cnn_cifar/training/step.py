@@ -3,16 +3,14 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..backend import Array, get_array_module
+from ..distributed import DataParallel
 from ..nn import Module, SoftmaxCrossEntropy, autocast
 from ..optim import GradScaler, Optimizer, clip_grad_norm_
-
-if TYPE_CHECKING:
-    from ..distributed import DataParallel
+from .metrics import correct_count
 
 
 class NonFiniteLoss(RuntimeError):
@@ -20,7 +18,7 @@ class NonFiniteLoss(RuntimeError):
 
 
 def train_step(model: Module, criterion: SoftmaxCrossEntropy, optimizer: Optimizer, x: Array,
-               y: Array, clip_grad_norm: float | None = None, parallel: "DataParallel | None" = None,
+               y: Array, clip_grad_norm: float | None = None, parallel: DataParallel | None = None,
                stop_signum: int | None = None, scaler: GradScaler | None = None,
                defer: bool = False) -> tuple[float | Array, Array]:
     """zero_grad, forward, loss, backward, [clip the gradients' global L2 norm to ``clip_grad_norm``],
@@ -56,7 +54,7 @@ def train_step(model: Module, criterion: SoftmaxCrossEntropy, optimizer: Optimiz
         return loss_array, logits
     loss = criterion(logits, y)
     if parallel is not None:
-        loss = parallel.agree(loss, logits, y, stop_signum)
+        loss = parallel.agree(loss, correct_count(logits, y), len(logits), stop_signum)
     if not math.isfinite(loss):
         raise NonFiniteLoss(f"loss became {loss}")
     dlogits = criterion.backward()

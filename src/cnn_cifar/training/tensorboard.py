@@ -2,12 +2,8 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from .hooks import Hook
-
-if TYPE_CHECKING:
-    from .trainer import Trainer
+from .hooks import Hook, TrainerView
 
 MISSING = ("--tensorboard needs tensorboardX, which is not installed: uv sync --group tensorboard "
            "(or pip install tensorboardX)")
@@ -15,7 +11,7 @@ MISSING = ("--tensorboard needs tensorboardX, which is not installed: uv sync --
 
 def tensorboard_available() -> bool:
     try:
-        import tensorboardX  # noqa: F401
+        import tensorboardX  # noqa: F401 (imported only to see whether it is installed)
     except ImportError:
         return False
     return True
@@ -34,17 +30,17 @@ class TensorBoardLogger(Hook):
         self.log_dir, self.every = Path(log_dir), int(every)
         self.writer = None
 
-    def _global_step(self, trainer: "Trainer") -> int:
+    def _global_step(self, trainer: TrainerView) -> int:
         return trainer.epoch * len(trainer.train_loader) + trainer.step
 
-    def fit_start(self, trainer: "Trainer") -> None:
+    def fit_start(self, trainer: TrainerView) -> None:
         from tensorboardX import SummaryWriter
         step = self._global_step(trainer)
         # one file per start (named by its first step), so runs within a second never share a file name
         self.writer = SummaryWriter(str(self.log_dir), purge_step=step if step else None,
                                     filename_suffix=f".from{step}")
 
-    def step_end(self, trainer: "Trainer", loss: float, batch: int) -> None:
+    def step_end(self, trainer: TrainerView, loss: float, batch: int) -> None:
         step = self._global_step(trainer)
         if self.every and step % self.every == 0:
             self.writer.add_scalar("step/loss", float(loss), step)     # (a device array on a GPU: read here)
@@ -53,16 +49,16 @@ class TensorBoardLogger(Hook):
                 self.writer.add_scalar("step/loss_scale", trainer.scaler.get_scale(), step)
                 self.writer.add_scalar("step/skipped_steps", trainer.scaler.skipped, step)
 
-    def train_end(self, trainer: "Trainer") -> None:
+    def train_end(self, trainer: TrainerView) -> None:
         if self.writer is not None:
             self.writer.flush()
 
-    def fit_end(self, trainer: "Trainer") -> None:
+    def fit_end(self, trainer: TrainerView) -> None:
         if self.writer is not None:
             self.writer.close()
             self.writer = None
 
-    def epoch_end(self, trainer: "Trainer", row: dict) -> None:
+    def epoch_end(self, trainer: TrainerView, row: dict) -> None:
         e = row["epoch"]
         for key in ("train_loss", "train_acc", "test_loss", "test_acc"):
             split, what = key.split("_")

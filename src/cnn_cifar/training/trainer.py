@@ -1,30 +1,27 @@
 """The training loop: epochs of optimizer steps with per-step LR and per-epoch dropout, evaluation, and the
-hooks that save, log and report; exact resume (also from the middle of an epoch after Ctrl-C)."""
+hooks that save, log, report and add training features; exact resume (also from the middle of an epoch after
+Ctrl-C). The loop names no feature: what a feature does to the loop is a hook's (``hooks.Hook``)."""
 from __future__ import annotations
 
 import contextlib
 import copy
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Iterator, Sequence
 
 import numpy as np
 
 from .. import nn, runtime
-from ..backend import Array, get_array_module, to_numpy
-from ..data import BatchLoader
-from ..distributed.comm import SingleProcess
-from ..optim import DropoutSchedule, GradScaler, LRSchedule, Optimizer, ReduceLROnPlateau
+from ..backend import Array
+from ..data.augment import MixedTargets
+from ..distributed import SingleProcess
 from .checkpoint import Checkpoint, save_checkpoint
-from .ema import ModelEMA
 from .evaluation import evaluate
 from .hooks import Hook, LogLine, ProgressBar, SaveCheckpoints, WriteHistory
 from .interrupt import StopFlag, TrainingInterrupted
-from .mixing import correct_count, correct_hits
+from .meter import EpochMeter
+from .parts import Learner, Loaders, LoopOptions, RunOutput, Schedules
 from .step import NonFiniteLoss, train_step
-
-if TYPE_CHECKING:
-    from ..distributed import DataParallel
 
 
 def _listed(values) -> list | None:
@@ -32,104 +29,57 @@ def _listed(values) -> list | None:
 
 
 class Trainer:
-    """Owns the loop state (epoch, step, random streams, history, best accuracy) and runs the hooks.
+    """Owns the loop state (epoch, step, random streams, history, best accuracy, the epoch's running figures)
+    and runs the hooks.
 
     The default hooks, in order: a progress bar (unless ``quiet``), then at each epoch's end the
-    checkpoints, the history files and the summary line (also appended to ``log_path``); ``hooks`` adds
-    more after them (plots, say).
+    checkpoints, the history files and the summary line (also appended to the log); ``hooks`` adds more after
+    them: training features (``ema.ModelEMA``), run control (snapshots, early stopping), loggers, plots. A
+    hook may change the weights after each step, provide the weights that are evaluated and saved (EMA's
+    average: the checkpoints' weights are then those, with the training weights beside them for ``restore``)
+    and keep its state in the checkpoint (see ``hooks.Hook``).
 
-    ``clip_grad_norm`` clips the gradients' global L2 norm in every step. With ``ema`` (a ModelEMA of
-    ``model``) the average is updated after every step, has its batch-norm statistics measured (given the
-    ModelEMA ``bn_batches``) and is evaluated instead of the training weights, and is saved as the
-    checkpoints' weights (so <model>_best.pkl holds the best average); the training weights and the
-    average's step count go in ``optimizer["ema"]`` for ``restore``.
+    With an enabled scaler (mixed precision) the steps and the evaluation run under ``nn.autocast``; the loss
+    scale and its growth counter are saved in the checkpoint's ``grad_scaler``.
 
-    With an enabled ``scaler`` (a GradScaler: mixed precision) the steps and the evaluation run under
-    ``nn.autocast``; the loss scale and its growth counter are saved in ``optimizer["grad_scaler"]``.
-
-    With ``parallel`` (a distributed.DataParallel; the train loader gives this rank's shard of each global
-    batch, the test loader this rank's part of the test set) every rank runs the loop in step: losses,
-    counts, evaluation and stop requests are agreed over ranks, so all ranks take the same decisions; only
-    rank 0 runs the hooks that print or write (the others keep those marked ``every_rank``).
+    With ``parallel`` (a distributed.DataParallel) every rank runs the loop in step: losses, counts,
+    evaluation and stop requests are agreed over ranks, so all ranks take the same decisions; only rank 0
+    runs the hooks that print or write (the others keep those marked ``every_rank``).
     """
 
-    def __init__(self, model: nn.Module, model_name: str, optimizer: Optimizer,
-                 lr_schedule: LRSchedule | ReduceLROnPlateau,
-                 dropout_schedule: DropoutSchedule, criterion: nn.SoftmaxCrossEntropy, train_loader: BatchLoader,
-                 test_loader: BatchLoader, num_classes: int, checkpoint_dir: str | Path,
-                 log_path: str | Path | None = None, run_info: dict | None = None, quiet: bool = False,
-                 hooks: list[Hook] | None = None, stop: StopFlag | None = None,
-                 clip_grad_norm: float | None = None, ema: ModelEMA | None = None,
-                 parallel: DataParallel | None = None, scaler: GradScaler | None = None):
-        self.model, self.model_name, self.optimizer = model, model_name, optimizer
-        self.lr_schedule, self.dropout_schedule, self.criterion = lr_schedule, dropout_schedule, criterion
-        self.train_loader, self.test_loader, self.num_classes = train_loader, test_loader, num_classes
-        self.checkpoint_dir = Path(checkpoint_dir)
-        self.run_info = run_info or {}          # args (run settings), dataset, classes: saved with the weights
-        self.quiet = quiet
-        self.hooks: list[Hook] = ([] if quiet else [ProgressBar()]) + [
-            SaveCheckpoints(), WriteHistory(), LogLine(log_path)] + list(hooks or [])
-        self.clip_grad_norm, self.ema = clip_grad_norm, ema
-        self.check_every = 50          # GPU steps between reads of the device's running figures (NaN check)
-        self.scaler = scaler if scaler is not None and scaler.enabled else None
-        if ema is not None:
-            self.hooks.insert(0, ema)               # averaged right after each step
-        self.parallel = parallel
-        self.comm = parallel.comm if parallel is not None else SingleProcess()
+    def __init__(self, learner: Learner, data: Loaders, schedules: Schedules, output: RunOutput,
+                 options: LoopOptions | None = None, hooks: Sequence[Hook] = ()):
+        options = options or LoopOptions()
+        self.model, self.model_name = learner.model, learner.name
+        self.optimizer, self.criterion = learner.optimizer, learner.criterion
+        self.train_loader, self.test_loader, self.num_classes = data.train, data.test, data.num_classes
+        self.lr_schedule, self.dropout_schedule = schedules.lr, schedules.dropout
+        self.checkpoint_dir = Path(output.checkpoint_dir)
+        self.run_info = output.run_info or {}
+        self.quiet, self.clip_grad_norm = options.quiet, options.clip_grad_norm
+        self.scaler = options.scaler if options.scaler is not None and options.scaler.enabled else None
+        self.parallel = options.parallel
+        self.comm = self.parallel.comm if self.parallel is not None else SingleProcess()
+        self.stop = options.stop or StopFlag()
+        self.hooks: list[Hook] = ([] if self.quiet else [ProgressBar()]) + [
+            SaveCheckpoints(), WriteHistory(), LogLine(output.log_path)] + list(hooks)
         if not self.comm.is_main:
             self.hooks = [h for h in self.hooks if h.every_rank]
-        self.stop = stop or StopFlag()
+        self.check_every = 50          # GPU steps between reads of the device's running figures (NaN check)
         self.epoch = 0                 # epochs completed
         self.step = 0                  # steps completed inside the current epoch
         self.target_epochs = 0         # the epoch count fit() is training to
         self.history: list[dict] = []
         self.best_accuracy = -1.0
         self.finished: str | None = None  # why the run ended before its last epoch (a hook's finish())
-        self.dropout_p = dropout_schedule.rate
+        self.dropout_p = self.dropout_schedule.rate
         self.epoch_rng_state: dict | None = None
-        self.partial = self._fresh_partial()
-        # On a GPU the step's figures stay on the device until read (read_partial): 0-d arrays under "correct"
-        # (predictions), "loss_sum" and "bad_step" (the first step whose loss was not finite; 0: none).
-        self._pending: dict[str, Array] = {}
-        self._t0 = 0.0                 # when the current epoch's steps started (for its seconds)
+        self.meter = EpochMeter(self._stopped_at)
 
-    @staticmethod
-    def _fresh_partial() -> dict:
-        return {"loss_sum": 0.0, "correct": 0, "seen": 0, "seconds": 0.0}
-
-    def read_partial(self) -> dict:
-        """The epoch's running sums (``partial``), with what a GPU has counted since the last read folded in:
-        one host read, where reading every step would stall the device every step. Raises NonFiniteLoss if a
-        step's loss was not finite (that step's update was skipped on the device)."""
-        if not self._pending:
-            return self.partial
-        keys = list(self._pending)
-        xp = get_array_module(self._pending[keys[0]])
-        vals = dict(zip(keys, to_numpy(xp.stack([self._pending[k].astype(xp.float64) for k in keys]))))
-        self._pending = {}
-        self.partial["correct"] += int(vals["correct"])
-        self.partial["loss_sum"] += float(vals.get("loss_sum", 0.0))
-        if vals.get("bad_step", 0) > 0:
-            raise NonFiniteLoss(f"loss became non-finite (NaN or infinite) at epoch {self.epoch + 1}, step "
-                                f"{int(vals['bad_step'])}; training stopped (checkpoints in {self.checkpoint_dir} "
-                                f"left as they were)")
-        return self.partial
-
-    def _add_pending(self, key: str, value: Array) -> None:
-        self._pending[key] = value if key not in self._pending else self._pending[key] + value
-
-    def _count_on_device(self, loss: Array | None, logits: Array, y, seen: int) -> None:
-        """A GPU step's correct predictions and (given ``loss``, a device array) its loss and finiteness,
-        added up on the device (no host read)."""
-        self._add_pending("correct", correct_hits(logits, y))
-        if loss is None:
-            return
-        xp = get_array_module(logits)
-        finite = xp.isfinite(loss)
-        self._add_pending("loss_sum", xp.where(finite, loss * seen, 0.0))
-        here = xp.where(finite, 0, self.step)
-        bad = self._pending.get("bad_step")
-        self._pending["bad_step"] = here if bad is None else xp.where(bad > 0, bad, here)
+    def _stopped_at(self, step: int) -> str:
+        """The end of a non-finite loss's message: where it happened and what was left alone."""
+        return (f"at epoch {self.epoch + 1}, step {step}; training stopped (checkpoints in {self.checkpoint_dir} "
+                f"left as they were)")
 
     # ----------------------------------------------------------------- checkpoints
     @property
@@ -141,19 +91,21 @@ class Trainer:
         return self.checkpoint_dir / f"{self.model_name}_best.pkl"
 
     def checkpoint(self) -> Checkpoint:
-        """The whole state, as saved to <model>_last.pkl."""
-        weights, optimizer = self.model.state_dict(), self.optimizer.state_dict()
-        if self.ema is not None:                   # the evaluated weights are the average's
-            optimizer["ema"] = {**self.ema.state_dict(), "training_weights": weights}
-            weights = self.ema.weights()
-        if self.scaler is not None:
-            optimizer["grad_scaler"] = self.scaler.state_dict()
+        """The whole state, as saved to <model>_last.pkl: the evaluated weights (a hook's, where one provides
+        them, with the training weights beside them), the hooks', optimizer's and loss scaler's state,
+        schedules, position, the epoch's running figures, history, random streams and the run's settings."""
+        training = self.model.state_dict()
+        with self._evaluated_weights(evaluating=False) as replaced:
+            weights = self.model.state_dict() if replaced else training
+        hooks = {h.name: state for h in self.hooks if (state := h.state_dict()) is not None}
         return Checkpoint(
             model=self.model_name, state_dict=weights, epoch=self.epoch, step=self.step,
-            model_config=dict(getattr(self.model, "config", {})), optimizer=optimizer,
+            model_config=dict(getattr(self.model, "config", {})), optimizer=self.optimizer.state_dict(),
+            training_weights=training if replaced else None, hooks=hooks,
+            grad_scaler=self.scaler.state_dict() if self.scaler is not None else None,
             schedule={"lr": self.lr_schedule.to_dict(), "dropout": self.dropout_schedule.to_dict(),
                       "dropout_p": self.dropout_p},
-            partial=dict(self.read_partial()), best_accuracy=self.best_accuracy, history=copy.deepcopy(self.history),
+            partial=self.meter.read(), best_accuracy=self.best_accuracy, history=copy.deepcopy(self.history),
             rng={"data": self.train_loader.rng.bit_generator.state, "epoch_start": self.epoch_rng_state,
                  "dropout": nn.random.get_state()},
             args=dict(self.run_info.get("args", {})), dataset=self.run_info.get("dataset"),
@@ -161,27 +113,26 @@ class Trainer:
             std=_listed(self.train_loader.std))
 
     def restore(self, ck: Checkpoint) -> None:
-        """Continue from a checkpoint's state (model, optimizer, random streams, position, history)."""
-        ema = (ck.optimizer or {}).get("ema")       # a run with --ema: state_dict is the average
-        self.model.load_state_dict(ema["training_weights"] if ema else ck.state_dict)
-        if self.ema is not None:
-            if ema:
-                self.ema.load_weights(ck.state_dict, ema["updates"])
-            else:
-                self.ema.reset()                    # averaging starts now, from the restored weights
+        """Continue from a checkpoint's state (weights, hooks, optimizer, loss scale, random streams, position,
+        history). The hooks load their state while the model holds the checkpoint's evaluated weights (a
+        hook that provided them takes them there); training continues from the training weights."""
+        self.model.load_state_dict(ck.state_dict)
+        for h in self.hooks:
+            h.load_state_dict(ck.hooks.get(h.name))
+        if ck.training_weights is not None:
+            self.model.load_state_dict(ck.training_weights)
         if ck.optimizer is not None:
             self.optimizer.load_state_dict(ck.optimizer)
-            if self.scaler is not None and ck.optimizer.get("grad_scaler"):
-                self.scaler.load_state_dict(ck.optimizer["grad_scaler"])
+        if self.scaler is not None and ck.grad_scaler:
+            self.scaler.load_state_dict(ck.grad_scaler)
         self.epoch, self.step = ck.epoch, ck.step
         self.history = list(ck.history)
         self.best_accuracy = ck.best_accuracy
         self.dropout_p = float(ck.schedule.get("dropout_p", self.dropout_schedule.rate))
         lr_state = (ck.schedule.get("lr") or {}).get("state")
-        if lr_state is not None and hasattr(self.lr_schedule, "load_state_dict"):
+        if lr_state is not None:
             self.lr_schedule.load_state_dict(lr_state)      # ReduceLROnPlateau: best, bad epochs, lr
-        self.partial = dict(ck.partial or self._fresh_partial())
-        self._pending = {}
+        self.meter.reset(ck.partial)
         if ck.rng.get("data") is not None:
             self.train_loader.rng.bit_generator.state = ck.rng["data"]
         self.epoch_rng_state = ck.rng.get("epoch_start")
@@ -226,9 +177,9 @@ class Trainer:
             with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
                 while self.epoch < epochs and self.finished is None:
                     self._begin_epoch()
-                    self._t0 = time.perf_counter()
+                    self.meter.start_clock()
                     lr = self._run_steps() if self.step < len(self.train_loader) else self.optimizer.lr
-                    self.partial["seconds"] += time.perf_counter() - self._t0
+                    self.meter.stop_clock()
                     self._end_epoch(lr)
             self.comm.barrier()                    # the last checkpoint is written before any rank exits
         finally:
@@ -244,8 +195,7 @@ class Trainer:
             self.dropout_p = self.dropout_schedule.next_rate(self.epoch, self.dropout_p, prev.get("train_acc"),
                                                              prev.get("test_acc"))
             self.epoch_rng_state = copy.deepcopy(rng.bit_generator.state)
-            self.partial = self._fresh_partial()
-            self._pending = {}
+            self.meter.reset()
         elif self.step < len(self.train_loader):
             # Resuming inside an epoch: replay the data stream from the epoch's start to this step. (Stopped
             # after the last step, in evaluation, the saved stream is already at the epoch's end.)
@@ -256,69 +206,61 @@ class Trainer:
     def _run_steps(self) -> float:
         """The epoch's remaining training steps; returns the last learning rate used."""
         steps = len(self.train_loader)
-        epoch = self.epoch
         batches = iter(self.train_loader)
         for _ in range(self.step):
             next(batches)
         for h in self.hooks:
             h.epoch_start(self)
         lr = self.optimizer.lr
-        # On a GPU, one process without loss scaling or clipping: no host read per step (train_step(defer)).
-        defer = self.parallel is None and self.scaler is None and not self.clip_grad_norm
         try:
             for x, y in batches:
-                lr = self.lr_schedule(epoch + (self.step + 1) / steps)
-                self.optimizer.lr = lr
-                on_device = not runtime.is_host(x)
-                deferred = defer and on_device              # this step's loss stays on the device
-                try:
-                    loss, logits = train_step(self.model, self.criterion, self.optimizer, x, y,
-                                              self.clip_grad_norm, self.parallel, self._pending_signal(),
-                                              self.scaler, defer=deferred)
-                except NonFiniteLoss as exc:
-                    raise NonFiniteLoss(f"{exc} at epoch {epoch + 1}, step {self.step + 1}; training stopped "
-                                        f"(checkpoints in {self.checkpoint_dir} left as they were)") from None
-                self.step += 1
-                p = self.partial
-                if self.parallel is None:
-                    seen, stop = len(y), self.stop.requested
-                    if not on_device:
-                        correct = correct_count(logits, y)
-                    else:                                   # counted on the device, read when shown or saved
-                        self._count_on_device(loss if deferred else None, logits, y, seen)
-                        correct = 0
-                else:                                       # the global batch's, agreed in the step
-                    correct, seen = self.parallel.correct, self.parallel.seen
-                    stop = self._agreed_stop(self.parallel.stop_signum)
-                if not deferred:
-                    p["loss_sum"] += loss * seen
-                p["correct"] += correct
-                p["seen"] += seen
+                lr = self.optimizer.lr = self.lr_schedule(self.epoch + (self.step + 1) / steps)
+                loss, seen, stop = self._step(x, y)
                 for h in self.hooks:
                     h.step_end(self, loss, seen)
-                if deferred and (self.step % self.check_every == 0 or self.step == steps):
-                    self.read_partial()                     # a non-finite loss stops the run here
+                if self.meter.unchecked and (self.step % self.check_every == 0 or self.step == steps):
+                    self.meter.read()                       # a non-finite loss stops the run here
                 if stop:
-                    self.partial["seconds"] += time.perf_counter() - self._t0
+                    self.meter.stop_clock()
                     self._interrupt()
         finally:
             for h in self.hooks:
                 h.train_end(self)
         return lr
 
+    def _step(self, x: Array, y: Array | MixedTargets) -> tuple[float | Array, int, bool]:
+        """One optimizer step, what the hooks do after it, and its figures counted. Returns the loss, the
+        images counted (the global batch's with several ranks) and whether to stop."""
+        # On a GPU, one process without loss scaling or clipping: no host read per step (train_step(defer)).
+        defer = self.parallel is None and self.scaler is None and not self.clip_grad_norm and not runtime.is_host(x)
+        try:
+            loss, logits = train_step(self.model, self.criterion, self.optimizer, x, y, self.clip_grad_norm,
+                                      self.parallel, self._pending_signal(), self.scaler, defer=defer)
+        except NonFiniteLoss as exc:
+            raise NonFiniteLoss(f"{exc} {self._stopped_at(self.step + 1)}") from None
+        self.step += 1
+        for h in self.hooks:
+            h.after_step(self)
+        if self.step == len(self.train_loader) and self.epoch + 1 >= self.target_epochs:
+            for h in self.hooks:
+                h.final_step(self)                          # the run's last step
+        if self.parallel is not None:                       # the global batch's, agreed in the step
+            self.meter.add(loss, self.parallel.correct, self.parallel.seen)
+            return loss, self.parallel.seen, self._agreed_stop(self.parallel.stop_signum)
+        self.meter.count(loss, logits, y, self.step)
+        return loss, len(y), self.stop.requested
+
     def _end_epoch(self, lr: float) -> None:
-        """Evaluate, count the epoch, and run the end-of-epoch hooks."""
+        """Evaluate (the weights a hook provides, where one does), count the epoch, and run the end-of-epoch
+        hooks."""
         t1 = time.perf_counter()
-        with self.ema.swapped() if self.ema is not None else contextlib.nullcontext(), \
-                nn.autocast(self.scaler is not None):
-            if self.ema is not None:
-                self.ema.update_bn()                # the average's own BN statistics (given bn_batches)
+        with nn.autocast(self.scaler is not None), self._evaluated_weights(evaluating=True):
             ev = evaluate(self.model, self.test_loader, self.criterion, self.num_classes,
                           progress=not self.quiet and self.comm.is_main, desc="test",
                           stop=self.stop if self.comm.size == 1 else None, comm=self.comm)
         if ev is None or (self.parallel is not None and self._stop_requested()):
             self._interrupt()
-        p = self.read_partial()
+        p = self.meter.read()
         row = {"epoch": self.epoch + 1, "train_loss": p["loss_sum"] / max(p["seen"], 1),
                "train_acc": p["correct"] / max(p["seen"], 1), "test_loss": ev["loss"],
                "test_acc": ev["accuracy"], "lr": lr, "dropout": self.dropout_p,
@@ -328,9 +270,16 @@ class Trainer:
         self.epoch_rng_state = None
         if row["best"]:
             self.best_accuracy = ev["accuracy"]
-        if hasattr(self.lr_schedule, "step"):             # ReduceLROnPlateau follows the test loss
-            self.lr_schedule.step(row["test_loss"])
+        self.lr_schedule.epoch_end(row["test_loss"])         # ReduceLROnPlateau follows the test loss
         for h in self.hooks:
             h.epoch_end(self, row)
         if self._stop_requested():
             raise TrainingInterrupted(self.last_path, self.epoch, 0)
+
+    @contextlib.contextmanager
+    def _evaluated_weights(self, evaluating: bool) -> Iterator[bool]:
+        """Within the block the model holds the weights to evaluate and save: those a hook provides, if one
+        does (``evaluating``: for an evaluation, so measured first). Yields whether they replace the training
+        weights."""
+        with contextlib.ExitStack() as stack:
+            yield any([stack.enter_context(h.evaluated_weights(self, evaluating)) for h in self.hooks])

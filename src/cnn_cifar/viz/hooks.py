@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..training import Hook, Trainer
+from ..training import Hook, TrainerView
 from .plots import plot_training_progress
 
 
@@ -14,5 +14,5 @@ class PlotProgress(Hook):
     def __init__(self, out_dir: str | os.PathLike) -> None:
         self.out_dir = Path(out_dir)
 
-    def epoch_end(self, trainer: Trainer, row: dict) -> None:
+    def epoch_end(self, trainer: TrainerView, row: dict) -> None:
         plot_training_progress(trainer.history, self.out_dir, trainer.model_name)

@@ -1,4 +1,4 @@
-"""Composite blocks: a residual sum of two branches, and Squeeze-and-Excitation."""
+"""Squeeze-and-Excitation (Hu et al., 2018): channels rescaled by a gate computed from their means."""
 from __future__ import annotations
 
 import numpy as np
@@ -10,25 +10,6 @@ from .layout import check_4d, chwn, nchw
 from .linear import Linear
 from .module import Module
 from .pooling import GlobalAvgPool2d
-
-
-class ResidualSum(Module):
-    """main(x) + shortcut(x), the shortcut the identity when None; backward sends dy down both branches
-    and adds their input gradients."""
-
-    def __init__(self, main: Module, shortcut: Module | None = None):
-        super().__init__()
-        self.main = main
-        self.shortcut = shortcut
-
-    def forward(self, x: Array) -> Array:
-        y = self.main(x)
-        return y + (x if self.shortcut is None else self.shortcut(x))
-
-    def backward(self, dy: Array) -> Array:
-        dx = self.main.backward(dy)
-        ds = dy if self.shortcut is None else self.shortcut.backward(dy)
-        return dx + ds
 
 
 class SqueezeExcitation(Module):

@@ -1,0 +1,113 @@
+"""The host path of ``Conv2d`` (NumPy arrays): im2col and matrix multiplies, one cache-sized tile of output
+pixels at a time.
+
+Forward builds the (C*kh*kw, pixels*N) column matrix of a tile with kh*kw slice copies (``im2col``) in a
+borrowed workspace and multiplies it by the (out, C*kh*kw) weight matrix; columns are never kept (they are
+kh*kw times the input). Runs of tiles go to worker threads (``runtime.in_runs``), each core keeping its
+tile in its own cache. Backward takes one of two routes:
+
+- stride 1 with an input gradient (and padding at most dilation*(k-1)): both gradients from the columns of
+  dy alone (``_backward_stride1``: the input gradient is a convolution of dy with the flipped kernel);
+- otherwise: dW from the rebuilt columns of x, dx (if wanted) as the column gradient W^T dy scattered back
+  with ``col2im_add`` (``_backward_cols``).
+"""
+from __future__ import annotations
+
+from .. import runtime
+from ..backend import Array, get_array_module
+from .im2col import ConvGeometry, Tile, col2im_add, cols_shape, im2col, tiles
+
+
+def forward(xc: Array, weight: Array, geo: ConvGeometry, groups: int, ho: int, wo: int) -> Array:
+    """y (O, ho, wo, N) of the contiguous input xc (C, H, W, N), without the bias."""
+    xp = get_array_module(xc)
+    c, n = xc.shape[0], xc.shape[3]
+    g, o = groups, weight.shape[0]
+    w2 = weight.reshape(g, o // g, -1)
+    y = xp.empty((o, ho, wo, n), dtype=xc.dtype)
+    with runtime.padded(xc, geo.ph, geo.pw) as xpad:
+        def work(run: list[Tile]) -> None:
+            for t in run:
+                with runtime.workspace(xp, "cols", cols_shape(c, geo, t, n), xc.dtype) as buf:
+                    cols = im2col(xpad, geo, t, buf)                      # (C*kh*kw, pixels*N)
+                    xp.matmul(w2, cols.reshape(g, -1, cols.shape[1]), out=t.of(y).reshape(g, o // g, -1))
+        runtime.in_runs(work, tiles(ho, wo, c * geo.taps * n * xc.itemsize, xc), xc)
+    return y
+
+
+def backward(xc: Array, weight: Array, dyc: Array, geo: ConvGeometry, groups: int, wgrad: Array,
+             input_grad: bool) -> Array | None:
+    """dW added into ``wgrad``; dx (C, H, W, N), or None without ``input_grad``."""
+    qh, qw = geo.flipped_padding()
+    if input_grad and geo.sh == geo.sw == 1 and qh >= 0 and qw >= 0:
+        return _backward_stride1(xc, weight, dyc, geo, groups, wgrad)
+    return _backward_cols(xc, weight, dyc, geo, groups, wgrad, input_grad)
+
+
+def _backward_stride1(xc: Array, weight: Array, dyc: Array, geo: ConvGeometry, groups: int,
+                      wgrad: Array) -> Array:
+    """Both gradients of a stride-1 conv from the columns of dy alone (no im2col of x).
+
+    dcols = im2col(dy) with "full" padding (qh, qw) has rows (o, i, j). The input gradient is the
+    convolution of dy with the flipped, channel-transposed kernel, W' @ dcols, and the weight
+    gradient needs no columns of x either: row (o, i, j) of dcols @ x^T is dW[o, :, kh-1-i, kw-1-j].
+    """
+    xp = get_array_module(dyc)
+    c, h, w, n = xc.shape
+    g, o = groups, weight.shape[0]
+    kh, kw = geo.kh, geo.kw
+    og, cg = o // g, c // g
+    qh, qw = geo.flipped_padding()
+    flip = ConvGeometry(kh, kw, 1, 1, qh, qw, geo.dh, geo.dw)
+    wt = weight.reshape(g, og, cg, kh, kw)[:, :, :, ::-1, ::-1].transpose(0, 2, 1, 3, 4)
+    wt = wt.reshape(g, cg, og * kh * kw)
+    dx = xp.empty((c, h, w, n), dtype=dyc.dtype)
+    with runtime.padded(dyc, qh, qw) as dypad:
+        def work(run: list[Tile]) -> Array:                        # returns this run's dW part
+            gw = xp.zeros((g, og * kh * kw, cg), dtype=wgrad.dtype)
+            for t in run:
+                with runtime.workspace(xp, "dcols", cols_shape(o, flip, t, n), dyc.dtype) as buf:
+                    dcols_g = im2col(dypad, flip, t, buf).reshape(g, og * kh * kw, -1)
+                    x_g = t.of(xc).reshape(g, cg, -1)                    # (g, cg, pixels*N)
+                    gw += xp.matmul(dcols_g, x_g.transpose(0, 2, 1))
+                    xp.matmul(wt, dcols_g, out=t.of(dx).reshape(g, cg, -1))
+            return gw
+        gw = sum(runtime.in_runs(work, tiles(h, w, o * geo.taps * n * dyc.itemsize, dyc), dyc))
+    gw = gw.reshape(g, og, kh, kw, cg)[:, :, ::-1, ::-1].transpose(0, 1, 4, 2, 3)
+    wgrad += gw.reshape(wgrad.shape)
+    return dx
+
+
+def _backward_cols(xc: Array, weight: Array, dyc: Array, geo: ConvGeometry, groups: int, wgrad: Array,
+                   input_grad: bool) -> Array | None:
+    """The general case: dW from the columns of x; dx (if wanted) as the column gradient W^T @ dy, scattered
+    back into the padded input with col2im."""
+    xp = get_array_module(dyc)
+    c, h, w, n = xc.shape
+    g, o = groups, weight.shape[0]
+    og, cg = o // g, c // g
+    _, ho, wo, _ = dyc.shape
+    ph, pw = geo.ph, geo.pw
+    w2 = weight.reshape(g, og, -1)
+    k = cg * geo.taps
+    dxpad = xp.zeros((c, h + 2 * ph, w + 2 * pw, n), dtype=dyc.dtype) if input_grad else None
+    with runtime.padded(xc, ph, pw) as xpad:
+        def work(run: list[Tile]) -> Array:                        # returns this run's dW part
+            gw = xp.zeros((g, og, k), dtype=wgrad.dtype)
+            for t in run:
+                dy_g = t.of(dyc).reshape(g, og, -1)                   # (g, og, pixels*N)
+                shape = cols_shape(c, geo, t, n)
+                with runtime.workspace(xp, "cols", shape, dyc.dtype) as buf:
+                    cols = im2col(xpad, geo, t, buf)
+                    gw += xp.matmul(dy_g, cols.reshape(g, k, -1).transpose(0, 2, 1))
+                if dxpad is not None:
+                    with runtime.workspace(xp, "dcols", shape, dyc.dtype) as dcols:
+                        xp.matmul(w2.transpose(0, 2, 1), dy_g, out=dcols.reshape(g, k, -1))
+                        col2im_add(dcols, dxpad, geo, t)
+            return gw
+        # Runs may go in parallel unless their col2im scatters overlap (a kernel larger than the stride).
+        disjoint = dxpad is None or ((geo.kh - 1) * geo.dh < geo.sh and (geo.kw - 1) * geo.dw < geo.sw)
+        gw = sum(runtime.in_runs(work, tiles(ho, wo, c * geo.taps * n * dyc.itemsize, dyc), dyc,
+                                 parallel=disjoint))
+    wgrad += gw.reshape(wgrad.shape)
+    return None if dxpad is None else dxpad[:, ph:ph + h, pw:pw + w]

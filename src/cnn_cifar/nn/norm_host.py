@@ -1,0 +1,129 @@
+"""The host path of batch norm (NumPy arrays; also eval with autograd on a GPU): per-channel passes over a (C, M)
+matrix of channels, each chunk of channels normalised, scaled and finished (residual, ReLU) while it is in
+cache, chunks in parallel for large arrays (``runtime.by_channel``).
+
+Two forwards, with the batch's statistics (training) or the running ones (eval), share one backward. The
+synchronised path (norm_sync.py) shares ``finish``, ``ungate`` and ``track_running_stats``. The layers and
+the dispatch are in norm.py.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .. import runtime
+from ..backend import Array, get_array_module
+from .module import Module, grad_enabled
+
+
+@dataclass(frozen=True)
+class Saved:
+    """What a host forward keeps for backward."""
+    xhat: Array | None          # the normalised input (C, M); None from an eval forward under no_grad
+    invstd: Array               # 1/sqrt(var + eps) per channel (C,), of the statistics that normalised
+    batch: bool                 # the batch's statistics (training; they depend on x) or the running ones
+    gate: Array | None          # a fused ReLU's output (the gradient passes where it is positive), or None
+
+
+def finish(y: Array, res2: Array | None, relu: bool, c0: int, c1: int) -> None:
+    """Add the residual to rows c0:c1 of y and apply the fused ReLU, in place, while the rows are still in
+    cache (NaN passes, as in the kernels)."""
+    if res2 is not None:
+        y[c0:c1] += res2[c0:c1]
+    if relu:
+        get_array_module(y).maximum(y[c0:c1], 0, out=y[c0:c1])
+
+
+def track_running_stats(bn: Module, mean: Array, var: Array, count) -> None:
+    """Move the layer's running statistics towards this batch's (the variance unbiased over ``count`` values)
+    and count the batch."""
+    mom = bn.momentum
+    bn.running_mean = (1 - mom) * bn.running_mean + mom * mean
+    bn.running_var = (1 - mom) * bn.running_var + mom * var * (count / (count - 1))
+    bn.num_batches_tracked = bn.num_batches_tracked + 1
+
+
+def forward_running(bn: Module, x2: Array, res2: Array | None, relu: bool) -> tuple[Array, Saved]:
+    """Eval: normalise with the running statistics as one per-channel multiply-add; with autograd on, the
+    normalised input is kept too."""
+    xp = get_array_module(x2)
+    c, m = x2.shape
+    weight, bias = bn.weight.data, bn.bias.data
+    y = xp.empty((c, m), dtype=x2.dtype)
+    invstd = 1.0 / xp.sqrt(bn.running_var + bn.eps)
+    scale = weight * invstd
+    shift = bias - bn.running_mean * scale
+    xhat = xp.empty((c, m), dtype=x2.dtype) if grad_enabled() else None
+
+    def apply_eval(c0: int, c1: int) -> None:
+        xp.multiply(x2[c0:c1], scale[c0:c1, None], out=y[c0:c1])
+        y[c0:c1] += shift[c0:c1, None]
+        if xhat is not None:
+            xp.subtract(x2[c0:c1], bn.running_mean[c0:c1, None], out=xhat[c0:c1])
+            xhat[c0:c1] *= invstd[c0:c1, None]
+        finish(y, res2, relu, c0, c1)
+    runtime.by_channel(apply_eval, x2)
+    return y, Saved(xhat, invstd, False, y if relu else None)
+
+
+def forward_batch(bn: Module, x2: Array, res2: Array | None, relu: bool) -> tuple[Array, Saved]:
+    """Training: each chunk of channels takes its mean, centres, takes its variance, normalises and scales;
+    then the running statistics move."""
+    xp = get_array_module(x2)
+    c, m = x2.shape
+    weight, bias = bn.weight.data, bn.bias.data
+    y = xp.empty((c, m), dtype=x2.dtype)
+    xhat = xp.empty((c, m), dtype=x2.dtype)    # kept for backward; also the normalised values here
+    mean = xp.empty(c, dtype=x2.dtype)
+    var = xp.empty(c, dtype=x2.dtype)
+    invstd = xp.empty(c, dtype=x2.dtype)
+
+    def apply_train(c0: int, c1: int) -> None:
+        xs, xh = x2[c0:c1], xhat[c0:c1]
+        mean[c0:c1] = xs.mean(axis=1)
+        xp.subtract(xs, mean[c0:c1, None], out=xh)
+        var[c0:c1] = xp.einsum("cm,cm->c", xh, xh) / m
+        invstd[c0:c1] = 1.0 / xp.sqrt(var[c0:c1] + bn.eps)
+        xh *= invstd[c0:c1, None]
+        xp.multiply(xh, weight[c0:c1, None], out=y[c0:c1])
+        y[c0:c1] += bias[c0:c1, None]
+        finish(y, res2, relu, c0, c1)
+    runtime.by_channel(apply_train, x2)
+    track_running_stats(bn, mean, var, m)
+    return y, Saved(xhat, invstd, True, y if relu else None)
+
+
+def ungate(dy2: Array, gate: Array) -> Array:
+    """dy through the fused ReLU whose output is ``gate``: dy where the output is positive, else 0 (even for
+    inf or NaN in dy)."""
+    xp = get_array_module(dy2)
+    d = xp.zeros(dy2.shape, dtype=dy2.dtype)
+    runtime.by_channel(lambda c0, c1: xp.copyto(d[c0:c1], dy2[c0:c1], where=gate[c0:c1] > 0), dy2)
+    return d
+
+
+def backward(bn: Module, dy2: Array, saved: Saved, gate: Array | None, add: bool) -> tuple[Array, Array | None]:
+    """(dx, the residual's gradient where ``add``, else None) in rows, the parameters' gradients added; the
+    fused ReLU (``gate``) undone first."""
+    xp = get_array_module(dy2)
+    c, m = dy2.shape
+    if gate is not None:
+        dy2 = ungate(dy2, gate)
+    xhat, batch = saved.xhat, saved.batch
+    scale = bn.weight.data * saved.invstd
+    dx = xp.empty((c, m), dtype=dy2.dtype)
+    dbeta = xp.empty(c, dtype=dy2.dtype)
+    dgamma = xp.empty(c, dtype=dy2.dtype)
+
+    def apply(c0: int, c1: int) -> None:
+        d, xh, sc = dy2[c0:c1], xhat[c0:c1], scale[c0:c1, None]
+        dbeta[c0:c1] = d.sum(axis=1)
+        dgamma[c0:c1] = xp.einsum("cm,cm->c", d, xh)
+        xp.multiply(d, sc, out=dx[c0:c1])
+        if batch:
+            # dx = gamma*invstd/M * (M*dy - sum(dy) - xhat*sum(dy*xhat))
+            dx[c0:c1] -= sc * (dbeta[c0:c1, None] / m)
+            dx[c0:c1] -= xh * (sc * (dgamma[c0:c1, None] / m))
+    runtime.by_channel(apply, dy2)
+    bn.weight.grad += dgamma
+    bn.bias.grad += dbeta
+    return dx, (dy2 if add else None)
