@@ -5,12 +5,13 @@
     uv run python benchmarks/bench_models.py --compare-torch        # ours vs PyTorch, alternating
     python3 benchmarks/bench_models.py --backend cupy --device cuda --compare-torch --amp   # mixed precision
 
-A training step is forward + loss + backward + SGD update on random float32 data; inference is
-eval mode without caching for backward. With --amp both sides train under autocast with a GradScaler
-(ours: nn.autocast + optim.GradScaler; PyTorch: torch.autocast + torch.amp.GradScaler) and infer under
-autocast; it is meant for GPUs (float16 on a CPU is emulated). Each (framework, model) runs in its own subprocess
-so peak RSS is per run; with --compare-torch the runs alternate ours/PyTorch for --rounds rounds and the
-medians and their ratio are printed. PyTorch is never a dependency of the project: point
+A training step is forward + loss + backward + SGD update on random float32 data, a fresh batch every step
+(made before the clock starts: no step sees data a cache could still hold from the last); inference is eval
+mode without caching for backward, a fresh batch each time too. With --amp both sides train under autocast
+with a GradScaler (ours: nn.autocast + optim.GradScaler; PyTorch: torch.autocast + torch.amp.GradScaler) and
+infer under autocast; it is meant for GPUs (float16 on a CPU is emulated). Each (framework, model) runs in its
+own subprocess so peak RSS is per run; with --compare-torch the runs alternate ours/PyTorch for --rounds rounds
+and the medians and their ratio are printed. PyTorch is never a dependency of the project: point
 --torch-python at an interpreter that has it (default: bench-venv/bin/python if present).
 """
 from __future__ import annotations
@@ -45,6 +46,20 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def _fresh(make, n: int):
+    """An iterator over ``n`` batches made by ``make()`` now, each a different one (a fresh batch per step)."""
+    return iter([make() for _ in range(n)])
+
+
+def _eval_counts(warmup: int, repeats: int) -> tuple[int, int]:
+    """Warm-up and timed inference batches: half the training step's counts (at least 1 and 3)."""
+    return max(1, warmup // 2), max(3, repeats // 2)
+
+
+def _eval_runs(warmup: int, repeats: int) -> int:
+    return sum(_eval_counts(warmup, repeats))
+
+
 def _time_it(fn, warmup: int, repeats: int, sync=lambda: None) -> float:
     for _ in range(warmup):
         fn()
@@ -75,23 +90,25 @@ def worker_ours(model_name: str, batch: int, eval_batch: int, warmup: int, repea
     model = build_model(model_name, seed=0)
     opt = SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     crit = nn.SoftmaxCrossEntropy()
-    x = backend.to_device(rng.standard_normal((batch, 3, 32, 32)).astype(np.float32))
-    y = backend.to_device(rng.integers(0, 10, batch))
-    xe = backend.to_device(rng.standard_normal((eval_batch, 3, 32, 32)).astype(np.float32))
+    train_batches = _fresh(lambda: (backend.to_device(rng.standard_normal((batch, 3, 32, 32)).astype(np.float32)),
+                                    backend.to_device(rng.integers(0, 10, batch))), warmup + repeats)
+    eval_batches = _fresh(lambda: backend.to_device(rng.standard_normal((eval_batch, 3, 32, 32)).astype(np.float32)),
+                          _eval_runs(warmup, repeats))
 
     scaler = GradScaler(enabled=amp)
 
     def train_step():
+        x, y = next(train_batches)
         one_step(model, crit, opt, x, y, scaler=scaler)
 
     def infer():
         with nn.no_grad(), nn.autocast(amp):
-            model(xe)
+            model(next(eval_batches))
 
     model.train()
     t_train = _time_it(train_step, warmup, repeats, backend.synchronize)
     model.eval()
-    t_inf = _time_it(infer, max(1, warmup // 2), max(3, repeats // 2), backend.synchronize)
+    t_inf = _time_it(infer, *_eval_counts(warmup, repeats), backend.synchronize)
     del xp
     gpu_mib = None
     if backend.name == "cupy":                    # what CuPy's memory pool holds after the runs
@@ -148,14 +165,15 @@ def worker_torch(model_name: str, batch: int, eval_batch: int, warmup: int, repe
     model = model.to(device)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     crit = tnn.CrossEntropyLoss()
-    x = torch.randn(batch, 3, 32, 32, device=device)
-    y = torch.randint(0, 10, (batch,), device=device)
-    xe = torch.randn(eval_batch, 3, 32, 32, device=device)
+    train_batches = _fresh(lambda: (torch.randn(batch, 3, 32, 32, device=device),
+                                    torch.randint(0, 10, (batch,), device=device)), warmup + repeats)
+    eval_batches = _fresh(lambda: torch.randn(eval_batch, 3, 32, 32, device=device), _eval_runs(warmup, repeats))
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
     scaler = torch.amp.GradScaler(device, enabled=amp)
 
     def train_step():
+        x, y = next(train_batches)
         opt.zero_grad()
         with torch.autocast(device, dtype=torch.float16, enabled=amp):
             loss = crit(model(x), y)
@@ -165,12 +183,12 @@ def worker_torch(model_name: str, batch: int, eval_batch: int, warmup: int, repe
 
     def infer():
         with torch.no_grad(), torch.autocast(device, dtype=torch.float16, enabled=amp):
-            model(xe)
+            model(next(eval_batches))
 
     model.train()
     t_train = _time_it(train_step, warmup, repeats, sync)
     model.eval()
-    t_inf = _time_it(infer, max(1, warmup // 2), max(3, repeats // 2), sync)
+    t_inf = _time_it(infer, *_eval_counts(warmup, repeats), sync)
     where = (f"CUDA on {torch.cuda.get_device_name()}, cuDNN {torch.backends.cudnn.version()}" if device == "cuda"
              else f"CPU, {torch.get_num_threads()} threads")
     return {"framework": "torch", "backend": f"torch {torch.__version__} {where}" + (", amp" if amp else ""),
@@ -196,7 +214,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--models", nargs="+", default=["cnn", "resnet32"])
     ap.add_argument("--batch", type=int, default=None, help="training batch (default: each model's recipe's; "
                     "cnn 64, cifarnet 512, the others 128)")
-    ap.add_argument("--eval-batch", type=int, default=500)
+    ap.add_argument("--eval-batch", type=int, default=256)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds with --compare-torch")
