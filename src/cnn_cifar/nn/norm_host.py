@@ -94,10 +94,17 @@ def forward_batch(bn: Module, x2: Array, res2: Array | None, relu: bool) -> tupl
 
 def ungate(dy2: Array, gate: Array) -> Array:
     """dy through the fused ReLU whose output is ``gate``: dy where the output is positive, else 0 (even for
-    inf or NaN in dy)."""
+    inf or NaN in dy). Done on the bits: dy AND a mask of all ones where gate > 0, all zeros elsewhere, which
+    gives the same bits as a masked copy without its data-dependent branches (several times faster)."""
     xp = get_array_module(dy2)
-    d = xp.zeros(dy2.shape, dtype=dy2.dtype)
-    runtime.by_channel(lambda c0, c1: xp.copyto(d[c0:c1], dy2[c0:c1], where=gate[c0:c1] > 0), dy2)
+    d = xp.empty(dy2.shape, dtype=dy2.dtype)
+    bits = xp.dtype(f"int{8 * dy2.dtype.itemsize}")
+
+    def apply(c0: int, c1: int) -> None:
+        mask = xp.greater(gate[c0:c1], 0).astype(bits)          # 1 where the ReLU passed, else 0
+        xp.negative(mask, out=mask)                              # all ones (-1) or all zeros
+        xp.bitwise_and(dy2[c0:c1].view(bits), mask, out=d[c0:c1].view(bits))
+    runtime.by_channel(apply, dy2)
     return d
 
 
