@@ -108,8 +108,13 @@ def get_array_module(*arrays: Array) -> ModuleType:
     return numpy
 
 
+def is_host(a: Array) -> bool:
+    """True for a NumPy array: the array, not a global setting, decides which path (host or device) runs."""
+    return isinstance(a, numpy.ndarray)
+
+
 def is_device_array(a: Array) -> bool:
-    """True for a CuPy array."""
+    """True for a CuPy array (False for NumPy arrays and for plain Python numbers)."""
     return _cupy is not None and isinstance(a, _cupy.ndarray)
 
 

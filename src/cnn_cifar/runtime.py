@@ -20,9 +20,7 @@ from contextlib import contextmanager
 from types import ModuleType
 from typing import Any, Callable, Iterator, Sequence, TypeVar
 
-import numpy
-
-from .backend import Array, get_array_module
+from .backend import Array, get_array_module, is_host
 
 T = TypeVar("T")
 
@@ -34,11 +32,6 @@ PARALLEL_MIN_BYTES = 4 << 20
 
 _local = threading.local()
 _executor: ThreadPoolExecutor | None = None
-
-
-def is_host(a: Array) -> bool:
-    """True for a NumPy array: the array, not a global setting, decides which path runs."""
-    return isinstance(a, numpy.ndarray)
 
 
 # --------------------------------------------------------------------------------------------- threads

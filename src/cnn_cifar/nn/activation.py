@@ -1,7 +1,7 @@
 """Element-wise activations."""
 from __future__ import annotations
 
-from .. import runtime
+from .. import backend, runtime
 from ..backend import Array, get_array_module
 from . import kernels, special
 from .layout import chwn, nchw
@@ -37,7 +37,7 @@ class ReLU(Module):
     def backward(self, dy: Array) -> Array:
         y, = self.saved()
         xp = get_array_module(dy)
-        if not runtime.is_host(dy):                  # GPU: one fused pass, in the (C, H, W, N) layout
+        if not backend.is_host(dy):                  # GPU: one fused pass, in the (C, H, W, N) layout
             if dy.ndim == 4:
                 return nchw(kernels.relu_backward(chwn(dy), chwn(y)))
             return kernels.relu_backward(dy, y)

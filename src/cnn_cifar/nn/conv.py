@@ -17,7 +17,7 @@ from typing import Protocol
 
 import numpy as np
 
-from .. import runtime
+from .. import backend
 from ..backend import Array
 from . import amp, conv_device, conv_host, depthwise, init
 from .im2col import ConvGeometry
@@ -109,7 +109,7 @@ class Conv2d(Module):
         """The path that convolves ``xc``: the one dispatch decision (backward reuses forward's)."""
         if self.depthwise:
             return depthwise
-        return conv_host if runtime.is_host(xc) else conv_device
+        return conv_host if backend.is_host(xc) else conv_device
 
     def forward(self, x: Array) -> Array:
         ho, wo = self._out_size(x)

@@ -5,7 +5,7 @@ import os
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from .. import runtime
+from .. import backend, runtime
 from ..backend import Array
 
 
@@ -65,7 +65,7 @@ def tiles(ho: int, wo: int, pixel_bytes: int, a: Array) -> list[Tile]:
     """Tiles covering an ho x wo output whose column matrix takes ``pixel_bytes`` per output pixel:
     whole rows grouped up to ~TILE_BYTES, or a row split into column ranges if one row is larger
     (a 500-image batch). One tile for device arrays ``a``: a GPU builds the whole matrix at once."""
-    if not runtime.is_host(a) or TILE_BYTES <= 0:
+    if not backend.is_host(a) or TILE_BYTES <= 0:
         return [Tile(0, ho, 0, wo)]
     row_bytes = max(1, pixel_bytes * wo)
     if row_bytes <= TILE_BYTES:

@@ -8,7 +8,7 @@ even on 8x8 feature maps. Shapes seen by users stay PyTorch's NCHW.
 """
 from __future__ import annotations
 
-from .. import runtime
+from .. import backend, runtime
 from ..backend import Array, get_array_module
 
 
@@ -41,7 +41,7 @@ def chwn_contiguous(x: Array) -> Array:
     out = xp.empty(xc.shape, dtype=xc.dtype)
     n, c = x.shape[:2]
     hw = x.shape[2] * x.shape[3]
-    blocked = x.flags.c_contiguous and n >= 2 * _T_BLOCK and runtime.is_host(x)
+    blocked = x.flags.c_contiguous and n >= 2 * _T_BLOCK and backend.is_host(x)
 
     def fill(c0: int, c1: int) -> None:
         if not blocked:

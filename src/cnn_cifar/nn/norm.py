@@ -26,7 +26,7 @@ from dataclasses import replace
 from types import ModuleType
 from typing import Any
 
-from .. import backend, runtime
+from .. import backend
 from ..backend import Array, get_array_module
 from . import amp, init, norm_device, norm_host, norm_sync
 from .layout import check_4d, nchw, rows
@@ -86,7 +86,7 @@ class _BatchNorm(Module):
     def _forward_rows(self, x2: Array, res2: Array | None = None) -> Array:
         """x2: (C, M) -> normalised (C, M) (plus res2, then the ReLU, where fused), by the path the mode, the
         array and the process group call for: the one dispatch. The path and what it keeps are saved."""
-        if not self.training and not grad_enabled() and not runtime.is_host(x2):
+        if not self.training and not grad_enabled() and not backend.is_host(x2):
             return norm_device.infer(self, x2, res2, self._RELU)                 # one kernel, nothing kept
         if not self.training:
             path, forward = norm_host, norm_host.forward_running
@@ -95,7 +95,7 @@ class _BatchNorm(Module):
         elif x2.shape[1] < 2:
             raise ValueError(f"{self.label}: training needs more than one value per channel, "
                              f"got input rows of shape {tuple(x2.shape)}")
-        elif runtime.is_host(x2):
+        elif backend.is_host(x2):
             path, forward = norm_host, norm_host.forward_batch
         else:
             path, forward = norm_device, norm_device.forward

@@ -11,7 +11,7 @@ from typing import Iterable
 
 import numpy as np
 
-from .. import backend, runtime
+from .. import backend
 from ..backend import Array, get_array_module
 from ..nn import Parameter, kernels
 
@@ -92,7 +92,7 @@ class Optimizer:
         are. (The step count advances either way.)"""
         for g in self.groups:
             g.adopt_replaced()
-        if only_if is not None and any(runtime.is_host(g.data) for g in self.groups):
+        if only_if is not None and any(backend.is_host(g.data) for g in self.groups):
             if not bool(only_if):
                 self.steps += 1
                 return
@@ -175,7 +175,7 @@ class SGD(Optimizer):
     def _update(self, ok: Array | None = None) -> None:
         mu, wd, lr = self.momentum, self.weight_decay, self.lr
         for grp in self.groups:
-            if not runtime.is_host(grp.data) and (mu or ok is not None):     # GPU: one fused kernel
+            if not backend.is_host(grp.data) and (mu or ok is not None):     # GPU: one fused kernel
                 if not mu:
                     v = grp.scratch()                       # (mu * v is 0: its old values do not matter)
                 elif grp.state["velocity"] is None:
@@ -230,7 +230,7 @@ class Adam(Optimizer):
         corr2 = 1 - b2 ** t
         for grp in self.groups:
             m, v = grp.state["m"], grp.state["v"]
-            if not runtime.is_host(grp.data):                     # GPU: one fused kernel
+            if not backend.is_host(grp.data):                     # GPU: one fused kernel
                 kernels.adam_update(grp.grad, step_size, b1, b2, corr2, self.eps, l2, shrink,
                                     True if ok is None else ok, grp.data, m, v)
                 continue

@@ -7,7 +7,7 @@ import os
 import numpy as np
 from tqdm.auto import tqdm
 
-from .. import backend, nn, runtime
+from .. import backend, nn
 from ..data import BatchLoader, load_dataset
 from . import metrics
 from .checkpoint import CheckpointError, load_checkpoint
@@ -37,7 +37,7 @@ def evaluate(model: nn.Module, loader: BatchLoader, criterion: nn.SoftmaxCrossEn
                 logits = model(x)
                 n += len(y)
                 batch_loss, hits = criterion.loss_array(logits, y), metrics.topk_hits(logits, y, ks)
-                if runtime.is_host(logits):
+                if backend.is_host(logits):
                     loss_sum += float(batch_loss) * len(y)
                     for k, c in hits.items():
                         top[k] += int(c)

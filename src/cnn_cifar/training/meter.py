@@ -12,9 +12,8 @@ from __future__ import annotations
 import time
 from typing import Callable
 
-from ..backend import Array, get_array_module, is_device_array, to_numpy
+from ..backend import Array, get_array_module, is_device_array, is_host, to_numpy
 from ..data.augment import MixedTargets
-from ..runtime import is_host
 from .metrics import correct_count, correct_hits
 from .step import NonFiniteLoss
 

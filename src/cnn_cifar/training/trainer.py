@@ -11,7 +11,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from .. import nn, runtime
+from .. import backend, nn
 from ..backend import Array
 from ..data.augment import MixedTargets
 from ..distributed import SingleProcess
@@ -232,7 +232,7 @@ class Trainer:
         """One optimizer step, what the hooks do after it, and its figures counted. Returns the loss, the
         images counted (the global batch's with several ranks) and whether to stop."""
         # On a GPU, one process without loss scaling or clipping: no host read per step (train_step(defer)).
-        defer = self.parallel is None and self.scaler is None and not self.clip_grad_norm and not runtime.is_host(x)
+        defer = self.parallel is None and self.scaler is None and not self.clip_grad_norm and not backend.is_host(x)
         try:
             loss, logits = train_step(self.model, self.criterion, self.optimizer, x, y, self.clip_grad_norm,
                                       self.parallel, self._pending_signal(), self.scaler, defer=defer)
