@@ -11,7 +11,7 @@ from .checkpoint import (
 )
 from .config import RunConfig, resolve
 from .evaluation import evaluate, evaluate_checkpoint
-from .history import FIELDS, HistoryError, history_paths, read_history, write_history
+from .history import COLUMNS, HistoryError, history_paths, read_history, write_history
 from .hooks import Hook, LogLine, ProgressBar, SaveCheckpoints, TrainerView, WriteHistory, format_row
 from .interrupt import StopFlag, TrainingInterrupted, interrupt_guard
 from .meter import EpochMeter
@@ -20,7 +20,7 @@ from .parts import Learner, Loaders, LoopOptions, RunOutput, Schedules
 from .step import NonFiniteLoss, train_step
 from .trainer import Trainer
 
-__all__ = ["FIELDS", "FORMAT", "VERSION", "Checkpoint", "CheckpointError", "EpochMeter", "HistoryError", "Hook",
+__all__ = ["COLUMNS", "FORMAT", "VERSION", "Checkpoint", "CheckpointError", "EpochMeter", "HistoryError", "Hook",
            "Learner", "Loaders", "LogLine", "LoopOptions", "NonFiniteLoss", "ProgressBar", "RunConfig", "RunOutput",
            "SaveCheckpoints", "Schedules", "StopFlag", "Trainer", "TrainerView", "TrainingInterrupted",
            "WriteHistory", "classification_report", "confusion_matrix", "evaluate", "evaluate_checkpoint",

@@ -10,8 +10,8 @@ from pathlib import Path
 
 from .atomic import atomic_write
 
-FIELDS = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "dropout", "seconds", "best"]
-NUMERIC = tuple(f for f in FIELDS if f != "best")
+COLUMNS = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "dropout", "seconds", "best"]
+NUMERIC = tuple(f for f in COLUMNS if f != "best")
 REQUIRED = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc")
 
 
@@ -27,7 +27,7 @@ def history_paths(checkpoint_dir: str | os.PathLike, model: str) -> tuple[Path, 
 def write_history(checkpoint_dir: str | os.PathLike, model: str, rows: list[dict]) -> tuple[Path, Path]:
     csv_path, jsonl_path = history_paths(checkpoint_dir, model)
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=FIELDS, extrasaction="ignore")
+    w = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore")
     w.writeheader()
     for r in rows:
         w.writerow(r)
