@@ -164,9 +164,9 @@ def test_onecycle_matches_torch_step_by_step():
     assert _per_step(s, 2, 4) == pytest.approx(TORCH_ONECYCLE_02_2x4_PCT025, rel=1e-12, abs=1e-18)
 
 
-@pytest.mark.parametrize("kw,msg", [({"max_lr": 0.05}, "--max-lr 0.05 is below --lr 0.1"),
-                                    ({"pct_start": 1.0}, r"--pct-start must be in \(0, 1\), got 1"),
-                                    ({"pct_start": 0.0}, r"--pct-start must be in \(0, 1\), got 0"),
+@pytest.mark.parametrize("kw,msg", [({"max_lr": 0.05}, "^max_lr 0.05 is below base_lr 0.1$"),
+                                    ({"pct_start": 1.0}, r"^pct_start must be in \(0, 1\), got 1$"),
+                                    ({"pct_start": 0.0}, r"^pct_start must be in \(0, 1\), got 0$"),
                                     ({"warmup_epochs": 2.0}, "onecycle warms up by itself")])
 def test_onecycle_bad_values(kw, msg):
     with pytest.raises(ValueError, match=msg):
@@ -218,7 +218,7 @@ def test_plateau_warmup_and_bad_values():
     s.step(1.0)
     s.step(1.0)                                      # patience 0: the first bad epoch cuts
     assert (s(1.0), s(5.0)) == pytest.approx((0.05, 0.1))           # the warmup ramp scales with the cut
-    with pytest.raises(ValueError, match=r"--plateau-factor must be in \(0, 1\), got 1"):
+    with pytest.raises(ValueError, match=r"^factor must be in \(0, 1\), got 1$"):
         ReduceLROnPlateau(LRSchedule("plateau"), 1.0, 2)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+from ..errors import SettingError
 from .schedules import LRSchedule
 
 
@@ -20,9 +21,9 @@ class ReduceLROnPlateau:
     def __init__(self, base: LRSchedule, factor: float = 0.1, patience: int = 2, threshold: float = 1e-4,
                  eps: float = 1e-8):
         if not 0 < factor < 1:
-            raise ValueError(f"--plateau-factor must be in (0, 1), got {factor:g}")
+            raise SettingError(f"factor must be in (0, 1), got {factor:g}", factor="plateau_factor")
         if patience < 0 or int(patience) != patience:
-            raise ValueError(f"--plateau-patience must be a non-negative integer, got {patience}")
+            raise SettingError(f"patience must be a non-negative integer, got {patience}", patience="plateau_patience")
         self.base, self.factor, self.patience = base, float(factor), int(patience)
         self.threshold, self.eps = float(threshold), float(eps)
         self.lr = base.base_lr                  # current lr after warmup

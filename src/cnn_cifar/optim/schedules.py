@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+from ..errors import SettingError
+
 LR_SCHEDULES = ("none", "cosine", "linear", "step", "onecycle", "plateau")
 DROPOUT_SCHEDULES = ("none", "linear_decay", "cosine_decay", "adaptive")
 
@@ -58,11 +60,12 @@ class LRSchedule:
             raise ValueError(f"lr decay steps must be positive, got {self.decay_steps}")
         if self.kind == "onecycle":
             if self.max_lr is not None and self.max_lr < self.base_lr:
-                raise ValueError(f"--max-lr {self.max_lr:g} is below --lr {self.base_lr:g}")
+                raise SettingError(f"max_lr {self.max_lr:g} is below base_lr {self.base_lr:g}", "max_lr", base_lr="lr")
             if not 0 < self.pct_start < 1:
-                raise ValueError(f"--pct-start must be in (0, 1), got {self.pct_start:g}")
+                raise SettingError(f"pct_start must be in (0, 1), got {self.pct_start:g}", "pct_start")
             if self.warmup_epochs:
-                raise ValueError("onecycle warms up by itself over --pct-start of the run; give no --warmup-epochs")
+                raise SettingError("onecycle warms up by itself over pct_start of the run; give no warmup_epochs",
+                                   "pct_start", "warmup_epochs")
             if self.div_factor <= 0 or self.final_div_factor <= 0 or self.steps_per_epoch < 1:
                 raise ValueError("onecycle needs div_factor, final_div_factor > 0 and steps_per_epoch >= 1")
 

@@ -11,6 +11,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from ..data import AugmentConfig, BatchLoader
+from ..errors import SettingError
 from ..models import Recipe, recipe
 from ..nn import Module, Parameter
 from ..optim import (
@@ -47,9 +48,10 @@ class RunConfig(Recipe):
 
     def __post_init__(self) -> None:
         if self.min_dropout > self.max_dropout:
-            raise ValueError(f"--min-dropout {self.min_dropout} is above --max-dropout {self.max_dropout}")
+            raise SettingError(f"min_dropout {self.min_dropout} is above max_dropout {self.max_dropout}",
+                               "min_dropout", "max_dropout")
         if self.min_lr > self.lr:
-            raise ValueError(f"--min-lr {self.min_lr} is above --lr {self.lr}")
+            raise SettingError(f"min_lr {self.min_lr} is above lr {self.lr}", "min_lr", "lr")
         self.make_lr_schedule()                   # its own checks (milestones, onecycle, plateau)
         self.augmentation()                       # and the augmentation's
 
@@ -160,15 +162,15 @@ def resolve(given: dict, saved: dict | None = None, resumed_from: str | os.PathL
             values[k] = tuple(values[k])
     if values["lr_schedule"] == "onecycle" and values["warmup_epochs"]:
         if given.get("warmup_epochs"):
-            raise ValueError("--lr-schedule onecycle warms up by itself over --pct-start of the run; "
-                             "drop --warmup-epochs")
+            raise SettingError("lr_schedule onecycle warms up by itself over pct_start of the run; drop "
+                               "warmup_epochs", "lr_schedule", "pct_start", "warmup_epochs")
         values["warmup_epochs"] = 0.0          # the recipe's warmup belongs to its own schedule
     if values["optimizer"] == "adamw" and "weight_decay" not in given and "weight_decay" not in saved:
         # The recipes' 5e-4 is an L2 coefficient for SGD; decoupled decay takes AdamW's own default.
         values["weight_decay"] = ADAMW_DEFAULT_WEIGHT_DECAY
     if values["momentum"] == 0 and values["nesterov"]:
         if given.get("nesterov"):
-            raise ValueError("--nesterov needs a momentum above 0 (as torch.optim.SGD)")
+            raise SettingError("nesterov needs a momentum above 0 (as torch.optim.SGD)", "nesterov")
         values["nesterov"] = False            # the recipe's Nesterov has no meaning without momentum
     return RunConfig(**values)
 

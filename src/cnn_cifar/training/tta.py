@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from ..backend import Array, get_array_module
+from ..errors import SettingError
 from ..nn import Module
 
 TTA_CHOICES = ("flip",)
@@ -32,4 +33,4 @@ def with_tta(model: Module, tta: str | None) -> Module:
         return model
     if tta == "flip":
         return FlipTTA(model)
-    raise ValueError(f"unknown --tta {tta!r}; choose one of {', '.join(TTA_CHOICES)}")
+    raise SettingError(f"unknown tta {tta!r}; choose one of {', '.join(TTA_CHOICES)}", "tta")
