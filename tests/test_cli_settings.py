@@ -1,6 +1,6 @@
 """What each CLI setting does, checked in-process: ``train_cli.main([...])`` / ``test_cli.main([...])`` on a
 small slice of the fake CIFAR-10 (128 train / 64 test images, batches of 32), then the checkpoint, history
-or recorded objects say what the flag did. Settings resolution is unit-tested against README's table."""
+or recorded objects say what the flag did. Settings resolution is unit-tested against the manual's table."""
 from __future__ import annotations
 
 import json
@@ -129,9 +129,9 @@ def _also(cell: str) -> dict:
 
 
 def readme_defaults() -> dict[str, dict]:
-    """README's "Per-model defaults" table turned into effective-setting values, per model (a column
-    headed `resnet8/14/...` stands for each of those ResNets)."""
-    text = (ROOT / "README.md").read_text()
+    """The manual's "Per-model defaults" table (docs/training.md) turned into effective-setting values, per
+    model (a column headed `resnet8/14/...` stands for each of those ResNets)."""
+    text = (ROOT / "docs" / "training.md").read_text()
     section = text.split("## Per-model defaults", 1)[1].split("\n## ", 1)[0]
     lines = [line for line in section.splitlines() if line.startswith("|")]
     header = [c.strip() for c in lines[0].strip().strip("|").split("|")][1:]

@@ -162,9 +162,12 @@ def test_plateau_state_survives_resume_exactly(cifar_root):
     assert (a.args["plateau_patience"], a.args["plateau_factor"]) == (0, 0.5)
 
 
-@pytest.mark.parametrize("command", readme_commands((ROOT / "README.md").read_text()))
-def test_this_readmes_commands_parse_and_resolve(command):
-    """Every train_cli / test_cli command README.md shows is accepted as written (flags and settings)."""
+DOCUMENTED = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+@pytest.mark.parametrize("command", sorted({c for page in DOCUMENTED for c in readme_commands(page.read_text())}))
+def test_every_documented_command_parses_and_resolves(command):
+    """Every train_cli / test_cli command README.md and the manual (docs/) show is accepted as written."""
     script, *argv = shlex.split(command.split(" #")[0])[2:]
     if script.endswith("test_cli.py"):
         test_cli.build_parser().parse_args(argv)
