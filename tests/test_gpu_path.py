@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 
 from cnn_cifar import backend
+from cnn_cifar.fused_kernel import REFERENCES
+from cnn_cifar.optim import kernels as optim_kernels
 
 cupy = pytest.importorskip("cupy")          # the stand-in is on sys.path whenever real CuPy cannot run
 STANDIN = getattr(cupy, "IS_STANDIN", False)
@@ -467,8 +469,8 @@ def _host_cases(dt):
     cases.append((kernels.relu_backward, (r(c, m), y), {}))
     for ok in (True, np.array(False)):
         for nesterov in (True, False):
-            cases.append((kernels.sgd_update, (r(40), 0.1, 0.9, 5e-4, nesterov, ok, r(40), r(40)), {}))
-        cases.append((kernels.adam_update, (r(40), 1e-3, 0.9, 0.999, 0.5, 1e-8, 1e-3, 0.99, ok, r(40), r(40),
+            cases.append((optim_kernels.sgd_update, (r(40), 0.1, 0.9, 5e-4, nesterov, ok, r(40), r(40)), {}))
+        cases.append((optim_kernels.adam_update, (r(40), 1e-3, 0.9, 0.999, 0.5, 1e-8, 1e-3, 0.99, ok, r(40), r(40),
                                             pos(40)), {}))
     return cases
 
@@ -479,19 +481,18 @@ def _host_cases(dt):
 def test_every_cuda_body_computes_what_its_reference_does(tmp_path, dt):
     """Each fused kernel's CUDA body, compiled for the host (tests/kernel_host.py: CuPy's element-wise and
     reduction templates one index at a time), against the NumPy reference the stand-in runs in its place, for
-    every kernel kernels.py declares: the link between the GPU code and everything the suite checks."""
-    from cnn_cifar.nn import kernels
-
+    every kernel declared (nn/kernels.py, optim/kernels.py): the link between the GPU code and everything the
+    suite checks."""
     import kernel_host
     cases = _host_cases(dt)
-    declared = set(kernels.REFERENCES)                  # every kernel kernels.py declares, by name
+    declared = set(REFERENCES)                          # every kernel declared, by name
     assert declared == {k.name for k, _, _ in cases}, declared ^ {k.name for k, _, _ in cases}
     tol = dict(rtol=2e-5, atol=2e-6) if dt == np.float32 else dict(rtol=1e-12, atol=1e-13)
     for i, (k, args, kw) in enumerate(cases):
         work = tmp_path / str(i)
         work.mkdir()
         got = kernel_host.run(k, *[a.copy() if isinstance(a, np.ndarray) else a for a in args], workdir=work, **kw)
-        want = kernels.REFERENCES[k.name](*args, **({"axis": 1} if "axis" in kw else {}))
+        want = REFERENCES[k.name](*args, **({"axis": 1} if "axis" in kw else {}))
         want = want if isinstance(want, tuple) else (want,)
         assert len(got) == len(want), k.name
         for j, (g, e) in enumerate(zip(got, want)):

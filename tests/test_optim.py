@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from cnn_cifar import backend, nn
-from cnn_cifar.optim import SGD, Adam, DropoutSchedule, LRSchedule
+from cnn_cifar.optim import SGD, Adam, AdamW, DropoutSchedule, LRSchedule
+from cnn_cifar.optim import kernels as optim_kernels
 
 
 def _param(values, grads):
@@ -260,3 +261,36 @@ def test_parameters_of_two_dtypes_make_two_groups_with_the_same_update():
         p2 = p1 - 0.1 * (0.9 * v1 + 1 + 0.01 * p1)
         np.testing.assert_allclose(p.data, p2, rtol=1e-6)
         assert p.data.dtype == p.grad.dtype
+
+
+# ------------------------------------------------------------------ host updates = the kernels' formula
+@pytest.mark.parametrize("momentum,nesterov,wd", [(0.9, False, 0.0), (0.9, True, 5e-4), (0.0, False, 1e-3)])
+def test_sgd_host_update_is_the_fused_kernels_formula(momentum, nesterov, wd):
+    """Two steps of SGD on the host (in-place NumPy) equal two applications of the formula the GPU kernel is
+    written from (optim/kernels.py's reference): one stated update, two implementations."""
+    rng = np.random.default_rng(0)
+    p = nn.Parameter(rng.standard_normal(50))
+    opt = SGD([p], lr=0.1, momentum=momentum, nesterov=nesterov, weight_decay=wd)
+    want, v = p.data.copy(), np.zeros(50)
+    for _ in range(2):
+        g = rng.standard_normal(50)
+        p.grad[...] = g
+        opt.step()
+        want, v = optim_kernels._sgd_reference(g, 0.1, momentum, wd, nesterov, True, want, v)
+    np.testing.assert_allclose(p.data, want, rtol=1e-14, atol=1e-15)
+
+
+@pytest.mark.parametrize("cls,wd", [(Adam, 1e-3), (AdamW, 1e-2)])
+def test_adam_host_update_is_the_fused_kernels_formula(cls, wd):
+    rng = np.random.default_rng(1)
+    p = nn.Parameter(rng.standard_normal(50))
+    opt = cls([p], lr=0.01, betas=(0.8, 0.9), eps=1e-8, weight_decay=wd)
+    want, m, v = p.data.copy(), np.zeros(50), np.zeros(50)
+    for t in (1, 2, 3):
+        g = rng.standard_normal(50)
+        p.grad[...] = g
+        opt.step()
+        l2, shrink = (wd, 1.0) if cls is Adam else (0.0, 1 - 0.01 * wd)
+        want, m, v = optim_kernels._adam_reference(g, 0.01 / (1 - 0.8 ** t), 0.8, 0.9, 1 - 0.9 ** t, 1e-8, l2, shrink,
+                                                   True, want, m, v)
+    np.testing.assert_allclose(p.data, want, rtol=1e-13, atol=1e-15)

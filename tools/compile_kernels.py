@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Compile every fused kernel of ``cnn_cifar.nn.kernels`` with NVRTC, as CuPy would, on a machine without a GPU.
+"""Compile every fused kernel (``cnn_cifar.nn.kernels``, ``cnn_cifar.optim.kernels``) with NVRTC, as CuPy would,
+on a machine without a GPU.
 
     uv venv /tmp/cupyvenv --python 3.11
     uv pip install --python /tmp/cupyvenv/bin/python numpy cupy-cuda12x nvidia-cuda-nvrtc-cu12 nvidia-cuda-runtime-cu12
@@ -36,7 +37,9 @@ from cupy._core import _kernel, _reduction, core
 from cupy.cuda import compiler
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from cnn_cifar.nn import kernels as K  # noqa: E402
+from cnn_cifar.fused_kernel import REFERENCES  # noqa: E402 (after src joins sys.path)
+from cnn_cifar.nn import kernels as K  # noqa: E402 (after src joins sys.path)
+from cnn_cifar.optim import kernels as OK  # noqa: E402 (after src joins sys.path)
 
 ARCH = "90"                          # H100 / H200
 DTYPES = (np.float32, np.float64, np.float16)
@@ -226,8 +229,8 @@ def calls(dt):
     out.append((K.relu_backward, "", (x2, e(C, M)), {}))                        # batch norm's residual gate
     out.append((K.relu_backward, "NCHW dy", (chwn(e(N, C, H, W)), e(C, H, W, N)), {}))   # ReLU.backward
     for label, ok in (("ok=True", True), ("ok=device", ok0)):
-        out.append((K.sgd_update, label, (e(100), 0.1, 0.9, 5e-4, False, ok, e(100), e(100)), {}))
-        out.append((K.adam_update, label, (e(100), 1e-3, 0.9, 0.999, 0.5, 1e-8, 0.0, 1.0, ok) + (e(100),) * 3, {}))
+        out.append((OK.sgd_update, label, (e(100), 0.1, 0.9, 5e-4, False, ok, e(100), e(100)), {}))
+        out.append((OK.adam_update, label, (e(100), 1e-3, 0.9, 0.999, 0.5, 1e-8, 0.0, 1.0, ok) + (e(100),) * 3, {}))
     return out if dt != np.float16 else [c for c in out if c[0].name in HALF]
 
 
@@ -250,7 +253,7 @@ def nvrtc_compile(name, code, options=()):
 def main() -> int:
     from cupy_backends.cuda.libs import nvrtc
     print(f"NVRTC {'.'.join(map(str, nvrtc.getVersion()))}, CuPy {cupy.__version__}, sm_{ARCH}")
-    missing = set(K.REFERENCES) - {c[0].name for c in calls(np.float32)}     # every kernel declared
+    missing = set(REFERENCES) - {c[0].name for c in calls(np.float32)}     # every kernel declared
     for name in sorted(missing):
         print(f"FAIL  {name}: declared in kernels.py but has no call in this script's calls()")
     failed, total = len(missing), len(missing)

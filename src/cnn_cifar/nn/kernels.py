@@ -1,64 +1,10 @@
-"""Fused GPU kernels (CuPy ``ElementwiseKernel`` and ``ReductionKernel``), each beside its NumPy reference.
-
-On a GPU every array operation is a kernel launch of about 10 µs of Python and driver time, so a layer
-written as ten NumPy-style passes costs more in launches than in arithmetic at CIFAR sizes. The kernels here
-do several of those passes in one launch. Each is declared once with its CUDA C body and a NumPy function
-that computes the same thing: the CuPy stand-in the tests run on executes the reference, so every call site
-runs in CI; on real CuPy the CUDA body runs, and the suite under real CuPy (benchmarks/gpu_check.py) checks
-the two agree. NumPy arrays never reach these kernels: the layers keep their own host paths.
-
-Adding one: ``elementwise(in_params, out_params, operation, name, reference)`` or ``reduction(...)`` with
-CuPy's argument conventions (``T`` is the dtype of the arrays, float32 in training and float64 in the
-gradient checks); the reference takes the same inputs as NumPy arrays (and, for reductions, ``axis``) and
-returns the outputs. Names start with ``cnn_`` and are unique: the stand-in finds references by name. In the
-CUDA bodies ``i`` is the element index and, as CuPy reserves them, no variable is named ``n``, ``i`` or
-``_...`` (nor ``a``/``b`` in a reduction's map expression), and constants of type ``T`` are written
-``(T)(0.0f)`` (a float converts to CuPy's float16 as to float and double; an int may not).
-"""
+"""The layers' fused GPU kernels (batch norm, im2col/col2im, ReLU's backward), each beside its NumPy reference;
+how they are declared, and why: ``cnn_cifar.fused_kernel``."""
 from __future__ import annotations
-
-from typing import Any, Callable
 
 import numpy as np
 
-from ..backend import get_array_module
-
-REFERENCES: dict[str, Callable[..., Any]] = {}
-
-
-class Kernel:
-    """A CuPy kernel built on first use (CUDA compiles it then), called like the CuPy kernel object."""
-
-    def __init__(self, kind: str, args: tuple, name: str, reference: Callable[..., Any], **options: Any):
-        if name in REFERENCES:
-            raise ValueError(f"kernel {name!r} is already defined")
-        self.kind, self.args, self.name, self.options = kind, args, name, options
-        REFERENCES[name] = reference
-        self._built: dict[int, Any] = {}
-
-    def __call__(self, *arrays: Any, **kwargs: Any) -> Any:
-        xp = get_array_module(*arrays)
-        if xp is np:
-            raise TypeError(f"kernel {self.name} runs on device arrays only")
-        k = self._built.get(id(xp))
-        if k is None:
-            k = self._built[id(xp)] = getattr(xp, self.kind)(*self.args, name=self.name, **self.options)
-        return k(*arrays, **kwargs)
-
-
-def elementwise(in_params: str, out_params: str, operation: str, name: str,
-                reference: Callable[..., Any]) -> Kernel:
-    return Kernel("ElementwiseKernel", (in_params, out_params, operation), name, reference)
-
-
-def reduction(in_params: str, out_params: str, map_expr: str, reduce_expr: str, post_map_expr: str, identity: str,
-              name: str, reference: Callable[..., Any], **options: Any) -> Kernel:
-    """A ReductionKernel; ``options`` go to CuPy's constructor (``reduce_type``, ``preamble``). Outputs may be
-    passed after the inputs (then all of them, written in place); the reference then gets their current
-    values after the inputs, and ``axis``/``keepdims`` as keywords."""
-    return Kernel("ReductionKernel", (in_params, out_params, map_expr, reduce_expr, post_map_expr, identity),
-                  name, reference, **options)
-
+from ..fused_kernel import Kernel, elementwise, reduction
 
 # ------------------------------------------------------------------------------------------ batch norm
 # Rows are channels: x2 (C, M), per-channel values as (C, 1) columns. The forward kernels may end in a fused
@@ -286,43 +232,3 @@ relu_backward = elementwise(
     "T dy, T gate", "T dx", "dx = " + _GATED, "cnn_relu_backward", lambda dy, gate: _gated(dy, gate).astype(dy.dtype))
 """ReLU's input gradient from its output (the gate, as batch norm's fused ReLU keeps it): one pass instead of a
 comparison and a multiply."""
-
-
-# ------------------------------------------------------------------------------------------ optimizers
-# One launch per flat parameter buffer and step (the optimizers keep their parameters in flat buffers).
-
-def _sgd_reference(g, lr, mu, wd, nesterov, ok, p, v):
-    d = g + wd * p
-    v_new = mu * v + d
-    p_new = p - lr * (d + mu * v_new if nesterov else v_new)
-    return np.where(ok, p_new, p), np.where(ok, v_new, v)
-
-
-sgd_update = elementwise(
-    "T g, T lr, T mu, T wd, bool nesterov, bool ok", "T p, T v",
-    "if (ok) { T d = g + wd * p; v = mu * v + d; p -= lr * (nesterov ? d + mu * v : v); }", "cnn_sgd_update",
-    _sgd_reference)
-"""SGD with momentum (PyTorch's form; v starts at 0, so the first step's v is the gradient), L2 weight decay
-added to the gradient, optional Nesterov; p and v in place. ``ok`` (a device bool) false leaves both as they
-are: a step whose loss was not finite is skipped on the device, without a host read."""
-
-
-def _adam_reference(g, step_size, b1, b2, corr2, eps, l2, shrink, ok, p, m, v):
-    d = g + l2 * p
-    m_new = b1 * m + (1 - b1) * d
-    v_new = b2 * v + (1 - b2) * (d * d)
-    p_new = p * shrink - step_size * (m_new / (np.sqrt(v_new / corr2) + eps))
-    return np.where(ok, p_new, p), np.where(ok, m_new, m), np.where(ok, v_new, v)
-
-
-adam_update = elementwise(
-    "T g, T step_size, T b1, T b2, T corr2, T eps, T l2, T shrink, bool ok", "T p, T m, T v",
-    """if (ok) {
-        T d = g + l2 * p;
-        m = b1 * m + (1 - b1) * d;
-        v = b2 * v + (1 - b2) * (d * d);
-        p = p * shrink - step_size * (m / (sqrt(v / corr2) + eps));
-    }""", "cnn_adam_update", _adam_reference)
-"""Adam's step with bias correction (step_size = lr / (1 - b1^t), corr2 = 1 - b2^t), L2 ``l2`` added to the
-gradient (Adam) or the decoupled decay as ``shrink`` = 1 - lr * weight_decay (AdamW); p, m, v in place, or
-left as they are where ``ok`` is false."""

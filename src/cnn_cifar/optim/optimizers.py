@@ -3,7 +3,7 @@
 An optimizer keeps its parameters as views into one flat data buffer and one flat gradient buffer per
 dtype (``FlatParams``), and its state (momentum, moments) flat beside them: ``zero_grad`` is one fill and an
 update a handful of whole-buffer operations, however many parameters the model has; on a GPU each update is
-one fused kernel per buffer (``nn.kernels.sgd_update`` / ``adam_update``) instead of 8 launches per parameter.
+one fused kernel per buffer (``optim.kernels.sgd_update`` / ``adam_update``) instead of 8 launches per parameter.
 """
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ import numpy as np
 
 from .. import backend
 from ..backend import Array, get_array_module
-from ..nn import Parameter, kernels
+from ..nn import Parameter
+from . import kernels
 
 
 class FlatParams:

@@ -24,7 +24,7 @@ It counts device operations (``counters['ops']``), bytes written (``'bytes'``) a
 (``'syncs'``); ``reset_counters()`` zeroes them.
 
 ``ElementwiseKernel`` and ``ReductionKernel`` run the NumPy reference the library keeps beside each kernel's
-CUDA source (``cnn_cifar.nn.kernels.REFERENCES``, by kernel name), as one counted operation.
+CUDA source (``cnn_cifar.fused_kernel.REFERENCES``, by kernel name), as one counted operation.
 
 What it cannot catch: kernel bodies (that a body computes what its reference does: tests/kernel_host.py runs
 each body on the host with g++ against its reference, and tools/compile_kernels.py compiles them with NVRTC
@@ -404,11 +404,11 @@ def _deliver(name, res, given, dt, size=None):
 
 
 def _reference(name):
-    """The NumPy reference the library keeps beside a kernel's CUDA source (cnn_cifar.nn.kernels)."""
-    from cnn_cifar.nn.kernels import REFERENCES
+    """The NumPy reference the library keeps beside a kernel's CUDA source (cnn_cifar.fused_kernel)."""
+    from cnn_cifar.fused_kernel import REFERENCES
     if name not in REFERENCES:
         raise NotImplementedError(f"the stand-in has no NumPy reference for kernel {name!r}: add one where the "
-                                  f"kernel is defined (cnn_cifar/nn/kernels.py)")
+                                  f"kernel is declared (cnn_cifar.fused_kernel)")
     return REFERENCES[name]
 
 
