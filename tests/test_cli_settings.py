@@ -183,7 +183,8 @@ def test_defaults_pinned():
         dataset="cifar10", data="data", seed=0, beta1=0.9,
         beta2=0.999, lr_decay_factor=0.1, lr_decay_steps=None, label_smoothing=0.0, amp=False, crop_padding=4, cutout=0,
         no_augment=False, no_flip=False, limit_train=None, limit_test=None,
-        max_lr=None, pct_start=0.3, plateau_factor=0.1, plateau_patience=2, clip_grad_norm=0.0, ema=0.0,
+        max_lr=None, pct_start=0.3, lr_points=None, plateau_factor=0.1, plateau_patience=2, clip_grad_norm=0.0,
+        ema=0.0,
         ema_bn_batches=40,
         cutout_fill="mean", cutout_p=1.0, shift_scale_rotate=None, ssr_p=0.5, ssr_border="reflect", color_jitter=None,
         mixup=0.0, cutmix=0.0, early_stop=0, save_every=0, tensorboard_every=50, log_dir="log")
@@ -192,7 +193,8 @@ def test_defaults_pinned():
         optimizer="sgd", lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4, batch_size=128, epochs=200,
         lr_schedule="cosine", warmup_epochs=1.0, min_lr=0.0, dropout_schedule="none", dropout_rate=0.0,
         min_dropout=0.0, max_dropout=0.5, beta1=0.9, beta2=0.999, lr_decay_factor=0.1, lr_decay_steps=None,
-        max_lr=None, pct_start=0.3, plateau_factor=0.1, plateau_patience=2, clip_grad_norm=0.0, ema=0.0,
+        max_lr=None, pct_start=0.3, lr_points=None, plateau_factor=0.1, plateau_patience=2, clip_grad_norm=0.0,
+        ema=0.0,
         ema_bn_batches=40,
         label_smoothing=0.0, amp=False, crop_padding=4, no_flip=False, cutout=0, cutout_fill="mean", cutout_p=1.0,
         shift_scale_rotate=None, ssr_p=0.5, ssr_border="reflect", color_jitter=None, mixup=0.0, cutmix=0.0)
@@ -547,8 +549,10 @@ def _help_default(help_text: str, model: str) -> str:
 
 
 # Defaults a help text describes in words: the model's lists every model, the backend's names its variable,
-# lr-decay-steps's is computed from the run, max-lr's is --lr, and "off" stands for None.
-DESCRIBED_DEFAULTS = ("model", "backend", "lr_decay_steps", "max_lr", "shift_scale_rotate", "color_jitter")
+# lr-decay-steps's is computed from the run, max-lr's is --lr, lr-points' None is the schedule's default
+# triangle (shown as its points), and "off" stands for None.
+DESCRIBED_DEFAULTS = ("model", "backend", "lr_decay_steps", "max_lr", "lr_points", "shift_scale_rotate",
+                      "color_jitter")
 
 
 def test_every_default_in_the_help_is_the_one_a_run_gets():

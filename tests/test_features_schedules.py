@@ -11,6 +11,7 @@ import pytest
 
 from cnn_cifar.cli import test as test_cli
 from cnn_cifar.cli import train as train_cli
+from cnn_cifar.optim import LRSchedule
 from cnn_cifar.training import load_checkpoint
 from cnn_cifar.training.config import resolve
 
@@ -176,3 +177,40 @@ def test_every_documented_command_parses_and_resolves(command):
     args = parser.parse_args(argv)
     if args.config is None:                          # (a --config file is written by the command before it)
         resolve(vars(args))
+
+
+# ------------------------------------------------------------------ the piecewise-linear schedule
+def test_piecewise_schedule_is_linear_between_its_points():
+    """lr = base * f(t / total) with f linear between (fraction, factor) points (LambdaLR with such an f); the
+    default is the fast recipes' triangle: 0.2 -> 1 over 23% of the run, then down to 0.07."""
+    s = LRSchedule("piecewise", 0.5, 100)
+    assert s.points == (0.0, 0.2, 0.23, 1.0, 1.0, 0.07)
+    for t, factor in ((0, 0.2), (11.5, 0.6), (23, 1.0), (61.5, 0.535), (100, 0.07), (120, 0.07)):
+        assert s(t) == pytest.approx(0.5 * factor, rel=1e-12), t
+    own = LRSchedule("piecewise", 1.0, 10, points=(0, 1, 0.5, 0, 1, 0.5), min_lr=0.1)
+    assert [own(t) for t in (0, 2.5, 5, 7.5, 10)] == pytest.approx([1.0, 0.5, 0.1, 0.25, 0.5])   # floored at 0.1
+
+
+def test_piecewise_through_the_cli_follows_its_points(cifar_root):
+    """4 epochs of 4 steps: each epoch's history lr is the one of its last step, t = epoch + 1."""
+    assert train(cifar_root, "--lr-schedule", "piecewise", "--lr", "0.1", "--lr-points", "0", "0.5", "0.5", "1",
+                 "1", "0", "--epochs", "4") == 0
+    ck = last()
+    assert [round(r["lr"], 12) for r in ck.history] == [0.075, 0.1, 0.05, 0.0]
+    assert ck.args["lr_points"] == [0.0, 0.5, 0.5, 1.0, 1.0, 0.0] and ck.args["warmup_epochs"] == 0.0  # (cnn: 10)
+    assert train(cifar_root, "--resume", "ck/cnn_last.pkl", "--epochs", "4") == 0                   # restored
+
+
+@pytest.mark.parametrize("points,msg", [
+    (["0", "1", "1"], "--lr-points must be pairs of fraction and factor, at least two, got 0 1 1"),
+    (["0.1", "1", "1", "0"], "--lr-points' fractions must rise from 0 to 1, got 0.1 1"),
+    (["0", "1", "0.6", "2", "0.5", "1", "1", "0"], "--lr-points' fractions must rise from 0 to 1, got 0 0.6 0.5 1"),
+    (["0", "-1", "1", "0"], "argument --lr-points: must be a non-negative number, got -1"),
+])
+def test_piecewise_points_that_make_no_sense_are_one_line(capsys, points, msg):
+    assert argparse_error(capsys, "--epochs", "1", "--lr-schedule", "piecewise", "--lr-points", *points) == msg
+
+
+def test_piecewise_with_a_warm_up_is_refused(capsys):
+    assert argparse_error(capsys, "--epochs", "1", "--lr-schedule", "piecewise", "--warmup-epochs", "2") == (
+        "--lr-schedule piecewise warms up by itself in its --lr-points; drop --warmup-epochs")

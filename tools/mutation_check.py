@@ -319,6 +319,12 @@ MUTATIONS = [
     ("the SGD host update without Nesterov's look-ahead", "src/cnn_cifar/optim/optimizers.py",
      "                g = g + mu * v if self.nesterov else v", "                g = v",
      "tests/test_optim.py -k fused_kernels"),
+    ("the piecewise schedule constant between its points", "src/cnn_cifar/optim/schedules.py",
+     "            return f0 + (f1 - f0) * (u - u0) / (u1 - u0)", "            return f0",
+     "tests/test_features_schedules.py -k piecewise"),
+    ("piecewise points accepted in any order", "src/cnn_cifar/optim/schedules.py",
+     "or any(b <= a for a, b in zip(fractions, fractions[1:])):", "or False:",
+     "tests/test_features_schedules.py -k piecewise_points"),
     # -- prediction
     ("images resized by nearest neighbour (aliasing)", "src/cnn_cifar/inference.py",
      "im = im.resize((SIZE, SIZE), Image.Resampling.BILINEAR, reducing_gap=None)",

@@ -11,6 +11,7 @@ from ..data.loader import CUTOUT_FILLS, SSR_BORDERS
 from ..models import build_model, list_models, recipe
 from ..nn.residual import SHORTCUTS
 from ..optim import ADAMW_DEFAULT_WEIGHT_DECAY, DROPOUT_SCHEDULES, LR_SCHEDULES, OPTIMIZERS
+from ..optim.schedules import PIECEWISE_POINTS
 from ..training.config import RunConfig
 from . import common as C
 
@@ -111,7 +112,8 @@ def _lr_schedule(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("learning-rate scheduling")
     g.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=None,
                    help="decay after warmup, evaluated every step; onecycle = OneCycleLR (its own warm-up), "
-                   f"plateau = ReduceLROnPlateau on the test loss {per_model('lr_schedule')}")
+                   "plateau = ReduceLROnPlateau on the test loss, piecewise = linear between --lr-points "
+                   f"{per_model('lr_schedule')}")
     g.add_argument("--warmup-epochs", type=C.nonneg_float, default=None,
                    help=f"linear warmup from 0 {per_model('warmup_epochs')}")
     g.add_argument("--min-lr", type=C.nonneg_float, default=None, help=f"floor of the decay {per_model('min_lr')}")
@@ -124,6 +126,10 @@ def _lr_schedule(p: argparse.ArgumentParser) -> None:
                    help="onecycle: peak learning rate, at least --lr [--lr]")
     g.add_argument("--pct-start", type=C.open_unit_interval, default=None,
                    help=f"onecycle: fraction of the run spent rising to --max-lr {per_model('pct_start')}")
+    g.add_argument("--lr-points", type=C.nonneg_float, nargs="+", default=None, metavar="U F",
+                   help="piecewise: the lr factor F at fraction U of the run, pairs with U rising from 0 to 1, linear "
+                   "between them (as LambdaLR) [" + " ".join(f"{v:g}" for v in PIECEWISE_POINTS) + ": from 0.2 of "
+                   "--lr up to it over 23%% of the steps, then down to 0.07 of it]")
     g.add_argument("--plateau-factor", type=C.open_unit_interval, default=None,
                    help=f"plateau: multiply the lr by this when the test loss stalls {per_model('plateau_factor')}")
     g.add_argument("--plateau-patience", type=C.nonneg_int, default=None,

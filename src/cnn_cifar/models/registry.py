@@ -38,6 +38,7 @@ class Recipe:
     lr_decay_steps: float | tuple[float, ...] | None = None   # one interval, or milestone epochs
     max_lr: float | None = None          # onecycle peak (None: lr)
     pct_start: float = 0.3               # onecycle: fraction of the run spent warming up
+    lr_points: tuple[float, ...] | None = None   # piecewise: fraction, factor, ... (None: its default triangle)
     plateau_factor: float = 0.1
     plateau_patience: int = 2
     clip_grad_norm: float = 0.0          # max global L2 norm of the gradients; 0 = no clipping

@@ -11,7 +11,10 @@ from dataclasses import asdict, dataclass
 
 from ..errors import SettingError
 
-LR_SCHEDULES = ("none", "cosine", "linear", "step", "onecycle", "plateau")
+LR_SCHEDULES = ("none", "cosine", "linear", "step", "onecycle", "plateau", "piecewise")
+PIECEWISE_POINTS = (0.0, 0.2, 0.23, 1.0, 1.0, 0.07)
+"""The piecewise schedule's default shape, (fraction of the run, factor) pairs flattened: from 0.2 of the peak up
+to it over the first 23% of the steps, then down to 0.07 of it (the fast CIFAR-10 recipes' triangle)."""
 DROPOUT_SCHEDULES = ("none", "linear_decay", "cosine_decay", "adaptive")
 
 
@@ -25,6 +28,9 @@ class LRSchedule:
     optimizer steps: from ``max_lr / div_factor`` up to ``max_lr`` over the first ``pct_start`` of the run,
     then down to ``max_lr / div_factor / final_div_factor``; it has its own warm-up, so ``warmup_epochs``
     must be 0. ``plateau`` here is only its warmup and constant part; ReduceLROnPlateau scales it.
+    ``piecewise`` multiplies ``base_lr`` by a piecewise-linear function of the fraction of the run done
+    (PyTorch's LambdaLR with such a function), given as ``points``: (fraction, factor) pairs flattened, the
+    fractions increasing from 0 to 1, the factors >= 0; it too has its own warm-up.
     ``min_lr`` floors every kind after warmup.
     """
     kind: str = "cosine"
@@ -39,6 +45,7 @@ class LRSchedule:
     div_factor: float = 25.0           # onecycle: initial lr = max_lr / div_factor
     final_div_factor: float = 1e4      # onecycle: final lr = initial lr / final_div_factor
     steps_per_epoch: int = 1           # onecycle: optimizer steps per epoch (its step grid)
+    points: tuple[float, ...] | None = None   # piecewise: fraction, factor, fraction, factor, ... (None: the default)
 
     def __post_init__(self) -> None:
         if self.kind not in LR_SCHEDULES:
@@ -68,6 +75,11 @@ class LRSchedule:
                                    "pct_start", "warmup_epochs")
             if self.div_factor <= 0 or self.final_div_factor <= 0 or self.steps_per_epoch < 1:
                 raise ValueError("onecycle needs div_factor, final_div_factor > 0 and steps_per_epoch >= 1")
+        if self.kind == "piecewise":
+            if self.warmup_epochs:
+                raise SettingError("piecewise has its own warm-up in its points; give no warmup_epochs",
+                                   "warmup_epochs")
+            object.__setattr__(self, "points", _checked_points(self.points))
 
     @property
     def milestones(self) -> tuple[float, ...] | None:
@@ -100,6 +112,36 @@ class LRSchedule:
         return asdict(self)
 
 
+def _checked_points(points) -> tuple[float, ...]:
+    """The piecewise schedule's points as a flat tuple of floats (the default shape for None), or a SettingError
+    saying what is wrong with them."""
+    if points is None:
+        return PIECEWISE_POINTS
+    flat = tuple(float(v) for v in points)
+    said = " ".join(f"{v:g}" for v in flat)
+    if len(flat) < 4 or len(flat) % 2:
+        raise SettingError(f"points must be pairs of fraction and factor, at least two, got {said}", points="lr_points")
+    fractions, factors = flat[0::2], flat[1::2]
+    if fractions[0] != 0 or fractions[-1] != 1 or any(b <= a for a, b in zip(fractions, fractions[1:])):
+        raise SettingError(f"points' fractions must rise from 0 to 1, got {' '.join(f'{v:g}' for v in fractions)}",
+                           points="lr_points")
+    if min(factors) < 0 or not all(math.isfinite(v) for v in flat):
+        raise SettingError(f"points' factors must be finite and >= 0, got {' '.join(f'{v:g}' for v in factors)}",
+                           points="lr_points")
+    return flat
+
+
+def piecewise_factor(points: tuple[float, ...], u: float) -> float:
+    """The factor at fraction ``u`` of the run: linear between the points, constant past their ends."""
+    fractions, factors = points[0::2], points[1::2]
+    if u <= fractions[0]:
+        return factors[0]
+    for (u0, f0), (u1, f1) in zip(zip(fractions, factors), zip(fractions[1:], factors[1:])):
+        if u <= u1:
+            return f0 + (f1 - f0) * (u - u0) / (u1 - u0)
+    return factors[-1]
+
+
 def _as_tuple(v) -> tuple:
     return () if v is None else v if isinstance(v, tuple) else (v,)
 
@@ -124,6 +166,8 @@ def lr_at(s: LRSchedule, t: float) -> float:
     """The learning rate after t epochs of training (t may be fractional)."""
     if s.kind == "onecycle":
         return max(s.min_lr, onecycle_at(s, t))
+    if s.kind == "piecewise":
+        return max(s.min_lr, s.base_lr * piecewise_factor(s.points, t / s.total_epochs))
     w = s.warmup_epochs
     if w > 0 and t < w:
         return s.base_lr * max(t, 0.0) / w

@@ -80,7 +80,7 @@ class RunConfig(Recipe):
         """The lr schedule; onecycle needs the loader's ``steps_per_epoch`` (it counts optimizer steps)."""
         base = LRSchedule(self.lr_schedule, self.lr, self.epochs, self.warmup_epochs, self.min_lr,
                           self.lr_decay_factor, self.lr_decay_steps, max_lr=self.max_lr, pct_start=self.pct_start,
-                          steps_per_epoch=steps_per_epoch)
+                          steps_per_epoch=steps_per_epoch, points=self.lr_points)
         if self.lr_schedule == "plateau":
             return ReduceLROnPlateau(base, self.plateau_factor, self.plateau_patience)
         return base
@@ -136,8 +136,10 @@ def _tuple_or_scalar(v):
     return v
 
 
+# Schedules with a warm-up of their own, and where it is set.
+OWN_WARMUP = {"onecycle": "over pct_start of the run", "piecewise": "in its lr_points"}
 SEQUENCES: tuple[str, ...] = ("lr_decay_steps",)      # one number or several (a checkpoint stores lists)
-TUPLES: tuple[str, ...] = ("shift_scale_rotate", "color_jitter")      # fixed-length groups of numbers
+TUPLES: tuple[str, ...] = ("shift_scale_rotate", "color_jitter", "lr_points")      # groups of numbers
 
 
 def resolve(given: dict, saved: dict | None = None, resumed_from: str | os.PathLike | None = None) -> RunConfig:
@@ -160,10 +162,11 @@ def resolve(given: dict, saved: dict | None = None, resumed_from: str | os.PathL
     for k in TUPLES:
         if values.get(k) is not None:
             values[k] = tuple(values[k])
-    if values["lr_schedule"] == "onecycle" and values["warmup_epochs"]:
+    if values["lr_schedule"] in OWN_WARMUP and values["warmup_epochs"]:
         if given.get("warmup_epochs"):
-            raise SettingError("lr_schedule onecycle warms up by itself over pct_start of the run; drop "
-                               "warmup_epochs", "lr_schedule", "pct_start", "warmup_epochs")
+            kind = values["lr_schedule"]
+            raise SettingError(f"lr_schedule {kind} warms up by itself {OWN_WARMUP[kind]}; drop warmup_epochs",
+                               "lr_schedule", "pct_start", "lr_points", "warmup_epochs")
         values["warmup_epochs"] = 0.0          # the recipe's warmup belongs to its own schedule
     if values["optimizer"] == "adamw" and "weight_decay" not in given and "weight_decay" not in saved:
         # The recipes' 5e-4 is an L2 coefficient for SGD; decoupled decay takes AdamW's own default.
