@@ -5,6 +5,7 @@ import os
 import pickle
 import stat
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -34,11 +35,12 @@ from cnn_cifar.training import (
     topk_correct,
 )
 from cnn_cifar.training.ema import ModelEMA
+from cnn_cifar.training.lookahead import Lookahead
 
 from conftest import digests
 
 
-def make_trainer(ds, ckdir, epochs=3, lr=0.02, stop=None, seed=0):
+def make_trainer(ds, ckdir, epochs=3, lr=0.02, stop=None, seed=0, hooks=lambda model: ()):
     model = build_model("cnn", seed=seed)
     opt = SGD(model.parameters(), lr, momentum=0.9, weight_decay=5e-4)
     nn.random.manual_seed(seed + 1)
@@ -48,7 +50,7 @@ def make_trainer(ds, ckdir, epochs=3, lr=0.02, stop=None, seed=0):
     return Trainer(Learner("cnn", model, opt, nn.SoftmaxCrossEntropy(0.1)), Loaders(train, test, 10),
                    Schedules(LRSchedule("cosine", lr, epochs, warmup_epochs=1),
                              DropoutSchedule("linear_decay", 0.6, 0.2, total_epochs=epochs)),
-                   RunOutput(ckdir), LoopOptions(quiet=True, stop=stop))
+                   RunOutput(ckdir), LoopOptions(quiet=True, stop=stop), hooks(model))
 
 
 class StopAfter(StopFlag):
@@ -329,3 +331,53 @@ def test_topk_counts():
     logits = np.array([[0.1, 0.5, 0.4], [0.9, 0.04, 0.06], [0.2, 0.3, 0.5]])
     y = np.array([2, 1, 0])
     assert topk_correct(logits, y, (1, 2, 3)) == {1: 0, 2: 1, 3: 3}
+
+
+# ------------------------------------------------------------------ lookahead
+def test_lookahead_pulls_the_weights_to_its_slow_copy_every_period():
+    """At global step k (a multiple of the period) of K: slow += (1 - d) (fast - slow) with d = base^period
+    (k/K)^3, then fast = slow, buffers included (the batch count is not a weight); final_step: fast = slow."""
+    model = nn.Sequential(nn.Linear(3, 2, rng=np.random.default_rng(0)), nn.BatchNorm1d(2))
+    look = Lookahead(model, period=5, base=0.9)
+    view = SimpleNamespace(model=model, train_loader=[None] * 4, epoch=0, step=0, target_epochs=5)
+    look.fit_start(view)
+    slow = {k: v.copy() for k, v in model.state_dict().items()}
+    for step in range(1, 5):                                       # steps 1..4 of 20: nothing happens
+        model[0].weight.data += 1.0
+        view.step = step
+        look.after_step(view)
+    np.testing.assert_array_equal(model[0].weight.data, slow["0.weight"] + 4)
+    model[1].running_mean += 2.0
+    view.epoch, view.step = 1, 1                                   # global step 5 of 20
+    look.after_step(view)
+    rate = 1 - 0.9 ** 5 * (5 / 20) ** 3
+    np.testing.assert_allclose(model[0].weight.data, slow["0.weight"] + rate * 4, rtol=1e-15)
+    np.testing.assert_allclose(model[1].running_mean, slow["1.running_mean"] + rate * 2, rtol=1e-15)
+    assert model[1].num_batches_tracked == slow["1.num_batches_tracked"]
+    model[0].weight.data += 3.0
+    look.final_step(view)                                          # the network is the slow weights
+    np.testing.assert_allclose(model[0].weight.data, slow["0.weight"] + rate * 4, rtol=1e-15)
+    with pytest.raises(ValueError, match="Lookahead period must be a positive number of steps, got 0"):
+        Lookahead(model, period=0)
+
+
+def test_lookahead_resumes_exactly_from_a_step_between_its_pulls(cifar_root, tmp_path):
+    """Stopped at global step 11 (7 steps per epoch: epoch 2, step 4; not a multiple of the period 5), resumed
+    in a fresh process's trainer: the same final weights as a straight run, and not those of a run without it."""
+    ds = load_dataset("cifar10", cifar_root, download=False)
+    def with_lookahead(model):
+        return [Lookahead(model)]
+    straight = make_trainer(ds, tmp_path / "a", epochs=2, hooks=with_lookahead)
+    straight.fit(2)
+    interrupted = make_trainer(ds, tmp_path / "b", epochs=2, stop=StopAfter(13), hooks=with_lookahead)
+    with pytest.raises(TrainingInterrupted):
+        interrupted.fit(2)
+    ck = load_checkpoint(tmp_path / "b" / "cnn_last.pkl", "cnn")
+    assert (ck.epoch, ck.step) == (1, 4) and ck.hooks["lookahead"]["slow"] is not None
+    resumed = make_trainer(ds, tmp_path / "b", epochs=2, seed=9, hooks=with_lookahead)
+    resumed.restore(ck)
+    resumed.fit(2)
+    assert _same_weights(straight.model.state_dict(), resumed.model.state_dict())
+    plain = make_trainer(ds, tmp_path / "c", epochs=2)
+    plain.fit(2)
+    assert not _same_weights(straight.model.state_dict(), plain.model.state_dict())

@@ -325,6 +325,12 @@ MUTATIONS = [
     ("piecewise points accepted in any order", "src/cnn_cifar/optim/schedules.py",
      "or any(b <= a for a, b in zip(fractions, fractions[1:])):", "or False:",
      "tests/test_features_schedules.py -k piecewise_points"),
+    ("lookahead's slow weights not saved (a resumed run restarts them)", "src/cnn_cifar/training/lookahead.py",
+     'return {"slow": OrderedDict((k, backend.to_numpy(v).copy()) for k, v in (self.slow or {}).items()) or None}',
+     'return {"slow": None}', "tests/test_training.py -k lookahead_resumes"),
+    ("lookahead's decay linear in progress, not cubic", "src/cnn_cifar/training/lookahead.py",
+     "(k / (trainer.target_epochs * steps)) ** 3", "(k / (trainer.target_epochs * steps)) ** 1",
+     "tests/test_training.py -k lookahead_pulls"),
     # -- prediction
     ("images resized by nearest neighbour (aliasing)", "src/cnn_cifar/inference.py",
      "im = im.resize((SIZE, SIZE), Image.Resampling.BILINEAR, reducing_gap=None)",
