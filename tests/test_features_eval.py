@@ -43,6 +43,26 @@ def test_flip_tta_averages_the_logits_of_image_and_mirror(xp):
     assert not model.training
 
 
+def test_flip_translate_tta_averages_the_six_views_as_the_fast_recipes_do(xp):
+    """Half the mirror-averaged logits, half the mean of the mirror-averaged logits of the image translated
+    one pixel down-right and up-left (crops of the reflect-padded image), written out view by view here."""
+    model = build_model("cnn", seed=3).eval()
+    x = np.random.default_rng(1).standard_normal((3, 3, 32, 32)).astype(np.float32)
+    padded = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)), mode="reflect")
+    assert np.array_equal(padded[:, :, 0, 1:33], x[:, :, 1])       # reflect: the edge row is not repeated
+
+    def mirrored_mean(v):
+        with nn.no_grad():
+            a = backend.to_numpy(model(xp.asarray(np.ascontiguousarray(v)))).astype(np.float64)
+            b = backend.to_numpy(model(xp.asarray(np.ascontiguousarray(v[..., ::-1])))).astype(np.float64)
+        return (a + b) / 2
+    want = 0.5 * mirrored_mean(x) + 0.25 * (mirrored_mean(padded[:, :, :32, :32]) + mirrored_mean(padded[:, :, 2:, 2:]))
+    with nn.no_grad():
+        got = backend.to_numpy(with_tta(model, "flip-translate")(xp.asarray(x)))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(want, mirrored_mean(x), rtol=1e-3)       # the translated views count
+
+
 def test_test_cli_tta_flip(cifar_root):
     assert train_cli.main(["--data", str(cifar_root), *BASE]) == 0
     argv = ["--resume", "ck/cnn_last.pkl", "--data", str(cifar_root), "--no-download", "--quiet", "--limit-test", "64"]

@@ -331,6 +331,8 @@ MUTATIONS = [
     ("lookahead's decay linear in progress, not cubic", "src/cnn_cifar/training/lookahead.py",
      "(k / (trainer.target_epochs * steps)) ** 3", "(k / (trainer.target_epochs * steps)) ** 1",
      "tests/test_training.py -k lookahead_pulls"),
+    ("flip-translate's second view translated the same way as the first", "src/cnn_cifar/training/tta.py",
+     "padded[:, :, 2:h + 2, 2:w + 2]", "padded[:, :, 0:h, 0:w]", "tests/test_features_eval.py -k six_views"),
     # -- prediction
     ("images resized by nearest neighbour (aliasing)", "src/cnn_cifar/inference.py",
      "im = im.resize((SIZE, SIZE), Image.Resampling.BILINEAR, reducing_gap=None)",

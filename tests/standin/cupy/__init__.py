@@ -284,7 +284,7 @@ for _name in ("add", "subtract", "multiply", "divide", "true_divide", "maximum",
               "argsort", "einsum", "concatenate", "stack", "clip", "sign", "tanh", "logical_and", "logical_or",
               "ascontiguousarray", "transpose", "reshape", "zeros_like", "ones_like", "empty_like", "full_like",
               "broadcast_to", "expand_dims", "all", "any", "dot", "outer", "power", "greater", "less", "equal",
-              "bitwise_and"):
+              "bitwise_and", "pad"):
     globals()[_name] = _function(_name)
 
 
