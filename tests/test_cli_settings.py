@@ -187,7 +187,8 @@ def test_defaults_pinned():
         ema=0.0,
         ema_bn_batches=40,
         cutout_fill="mean", cutout_p=1.0, shift_scale_rotate=None, ssr_p=0.5, ssr_border="reflect", color_jitter=None,
-        mixup=0.0, cutmix=0.0, early_stop=0, save_every=0, tensorboard_every=50, log_dir="log")
+        mixup=0.0, cutmix=0.0, translate=0, alternating_flip=False, early_stop=0, save_every=0, tensorboard_every=50,
+        log_dir="log")
     res = resolve(parse("--model", "resnet56"))
     assert {k: res[k] for k in RECIPE_FIELDS} == dict(
         optimizer="sgd", lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4, batch_size=128, epochs=200,
@@ -197,7 +198,8 @@ def test_defaults_pinned():
         ema=0.0,
         ema_bn_batches=40,
         label_smoothing=0.0, amp=False, crop_padding=4, no_flip=False, cutout=0, cutout_fill="mean", cutout_p=1.0,
-        shift_scale_rotate=None, ssr_p=0.5, ssr_border="reflect", color_jitter=None, mixup=0.0, cutmix=0.0)
+        shift_scale_rotate=None, ssr_p=0.5, ssr_border="reflect", color_jitter=None, mixup=0.0, cutmix=0.0,
+        translate=0, alternating_flip=False)
     assert (cnn["checkpoint_dir"], cnn["log_dir"]) == (res["checkpoint_dir"], res["log_dir"]) == ("checkpoint", "log")
 
 

@@ -360,3 +360,70 @@ def test_augmentation_errors_name_parameters_in_the_library_and_flags_on_the_com
     with pytest.raises(SettingError, match=r"^mixup and cutmix take an alpha >= 0") as exc:
         AugmentConfig(mixup=-1)
     assert exc.value.worded(lambda s: "--" + s) == "--mixup and --cutmix take an alpha >= 0 (0 = off)"
+
+
+# ------------------------------------------------------------------ the fast recipes' translation and flips
+def test_translate_is_a_reflect_padded_random_window():
+    x = np.arange(2 * 3 * 6 * 6, dtype=np.uint8).reshape(2, 3, 6, 6)
+    out = A.random_crop(np.concatenate([x] * 20), 2, np.random.default_rng(0), mode="reflect")
+    padded = np.pad(x, ((0, 0), (0, 0), (2, 2), (2, 2)), mode="reflect")
+    windows = {(i, oy, ox): padded[i, :, oy:oy + 6, ox:ox + 6] for i in range(2) for oy in range(5) for ox in range(5)}
+    seen = set()
+    for k, o in enumerate(out):
+        match = [key for key, w in windows.items() if key[0] == k % 2 and np.array_equal(o, w)]
+        assert match, k                                            # every output is one reflect-padded window
+        seen.add(match[0][1:])
+    assert len(seen) > 10                                          # and they vary
+    cfg = AugmentConfig(crop_padding=0, flip=False, translate=2)   # the loader's translation is this one
+    (xb, _), = BatchLoader(x, np.arange(2), 2, MEAN, STD, augment_cfg=cfg, rng=np.random.default_rng(3),
+                           prefetch=False)
+    want = A.random_crop(x, 2, np.random.default_rng(3), mode="reflect")
+    np.testing.assert_array_equal(xb, A.normalize(want, MEAN, STD))
+
+
+def test_alternating_flip_flips_half_the_images_then_swaps_each_epoch():
+    """Each image is flipped on alternate epochs: a fixed half from the first epoch, the other half on the
+    next, whatever the order the batches come in; the choice does not advance the data stream."""
+    x = np.random.default_rng(0).integers(0, 256, (40, 3, 4, 4), dtype=np.uint8)
+    cfg = AugmentConfig(crop_padding=0, alternating_flip=True)
+    rng = np.random.default_rng(5)
+    loader = BatchLoader(x, np.arange(40), 8, MEAN, STD, shuffle=True, augment_cfg=cfg, rng=rng, prefetch=False)
+    assert rng.bit_generator.state == np.random.default_rng(5).bit_generator.state     # not advanced
+    plain, mirrored = A.normalize(x, MEAN, STD), A.normalize(np.ascontiguousarray(x[..., ::-1]), MEAN, STD)
+    flipped = []
+    for epoch in range(3):
+        loader.set_epoch(epoch)
+        state = np.zeros(40, bool)
+        for xb, yb in loader:
+            for img, i in zip(xb, yb):
+                assert np.array_equal(img, mirrored[i]) or np.array_equal(img, plain[i])
+                state[i] = np.array_equal(img, mirrored[i])
+        flipped.append(state)
+    assert 10 < flipped[0].sum() < 30
+    assert np.array_equal(flipped[1], ~flipped[0]) and np.array_equal(flipped[2], flipped[0])
+    again = BatchLoader(x, np.arange(40), 8, MEAN, STD, shuffle=True, augment_cfg=cfg,
+                        rng=np.random.default_rng(5), prefetch=False)
+    assert np.array_equal(again._flipped_first, loader._flipped_first)    # a resumed run rebuilds the same half
+
+
+def test_translate_and_alternating_flip_resume_exactly_through_the_cli(cifar_root, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    flags = ["--data", str(cifar_root), *BASE[:-1], "--quiet", "--crop-padding", "0", "--translate", "2",
+             "--alternating-flip"]
+    assert train_cli.main([*flags, "--epochs", "3", "--checkpoint-dir", "a"]) == 0
+    assert train_cli.main([*flags, "--epochs", "1", "--checkpoint-dir", "b"]) == 0
+    assert train_cli.main(["--resume", "b/cnn_last.pkl", "--epochs", "3", "--checkpoint-dir", "b", "--quiet",
+                           "--data", str(cifar_root), "--no-download", "--no-prefetch"]) == 0
+    a, b = (load_checkpoint(Path(d) / "cnn_last.pkl") for d in "ab")
+    assert all(np.array_equal(a.state_dict[k], b.state_dict[k]) for k in a.state_dict)
+    assert (b.args["translate"], b.args["alternating_flip"]) == (2, True)
+
+
+@pytest.mark.parametrize("flags,msg", [
+    (["--translate", "2"], "--translate (reflect-padded) and --crop-padding (zero-padded) are two ways to shift"),
+    (["--alternating-flip", "--no-flip"], "--alternating-flip needs flip"),
+])
+def test_translate_and_alternating_flip_errors(capsys, flags, msg):
+    with pytest.raises(SystemExit):
+        train_cli.main(["--epochs", "1", *flags])
+    assert msg in capsys.readouterr().err.strip().splitlines()[-1]

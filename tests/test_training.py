@@ -381,3 +381,14 @@ def test_lookahead_resumes_exactly_from_a_step_between_its_pulls(cifar_root, tmp
     plain = make_trainer(ds, tmp_path / "c", epochs=2)
     plain.fit(2)
     assert not _same_weights(straight.model.state_dict(), plain.model.state_dict())
+
+
+def test_the_loop_tells_the_loader_each_epoch(cifar_root, tmp_path):
+    """What alternates by epoch in the loader (alternating flips) follows the loop's epoch, resumed runs too."""
+    ds = load_dataset("cifar10", cifar_root, download=False)
+    trainer = make_trainer(ds, tmp_path, epochs=2)
+    seen = []
+    real = trainer.train_loader.set_epoch
+    trainer.train_loader.set_epoch = lambda e: (seen.append(e), real(e))
+    trainer.fit(2)
+    assert seen == [0, 1]

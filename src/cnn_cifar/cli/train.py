@@ -55,7 +55,8 @@ def summary_lines(cfg: RunConfig) -> list[str]:
     lr += f", floor {cfg.min_lr:g}" if cfg.min_lr else ""
     dropout = f"dropout {cfg.dropout_rate:g}" + (f" ({cfg.dropout_schedule})" if cfg.dropout_schedule != "none" else "")
     a = cfg.augmentation()
-    augment = _onoff([(a.crop_padding > 0, f"crop {a.crop_padding}"), (a.flip, "flip"),
+    augment = _onoff([(a.crop_padding > 0, f"crop {a.crop_padding}"), (a.translate > 0, f"translate {a.translate}"),
+                      (a.flip, "alternating flip" if a.alternating_flip else "flip"),
                       (a.shift_scale_rotate is not None, "shift-scale-rotate"),
                       (a.color_jitter is not None, "colour jitter"), (a.cutout > 0, f"cutout {a.cutout}"),
                       (a.mixup > 0, f"mixup {a.mixup:g}"), (a.cutmix > 0, f"cutmix {a.cutmix:g}")])

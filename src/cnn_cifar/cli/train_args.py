@@ -158,6 +158,12 @@ def _data_and_augmentation(p: argparse.ArgumentParser) -> None:
     g.add_argument("--crop-padding", type=C.nonneg_int, default=None,
                    help=f"random-crop padding {per_model('crop_padding')}")
     g.add_argument("--no-flip", action="store_true", default=None, help="no horizontal flips")
+    g.add_argument("--translate", type=C.nonneg_int, default=None, metavar="N",
+                   help="random translation by up to N pixels with reflect padding, as the fast CIFAR recipes "
+                   f"(instead of --crop-padding's zero padding: give --crop-padding 0) {per_model('translate')}")
+    g.add_argument("--alternating-flip", action=argparse.BooleanOptionalAction, default=None,
+                   help="flip each image on alternate epochs, half of them from the first (instead of at random "
+                   f"per batch) {per_model('alternating_flip')}")
     g.add_argument("--cutout", type=C.nonneg_int, default=None,
                    help=f"cutout square size, 0 = off {per_model('cutout')}")
     g.add_argument("--cutout-fill", choices=CUTOUT_FILLS, default=None,

@@ -13,12 +13,14 @@ from dataclasses import dataclass
 import numpy as np
 
 
-def random_crop(x: np.ndarray, padding: int, rng: np.random.Generator) -> np.ndarray:
-    """Zero-pad by ``padding`` and cut a random HxW window per image (one gather, no per-image loop)."""
+def random_crop(x: np.ndarray, padding: int, rng: np.random.Generator, mode: str = "constant") -> np.ndarray:
+    """Pad by ``padding`` (zeros, or ``mode="reflect"``: mirrored without repeating the edge, as torch's
+    'reflect') and cut a random HxW window per image (one gather, no per-image loop). Reflect padding is the
+    fast recipes' random translation."""
     if padding <= 0:
         return x
     n, c, h, w = x.shape
-    xp_ = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+    xp_ = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)), mode=mode)
     oy = rng.integers(0, 2 * padding + 1, n)
     ox = rng.integers(0, 2 * padding + 1, n)
     rows = (oy[:, None] + np.arange(h))[:, None, :, None]

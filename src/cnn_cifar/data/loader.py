@@ -1,6 +1,7 @@
 """Batches for training and evaluation, optionally prepared in a background thread."""
 from __future__ import annotations
 
+import copy
 import queue
 import threading
 from dataclasses import dataclass
@@ -19,7 +20,9 @@ SSR_BORDERS = ("reflect", "constant")
 
 @dataclass
 class AugmentConfig:
-    """What the training loader does to each batch, in this order: random crop, horizontal flip,
+    """What the training loader does to each batch, in this order: random crop (or, with ``translate``, a
+    reflect-padded translation), horizontal flip (at random per batch, or ``alternating_flip``: each image
+    flipped on alternate epochs, half of them from the first, as the fast CIFAR recipes do),
     shift-scale-rotate (with probability ``ssr_p`` per image), colour jitter, normalisation, cutout (with
     probability ``cutout_p``, filled with the dataset mean or black), then mixup or cutmix (both set: one of
     them per batch, with probability 1/2 each, as timm's Mixup)."""
@@ -34,8 +37,15 @@ class AugmentConfig:
     color_jitter: tuple[float, float, float, float] | None = None    # brightness, contrast, saturation, hue
     mixup: float = 0.0
     cutmix: float = 0.0
+    translate: int = 0                   # random translation by up to this many pixels, reflect-padded
+    alternating_flip: bool = False       # flip half the images (fixed) on even epochs, the other half on odd
 
     def __post_init__(self) -> None:
+        if self.translate < 0 or (self.translate and self.crop_padding):
+            raise SettingError("translate (reflect-padded) and crop_padding (zero-padded) are two ways to shift "
+                               "the images: give one, >= 0", "translate", "crop_padding")
+        if self.alternating_flip and not self.flip:
+            raise SettingError("alternating_flip needs flip", "alternating_flip")
         if self.cutout_fill not in CUTOUT_FILLS:
             raise SettingError(f"cutout_fill must be one of {', '.join(CUTOUT_FILLS)}, got {self.cutout_fill!r}",
                                "cutout_fill")
@@ -108,6 +118,11 @@ class BatchLoader:
         self.mean, self.std = mean, std
         self.shuffle, self.augment_cfg = shuffle, augment_cfg or AugmentConfig.none()
         self.rng = rng if rng is not None else np.random.default_rng()
+        self.epoch = 0                       # set by the training loop before each epoch (``set_epoch``)
+        # alternating_flip: which images start flipped, drawn from a copy of the stream as given (the stream
+        # itself is not advanced), so a run and its resume from any epoch agree.
+        self._flipped_first = (copy.deepcopy(self.rng).random(len(x)) < 0.5
+                               if self.augment_cfg.alternating_flip else None)
         self.drop_last, self.prefetch = drop_last, prefetch
         if shard is not None:
             rank, size = shard
@@ -117,6 +132,11 @@ class BatchLoader:
                 raise ValueError(f"the global batch size {batch_size} must divide evenly over {size} ranks "
                                  f"(and the last partial batch be dropped)")
         self.shard = shard if shard is not None and shard[1] > 1 else None
+
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch the next pass is (0-based): what alternates by epoch follows it (as PyTorch's
+        ``DistributedSampler.set_epoch``)."""
+        self.epoch = int(epoch)
 
     def __len__(self) -> int:
         n = len(self.x)
@@ -137,7 +157,12 @@ class BatchLoader:
             xb, yb = self.x[idx], self.y[idx]
             if cfg.crop_padding:
                 xb = augment.random_crop(xb, cfg.crop_padding, self.rng)
-            if cfg.flip:
+            if cfg.translate:
+                xb = augment.random_crop(xb, cfg.translate, self.rng, mode="reflect")
+            if cfg.alternating_flip:
+                flip = self._flipped_first[idx] ^ bool(self.epoch % 2)
+                xb = np.where(flip[:, None, None, None], xb[:, :, :, ::-1], xb)
+            elif cfg.flip:
                 xb = augment.random_flip(xb, self.rng)
             if cfg.shift_scale_rotate or cfg.color_jitter:
                 xb = xb.astype(np.float32)

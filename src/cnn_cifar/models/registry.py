@@ -57,6 +57,8 @@ class Recipe:
     color_jitter: tuple[float, float, float, float] | None = None  # brightness, contrast, saturation, hue
     mixup: float = 0.0                   # Beta(alpha, alpha) of mixup; 0 = off
     cutmix: float = 0.0                  # Beta(alpha, alpha) of cutmix; 0 = off
+    translate: int = 0                   # reflect-padded random translation (instead of crop_padding); 0 = off
+    alternating_flip: bool = False       # each image flipped on alternate epochs (half from the first)
 
     def to_dict(self) -> dict:
         return asdict(self)

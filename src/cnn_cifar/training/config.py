@@ -119,7 +119,7 @@ class RunConfig(Recipe):
             return AugmentConfig.none()
         return AugmentConfig(self.crop_padding, not self.no_flip, self.cutout, self.cutout_fill, self.cutout_p,
                              self.shift_scale_rotate, self.ssr_p, self.ssr_border, self.color_jitter, self.mixup,
-                             self.cutmix)
+                             self.cutmix, translate=self.translate, alternating_flip=self.alternating_flip)
 
 
 FIELDS = tuple(f.name for f in fields(RunConfig))

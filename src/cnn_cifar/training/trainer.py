@@ -200,6 +200,7 @@ class Trainer:
             # Resuming inside an epoch: replay the data stream from the epoch's start to this step. (Stopped
             # after the last step, in evaluation, the saved stream is already at the epoch's end.)
             rng.bit_generator.state = copy.deepcopy(self.epoch_rng_state)
+        self.train_loader.set_epoch(self.epoch)
         nn.set_dropout(self.model, self.dropout_p)
         self.model.train()
 
