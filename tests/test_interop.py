@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 
 from cnn_cifar import backend, nn
+from cnn_cifar.cli import common as C
 from cnn_cifar.interop import TorchFileError, find_state_dict, from_torch, load, save, to_torch
 from cnn_cifar.models import build_model
 from cnn_cifar.training import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
@@ -306,8 +307,9 @@ def test_from_torch_refusals_name_the_tensor():
     wrong = dict(theirs, **{"module.conv1.weight": np.zeros((16, 3, 5, 5), np.float32)})
     with pytest.raises(CheckpointError, match=r"'conv1.weight' has shape \(16, 3, 5, 5\).*needs \(16, 3, 3, 3\)"):
         from_torch(wrong, "resnet20", shortcut="pad")
-    with pytest.raises(CheckpointError, match=r"shortcut.*--shortcut pad"):
+    with pytest.raises(CheckpointError, match=r"option-A shortcuts need shortcut='pad'\)$") as exc:
         from_torch(theirs, "resnet20")                          # option-A weights into projection shortcuts
+    assert C.message(exc.value).endswith("need shortcut='pad') (give --shortcut pad)")     # the CLI's words
 
 
 def test_from_torch_infers_the_class_count_from_the_head():

@@ -223,7 +223,7 @@ def test_checkpoint_refusals(tmp_path):
     with pytest.raises(CheckpointError, match="is not a readable checkpoint"):
         load_checkpoint(junk)
     good = save_checkpoint(tmp_path / "r.pkl", {"model": "resnet20", "state_dict": {}, "epoch": 0})
-    with pytest.raises(CheckpointError, match=r"holds a 'resnet20' model, not 'cnn' \(use --model resnet20\)"):
+    with pytest.raises(CheckpointError, match=r"holds a 'resnet20' model, not 'cnn'$"):
         load_checkpoint(good, "cnn")
     truncated = tmp_path / "t.pkl"
     truncated.write_bytes(good.read_bytes()[:40])

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from cnn_cifar.cli import common as C
 from cnn_cifar.models import build_model
 from cnn_cifar.training import (
     Checkpoint,
@@ -32,8 +33,10 @@ def test_find_checkpoint_in_a_folder(tmp_path):
     save_checkpoint(tmp_path / "cnn_best.pkl", _ck())
     assert find_checkpoint(tmp_path) == tmp_path / "cnn_best.pkl"
     save_checkpoint(tmp_path / "resnet8_best.pkl", _ck("resnet8"))
-    with pytest.raises(CheckpointError, match=r"several best checkpoints \(cnn_best.pkl, resnet8_best.pkl\)"):
+    with pytest.raises(CheckpointError, match=r"several best checkpoints \(cnn_best.pkl, resnet8_best.pkl\): "
+                                               r"name the model$") as exc:
         find_checkpoint(tmp_path)
+    assert C.message(exc.value).endswith(": name the model (choose one with --model)")    # the CLI's words
     assert find_checkpoint(tmp_path, "resnet8") == tmp_path / "resnet8_best.pkl"
     with pytest.raises(CheckpointError, match=r"no resnet20_best.pkl in"):
         find_checkpoint(tmp_path, "resnet20")

@@ -12,7 +12,9 @@ from .. import backend, runtime
 from ..data import DatasetError
 from ..data.datasets import DatasetNotFound
 from ..errors import SettingError
+from ..interop.convert import ShortcutMismatch
 from ..training import CheckpointError, NonFiniteLoss, TrainingInterrupted
+from ..training.checkpoint import AmbiguousCheckpoint, ModelMismatch
 
 
 def _number(cast: type, ok, what: str):
@@ -88,6 +90,13 @@ def message(exc: BaseException) -> str:
     if isinstance(exc, DatasetNotFound):
         return (f"{exc.spec.name} not found: {exc.path} is missing (run without --no-download to fetch it, or "
                 f"point --data at the folder holding {exc.spec.folder})")
+    advice = {TrainingInterrupted: lambda: f"continue with --resume {exc.path}",
+              ModelMismatch: lambda: f"use --model {exc.found}",
+              AmbiguousCheckpoint: lambda: "choose one with --model",
+              ShortcutMismatch: lambda: "give --shortcut pad"}
+    for kind, say in advice.items():
+        if isinstance(exc, kind):
+            return f"{exc} ({say()})"
     return str(exc)
 
 
@@ -106,7 +115,7 @@ _COLLECTIVE = (TrainingInterrupted, NonFiniteLoss, AgreedError)
 def _report(exc: BaseException) -> tuple[int, str] | None:
     """The exit status and one-line message for a known failure; None for anything else."""
     if isinstance(exc, TrainingInterrupted):
-        return 128 + int(getattr(exc, "signum", signal.SIGINT)), f"stopped: {exc}"   # 130 Ctrl-C, 143 SIGTERM
+        return 128 + int(getattr(exc, "signum", signal.SIGINT)), f"stopped: {message(exc)}"   # 130 Ctrl-C, 143 SIGTERM
     if isinstance(exc, KeyboardInterrupt):
         what = str(exc) or "Ctrl-C"
         return (143 if what == "SIGTERM" else 130,

@@ -161,9 +161,10 @@ def _settings(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tupl
     except ValueError as exc:
         parser.error(C.message(exc))
     if cfg.tensorboard and not args.dump_config:
-        from ..training.tensorboard import MISSING, tensorboard_available
+        from ..training.tensorboard import tensorboard_available
         if not tensorboard_available():
-            parser.error(MISSING)
+            parser.error("--tensorboard needs tensorboardX, which is not installed: uv sync --group tensorboard "
+                         "(or pip install tensorboardX)")
     return cfg, ck, src
 
 

@@ -77,7 +77,8 @@ def load_mpi():
     try:
         from mpi4py import MPI
     except ImportError as exc:
-        raise RuntimeError("--distributed needs mpi4py and an MPI library: uv sync --group distributed "
+        raise RuntimeError("data-parallel training over MPI needs mpi4py and an MPI library: uv sync --group "
+                           "distributed "
                            f"({exc})") from None
     return MPI
 

@@ -19,6 +19,10 @@ from ..training.checkpoint import Checkpoint, CheckpointError
 KEY_STYLES = ("ours", "linear-head", "twin")
 
 
+class ShortcutMismatch(CheckpointError):
+    """The file's ResNet has option-A (parameter-free) shortcuts, the model asked for has projections."""
+
+
 def find_state_dict(obj: object) -> dict:
     """The tensor dict inside a loaded PyTorch file: the object itself, or its 'state_dict' / 'model' entry."""
     if isinstance(obj, dict):
@@ -97,10 +101,11 @@ def from_torch(state: dict, model_name: str, mean: tuple | None = None, std: tup
             if key.endswith("num_batches_tracked"):
                 loaded[key] = np.zeros((), np.int64)
                 continue
-            hint = (" (weights with parameter-free option-A shortcuts need shortcut 'pad': --shortcut pad)"
-                    if ".shortcut." in key and options.get("shortcut", "projection") == "projection" else "")
-            raise CheckpointError(f"the file has no tensor '{theirs}' for {model_name}'s '{key}' "
-                                  f"(shape {tuple(current.shape)}){hint}")
+            missing = f"the file has no tensor '{theirs}' for {model_name}'s '{key}' (shape {tuple(current.shape)})"
+            if ".shortcut." in key and options.get("shortcut", "projection") == "projection":
+                raise ShortcutMismatch(f"{missing} (weights with parameter-free option-A shortcuts need "
+                                       f"shortcut='pad')")
+            raise CheckpointError(missing)
         value = np.asarray(state[theirs])
         if value.shape != current.shape:
             raise CheckpointError(f"tensor '{theirs}' has shape {tuple(value.shape)}, {model_name}'s '{key}' "

@@ -23,6 +23,18 @@ class CheckpointError(RuntimeError):
     """A checkpoint is missing, corrupt, unsafe, or for another model (the message says which)."""
 
 
+class ModelMismatch(CheckpointError):
+    """A checkpoint holds another model than the one asked for (``found``)."""
+
+    def __init__(self, message: str, found: str):
+        super().__init__(message)
+        self.found = found
+
+
+class AmbiguousCheckpoint(CheckpointError):
+    """A folder holds the best checkpoints of several models: which one is meant must be said."""
+
+
 @dataclass
 class Checkpoint:
     """Everything a run saves: the model, and for ``--resume`` the optimizer, schedules, random streams,
@@ -160,8 +172,7 @@ def load_checkpoint(path: str | os.PathLike, expected_model: str | None = None) 
         raise CheckpointError(f"{path} has checkpoint version {raw.get('version')}, this tool reads {VERSION}")
     ck = Checkpoint.from_dict(raw, source=str(path))
     if expected_model is not None and ck.model != expected_model:
-        raise CheckpointError(f"{path} holds a '{ck.model}' model, not '{expected_model}' "
-                              f"(use --model {ck.model})")
+        raise ModelMismatch(f"{path} holds a '{ck.model}' model, not '{expected_model}'", ck.model)
     return ck
 
 
@@ -182,8 +193,8 @@ def find_checkpoint(path: str | os.PathLike, model: str | None = None) -> Path:
             return candidates[0]
     found = sorted(p.name for p in path.glob("*.pkl"))
     if len(candidates) > 1:
-        raise CheckpointError(f"{path} holds several best checkpoints ({', '.join(p.name for p in candidates)}): "
-                              f"choose one with --model")
+        raise AmbiguousCheckpoint(f"{path} holds several best checkpoints "
+                                  f"({', '.join(p.name for p in candidates)}): name the model")
     want = f"{model}_best.pkl" if model else "a *_best.pkl"
     raise CheckpointError(f"no {want} in {path}" + (f" (it holds {', '.join(found)})" if found else " (no .pkl files)"))
 

@@ -13,8 +13,7 @@ class TrainingInterrupted(Exception):
     """Ctrl-C: the state was saved to ``path`` and training stopped."""
 
     def __init__(self, path: Path, epoch: int, step: int):
-        super().__init__(f"interrupted at epoch {epoch + 1}, step {step}; state saved to {path} "
-                         f"(continue with --resume {path})")
+        super().__init__(f"interrupted at epoch {epoch + 1}, step {step}; state saved to {path}")
         self.path = path
         self.signum = signal.SIGINT
 

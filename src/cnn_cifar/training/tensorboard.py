@@ -5,8 +5,8 @@ from pathlib import Path
 
 from .hooks import Hook, TrainerView
 
-MISSING = ("--tensorboard needs tensorboardX, which is not installed: uv sync --group tensorboard "
-           "(or pip install tensorboardX)")
+MISSING = "TensorBoard logging needs tensorboardX, which is not installed: uv sync --group tensorboard " \
+          "(or pip install tensorboardX)"
 
 
 def tensorboard_available() -> bool:
