@@ -197,7 +197,7 @@ def tune_host_allocator() -> bool:
 
     Training allocates and frees activation-sized arrays (megabytes) every step. By default glibc serves
     large blocks with fresh mmap pages and trims the heap, so each step pays a page fault per 4 KiB touched
-    (about 15% of a ResNet-32 step on 2 cores). With mmap off and trimming disabled, freed blocks are reused;
+    (the Performance page of the manual says how much). With mmap off and trimming disabled, freed blocks are reused;
     peak memory is unchanged. CNN_CIFAR_MALLOC_TUNING=0 leaves glibc alone. Returns True if applied.
     """
     global _allocator_tuned

@@ -44,8 +44,8 @@ class ConvGeometry:
 
 # Convolutions build their column matrix one tile of output pixels at a time, each tile about this
 # many bytes: small enough to stay in a core's cache between im2col writing it and the matmul reading
-# it. One whole-batch matrix (75 MB for a ResNet stage-1 conv at batch 128) went through DRAM twice
-# and ran 1.5-3x slower. The loop runs over cache-sized tiles, not over pixels or samples.
+# it (a whole-batch matrix goes through memory twice: the Performance page of the manual has the figures).
+# The loop runs over cache-sized tiles, not over pixels or samples.
 TILE_BYTES = int(os.environ.get("CNN_CIFAR_TILE_BYTES", str(2 << 20)))
 
 
