@@ -341,6 +341,11 @@ MUTATIONS = [
      "xb = augment.random_crop(xb, cfg.translate, self.rng)", "tests/test_features_augment.py -k reflect_padded"),
     ("the loop never tells the loader its epoch", "src/cnn_cifar/training/trainer.py",
      "        self.train_loader.set_epoch(self.epoch)\n", "", "tests/test_training.py -k tells_the_loader"),
+    ("whitening patches flattened in another order than the conv's weights", "src/cnn_cifar/nn/init.py",
+     "patches = windows.transpose(0, 2, 3, 1, 4, 5).reshape(-1, c * kh * kw)",
+     "patches = windows.transpose(0, 2, 3, 4, 5, 1).reshape(-1, c * kh * kw)", "tests/test_init.py"),
+    ("whitening filters without the eps", "src/cnn_cifar/nn/init.py",
+     "np.sqrt(eigenvalues[::-1] + eps)", "np.sqrt(eigenvalues[::-1])", "tests/test_init.py"),
     # -- prediction
     ("images resized by nearest neighbour (aliasing)", "src/cnn_cifar/inference.py",
      "im = im.resize((SIZE, SIZE), Image.Resampling.BILINEAR, reducing_gap=None)",
