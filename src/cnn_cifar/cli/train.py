@@ -107,8 +107,8 @@ def _main(argv: list[str] | None = None) -> int:
         return 0
     comm = parallel.communicator(args.distributed, args.sync_bn, cfg.batch_size)
     ds = _dataset(cfg, args, comm)
-    (x_tr, y_tr), (x_te, y_te) = (ds.x_train[:cfg.limit_train], ds.y_train[:cfg.limit_train]), \
-        (ds.x_test[:cfg.limit_test], ds.y_test[:cfg.limit_test])
+    x_tr, y_tr = ds.x_train[:cfg.limit_train], ds.y_train[:cfg.limit_train]
+    x_te, y_te = ds.x_test[:cfg.limit_test], ds.y_test[:cfg.limit_test]
     if len(x_tr) < 2:
         raise ValueError(f"need at least 2 training images, have {len(x_tr)}")
     if ck is not None and (ck.num_classes or ds.spec.num_classes) != ds.spec.num_classes:

@@ -29,13 +29,8 @@ class Lookahead(Hook):
 
     def _weights(self) -> OrderedDict:
         """The model's floating-point parameters and buffers, by state-dict name (the live arrays)."""
-        out = OrderedDict()
-        for prefix, mod in self.model.named_modules():
-            for key, p in mod._parameters.items():
-                out[f"{prefix}.{key}" if prefix else key] = p.data
-            for key, b in mod._buffers.items():
-                if b.dtype.kind == "f":
-                    out[f"{prefix}.{key}" if prefix else key] = b
+        out = OrderedDict((name, p.data) for name, p in self.model.named_parameters())
+        out.update((name, b) for name, b in self.model.named_buffers() if b.dtype.kind == "f")
         return out
 
     def fit_start(self, trainer: TrainerView) -> None:
