@@ -231,7 +231,7 @@ def test_optimizer_keeps_parameters_as_views_of_flat_buffers_and_takes_back_repl
     model = nn.Sequential(nn.Linear(3, 4, rng=np.random.default_rng(0)), nn.ReLU(),
                           nn.Linear(4, 2, rng=np.random.default_rng(1)))
     opt = SGD(model.parameters(), lr=0.5, momentum=0.0)
-    assert len(opt.groups) == 1 and isinstance(opt.groups[0], FlatParams) and opt.groups[0].data.size == 26
+    assert len(opt.buffers) == 1 and isinstance(opt.buffers[0], FlatParams) and opt.buffers[0].data.size == 26
     fresh = {k: v + 1.0 for k, v in model.state_dict().items()}
     model.load_state_dict(fresh)                                  # new arrays, no longer views
     opt.zero_grad()
@@ -240,7 +240,7 @@ def test_optimizer_keeps_parameters_as_views_of_flat_buffers_and_takes_back_repl
     opt.step()
     for (k, v), p in zip(fresh.items(), model.parameters()):
         np.testing.assert_allclose(backend.to_numpy(p.data), v - 0.5 * 2.0, rtol=1e-6, err_msg=k)
-    flat = backend.to_numpy(opt.groups[0].data)
+    flat = backend.to_numpy(opt.buffers[0].data)
     np.testing.assert_allclose(flat, np.concatenate([backend.to_numpy(p.data).ravel() for p in model.parameters()]))
 
 
@@ -248,7 +248,7 @@ def test_parameters_of_two_dtypes_make_two_groups_with_the_same_update():
     a = nn.Parameter(np.array([1.0, 2.0], dtype=np.float32))
     b = nn.Parameter(np.array([[3.0]], dtype=np.float64))
     opt = SGD([a, b], lr=0.1, momentum=0.9, weight_decay=0.01)
-    assert len(opt.groups) == 2
+    assert len(opt.buffers) == 2
     for _ in range(2):
         opt.zero_grad()
         a.grad += 1.0
@@ -294,3 +294,105 @@ def test_adam_host_update_is_the_fused_kernels_formula(cls, wd):
         want, m, v = optim_kernels._adam_reference(g, 0.01 / (1 - 0.8 ** t), 0.8, 0.9, 1 - 0.9 ** t, 1e-8, l2, shrink,
                                                    True, want, m, v)
     np.testing.assert_allclose(p.data, want, rtol=1e-13, atol=1e-15)
+
+
+# ------------------------------------------------------------------ parameter groups (PyTorch's param_groups)
+def _sgd_reference(w, g, v, lr, mu, wd, nesterov):
+    d = g + wd * w
+    v = d.copy() if v is None else mu * v + d
+    return w - lr * ((d + mu * v) if nesterov else v), v
+
+
+@pytest.mark.parametrize("cls", [SGD, Adam])
+def test_each_parameter_group_trains_with_its_own_lr_and_weight_decay(xp, cls):
+    """Two groups with their own lr and weight_decay: each parameter follows the single-group optimizer
+    given its group's settings, on both backends (the GPU's fused kernel takes each group's values)."""
+    rng = np.random.default_rng(0)
+    w = [rng.standard_normal(5).astype(np.float32) for _ in range(3)]
+    grads = [[rng.standard_normal(5).astype(np.float32) for _ in range(3)] for _ in range(3)]
+    kw = {"momentum": 0.85, "nesterov": True} if cls is SGD else {}
+    ps = [nn.Parameter(xp.asarray(v)) for v in w]
+    opt = cls([{"params": [ps[0], ps[2]]}, {"params": [ps[1]], "lr": 0.4, "weight_decay": 0.5}],
+              lr=0.05, weight_decay=0.01, **kw)
+    alone = [nn.Parameter(xp.asarray(v)) for v in w]
+    singles = [cls([alone[0]], lr=0.05, weight_decay=0.01, **kw), cls([alone[1]], lr=0.4, weight_decay=0.5, **kw),
+               cls([alone[2]], lr=0.05, weight_decay=0.01, **kw)]
+    assert [g["lr"] for g in opt.param_groups] == [0.05, 0.4]
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.01, 0.5]
+    for step in grads:
+        opt.zero_grad()
+        for p, a, g, single in zip(ps, alone, step, singles):
+            p.grad += xp.asarray(g)
+            single.zero_grad()
+            a.grad += xp.asarray(g)
+            single.step()
+        opt.step()
+    for p, a in zip(ps, alone):
+        np.testing.assert_allclose(backend.to_numpy(p.data), backend.to_numpy(a.data), rtol=1e-6, atol=1e-7)
+    assert not np.allclose(backend.to_numpy(ps[0].data), backend.to_numpy(ps[1].data))
+
+
+def test_setting_lr_scales_every_group_as_lambda_lr_does():
+    a, b = _param([1.0], [1.0]), _param([1.0], [1.0])
+    opt = SGD([{"params": [a]}, {"params": [b], "lr": 6.4}], lr=0.1, momentum=0.0)
+    opt.lr = 0.05                                          # the schedule at half its peak
+    assert opt.lr == 0.05 and [g["lr"] for g in opt.param_groups] == [0.05, 3.2]
+    opt.step()
+    np.testing.assert_allclose([a.data[0], b.data[0]], [1 - 0.05, 1 - 3.2])
+
+
+def test_a_frozen_parameter_and_its_state_stay_as_they_are_until_it_trains_again(xp):
+    """requires_grad False: the step leaves the parameter and its momentum alone (PyTorch skips a parameter
+    without a gradient); set True again, it resumes from where it was."""
+    a, b = nn.Parameter(xp.asarray([1.0, 2.0])), nn.Parameter(xp.asarray([3.0]))
+    opt = SGD([a, b], lr=0.1, momentum=0.9, weight_decay=0.1)
+    wa, va = np.array([1.0, 2.0]), None
+    for frozen in (False, True, True, False):
+        b.requires_grad = not frozen
+        opt.zero_grad()
+        a.grad += 1.0
+        b.grad += 1.0
+        opt.step()
+        wa, va = _sgd_reference(wa, np.ones(2), va, 0.1, 0.9, 0.1, False)
+        if frozen:
+            np.testing.assert_array_equal(backend.to_numpy(b.data), [3.0 - 0.1 * 1.3])     # after the first step only
+    np.testing.assert_allclose(backend.to_numpy(a.data), wa, rtol=1e-12)
+    wb, vb = _sgd_reference(np.array([3.0]), np.ones(1), None, 0.1, 0.9, 0.1, False)
+    wb, vb = _sgd_reference(wb, np.ones(1), vb, 0.1, 0.9, 0.1, False)            # two steps taken in all
+    np.testing.assert_allclose(backend.to_numpy(b.data), wb, rtol=1e-12)
+
+
+def test_parameter_groups_are_saved_and_restored_with_the_state():
+    def make():
+        a, b = _param([1.0, 2.0], [0.1, 0.2]), _param([3.0], [0.3])
+        return a, b, SGD([{"params": [b], "lr": 1.0, "weight_decay": 0.0}, {"params": [a]}], lr=0.1,
+                         momentum=0.9, weight_decay=0.01)
+    a1, b1, o1 = make()
+    o1.lr = 0.05
+    o1.step()
+    state = o1.state_dict()
+    assert [g["params"] for g in state["param_groups"]] == [[0], [1]]
+    assert [g["lr"] for g in state["param_groups"]] == [0.5, 0.05]
+    a2, b2, o2 = make()
+    a2.data[...], b2.data[...] = a1.data, b1.data
+    o2.load_state_dict(state)
+    assert [g["lr"] for g in o2.param_groups] == [0.5, 0.05] and o2.lr == 0.05
+    o1.step()
+    o2.step()
+    np.testing.assert_array_equal(a1.data, a2.data)
+    np.testing.assert_array_equal(b1.data, b2.data)
+    with pytest.raises(ValueError, match="parameter group"):
+        SGD([a2, b2], lr=0.1).load_state_dict(state)
+
+
+@pytest.mark.parametrize("groups,msg", [
+    (lambda a, b: [{"params": []}, {"params": [a]}], "parameter group 0 names no parameter"),
+    (lambda a, b: [{"params": [a, b]}, {"params": [b]}], "is in parameter groups 0 and 1"),
+    (lambda a, b: [{"params": [a]}, {"params": [b], "learning_rate": 1.0}], "unknown keys"),
+    (lambda a, b: [{"params": [a]}, b], "not a mix"),
+    (lambda a, b: [{"params": [a]}, {"params": [b], "lr": -1.0}], "lr must be > 0, got -1.0 in parameter group 1"),
+])
+def test_parameter_groups_that_make_no_sense_are_one_clear_error(groups, msg):
+    a, b = _param([1.0], [0.0]), _param([2.0], [0.0])
+    with pytest.raises(ValueError, match=msg):
+        SGD(groups(a, b), lr=0.1)

@@ -52,9 +52,9 @@ class DataParallel:
         # With the optimizer's flat gradient buffers (every model parameter in them) the all-reduce runs on
         # slices of those, with no packing copies; else the gradients are packed into buckets.
         self.flat_slices: list = []
-        if optimizer is not None and {id(p) for p in self.params} <= {id(p) for g in optimizer.groups
+        if optimizer is not None and {id(p) for p in self.params} <= {id(p) for g in optimizer.buffers
                                                                       for p in g.params}:
-            for g in optimizer.groups:
+            for g in optimizer.buffers:
                 step = max(1, bucket_bytes // g.grad.dtype.itemsize)
                 self.flat_slices += [(g, slice(i, min(i + step, g.grad.size))) for i in range(0, g.grad.size, step)]
             self.params = []                      # nothing left to pack but the buffers

@@ -13,13 +13,17 @@ from ..backend import Array
 
 
 class Parameter:
-    """A trainable array (``data``) and its accumulated gradient (``grad``), same shape and dtype."""
+    """A trainable array (``data``) and its accumulated gradient (``grad``), same shape and dtype.
 
-    __slots__ = ("data", "grad")
+    ``requires_grad`` False freezes it, as in PyTorch: optimizers leave it (and its state) alone, and a layer
+    may skip computing its gradient. It still counts among the model's parameters and is saved with them."""
 
-    def __init__(self, data: Array):
+    __slots__ = ("data", "grad", "requires_grad")
+
+    def __init__(self, data: Array, requires_grad: bool = True):
         self.data = data
         self.grad = backend.get_array_module(data).zeros_like(data)
+        self.requires_grad = bool(requires_grad)
 
     @property
     def shape(self) -> tuple[int, ...]:

@@ -9,7 +9,7 @@ from ..nn import Parameter
 
 def grad_norm(params: Iterable[Parameter]) -> float:
     """The L2 norm of all gradients taken together (one host sync on a GPU). Anything with a ``grad`` array
-    counts as a parameter here, so an optimizer's flat buffers (``optimizer.groups``) clip in one dot product
+    counts as a parameter here, so an optimizer's flat buffers (``optimizer.buffers``) clip in one dot product
     and one scaling per buffer."""
     sq = None
     for p in params:

@@ -50,7 +50,7 @@ class GradScaler:
             raise RuntimeError("GradScaler.unscale_ was already called since the last update()")
         inv = 1.0 / self.scale_value
         bad = None
-        for g in optimizer.groups:
+        for g in optimizer.buffers:
             g.adopt_replaced()
             xp = get_array_module(g.grad)
             g.grad *= inv

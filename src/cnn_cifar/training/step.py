@@ -65,7 +65,7 @@ def train_step(model: Module, criterion: SoftmaxCrossEntropy, optimizer: Optimiz
         parallel.sync_gradients()
     overflow = scaler.unscale_(optimizer) if amp else False
     if clip_grad_norm and not overflow:
-        norm = clip_grad_norm_(optimizer.groups, clip_grad_norm)       # the flat gradient buffers
+        norm = clip_grad_norm_(optimizer.buffers, clip_grad_norm)       # the flat gradient buffers
         if not math.isfinite(norm):
             raise NonFiniteLoss(f"gradient norm became {norm}")
     if amp:
