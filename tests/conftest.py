@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import re
 import subprocess
 import sys
 import tarfile
@@ -261,3 +262,33 @@ def write_fake_cifar100(root: Path, n_train: int = 300, n_test: int = 100) -> Pa
         pickle.dump({"fine_label_names": [f"fine{i}" for i in range(100)],
                      "coarse_label_names": [f"coarse{i}" for i in range(20)]}, f, protocol=2)
     return d
+
+
+def one_line_error(p: subprocess.CompletedProcess, code: int, pattern: str) -> None:
+    assert p.returncode == code, (p.returncode, p.stdout[-2000:], p.stderr[-2000:])
+    assert "Traceback" not in p.stderr, p.stderr
+    last = p.stderr.strip().splitlines()[-1]
+    assert re.search(pattern, last), last
+
+
+@pytest.fixture
+def inproc(tmp_path, monkeypatch, capsys):
+    """Run a CLI's main() in tmp_path on NumPy; returns a CompletedProcess-like result (argparse's
+    SystemExit becomes the return code, as it would for the script)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CNN_CIFAR_BACKEND", "numpy")
+
+    def call(main, *argv: str) -> subprocess.CompletedProcess:
+        capsys.readouterr()
+        try:
+            rc = main(list(argv))
+        except SystemExit as exc:
+            rc = exc.code
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(list(argv), rc, out, err)
+    return call
+
+
+def train_args(cifar_root: Path, *extra: str) -> list[str]:
+    return ["--model", "cnn", "--data", str(cifar_root), "--no-download", "--checkpoint-dir", "ck", "--log-dir", "log",
+            "--quiet", "--limit-train", "128", "--limit-test", "64", "--batch-size", "32", "--no-prefetch", *extra]

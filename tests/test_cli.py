@@ -18,7 +18,7 @@ from cnn_cifar.cli import test as test_cli
 from cnn_cifar.cli import train as train_cli
 from cnn_cifar.training import load_checkpoint
 
-from conftest import digests, popen_cli, run_cli
+from conftest import digests, one_line_error, popen_cli, run_cli, train_args
 
 WAIT = 180.0      # seconds a signal test waits for a line before it gives up (kills the child and fails)
 
@@ -34,39 +34,8 @@ def train(tmp_path: Path, cifar_root: Path, *extra: str, ckdir: str = "ck") -> s
                    "--log-dir", "log", "--quiet", *extra, cwd=tmp_path)
 
 
-def one_line_error(p: subprocess.CompletedProcess, code: int, pattern: str) -> None:
-    assert p.returncode == code, (p.returncode, p.stdout[-2000:], p.stderr[-2000:])
-    assert "Traceback" not in p.stderr, p.stderr
-    last = p.stderr.strip().splitlines()[-1]
-    assert re.search(pattern, last), last
-
-
-# ------------------------------------------------------------------ in-process: main(argv) and its exit code
-@pytest.fixture
-def inproc(tmp_path, monkeypatch, capsys):
-    """Run a CLI's main() in tmp_path on NumPy; returns a CompletedProcess-like result (argparse's
-    SystemExit becomes the return code, as it would for the script)."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("CNN_CIFAR_BACKEND", "numpy")
-
-    def call(main, *argv: str) -> subprocess.CompletedProcess:
-        capsys.readouterr()
-        try:
-            rc = main(list(argv))
-        except SystemExit as exc:
-            rc = exc.code
-        out, err = capsys.readouterr()
-        return subprocess.CompletedProcess(list(argv), rc, out, err)
-    return call
-
-
-def train_args(cifar_root: Path, *extra: str) -> list[str]:
-    return ["--model", "cnn", "--data", str(cifar_root), "--no-download", "--checkpoint-dir", "ck", "--log-dir", "log",
-            "--quiet", "--limit-train", "128", "--limit-test", "64", "--batch-size", "32", "--no-prefetch", *extra]
-
-
 @pytest.mark.parametrize("flags,pattern", [
-    (["--epochs", "0"], r"argument --epochs: must be a positive integer, got 0"),
+    (["--epochs", "0"], r"argument --epochs: must be a positive number, got 0"),
     (["--batch-size", "-4"], r"argument --batch-size: must be a positive integer, got -4"),
     (["--lr", "0"], r"argument --lr: must be a positive number, got 0"),
     (["--lr", "nan"], r"argument --lr: must be a positive number"),
@@ -170,7 +139,7 @@ def test_help_and_an_argparse_error_through_the_script(tmp_path):
                   "checkpoints and output", "advanced"):
         assert group in p.stdout
     one_line_error(run_cli("train", "--epochs", "0", cwd=tmp_path, timeout=120), 2,
-                   r"argument --epochs: must be a positive integer, got 0")
+                   r"argument --epochs: must be a positive number, got 0")
 
 
 # ------------------------------------------------------------------ subprocesses: as a user runs them

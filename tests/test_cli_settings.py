@@ -15,7 +15,7 @@ from cnn_cifar import backend, nn
 from cnn_cifar.cli import test as test_cli
 from cnn_cifar.cli import train as train_cli
 from cnn_cifar.data.datasets import CIFAR10
-from cnn_cifar.models import list_models
+from cnn_cifar.models import list_models, recipe
 from cnn_cifar.optim import LRSchedule
 from cnn_cifar.training import load_checkpoint
 from cnn_cifar.training.config import FIELDS, RECIPE_FIELDS, RESTORED
@@ -85,6 +85,9 @@ def _schedule(cell: str) -> dict:
         return {"lr_schedule": m[1], "warmup_epochs": 0.0, "min_lr": float(m[2])}
     if m := re.fullmatch(r"onecycle to ([\d.]+), (\d+)% rising", cell):
         return {"lr_schedule": "onecycle", "peak_lr": float(m[1]), "pct_start": int(m[2]) / 100}
+    if m := re.fullmatch(r"piecewise, ([\d.]+) → ([\d.]+) over (\d+)% of the steps → ([\d.]+)", cell):
+        return {"lr_schedule": "piecewise", "warmup_epochs": 0.0, "min_lr": 0.0,
+                "lr_points": None if (m[1], m[2], m[3], m[4]) == ("0.2", "1", "23", "0.07") else "not the default"}
     m = re.fullmatch(r"plateau, ×([\d.]+) after (\d+) stalled epochs", cell)
     return {"lr_schedule": "plateau", "plateau_factor": float(m[1]), "plateau_patience": int(m[2])}
 
@@ -98,12 +101,16 @@ def _dropout(cell: str) -> dict:
 
 def _augmentation(cell: str) -> dict:
     e = {"crop_padding": 0, "no_flip": True, "no_augment": False, "shift_scale_rotate": None, "color_jitter": None,
-         "cutout": 0}
+         "cutout": 0, "translate": 0, "alternating_flip": False}
     for part in cell.split(" + "):
         if m := re.fullmatch(r"random crop \(pad (\d+)\)", part):
             e["crop_padding"] = int(m[1])
+        elif m := re.fullmatch(r"translate (\d+) \(reflect\)", part):
+            e["translate"] = int(m[1])
         elif part == "horizontal flip":
             e["no_flip"] = False
+        elif part == "alternating flip":
+            e["no_flip"], e["alternating_flip"] = False, True
         elif m := re.fullmatch(r"shift-scale-rotate \(([\d.]+), ([\d.]+), ([\d.]+)°\) at p ([\d.]+)", part):
             e["shift_scale_rotate"], e["ssr_p"] = tuple(float(v) for v in m.groups()[:3]), float(m[4])
         elif m := re.fullmatch(r"colour jitter \(([\d.]+), ([\d.]+), ([\d.]+), ([\d.]+)\)", part):
@@ -115,7 +122,8 @@ def _augmentation(cell: str) -> dict:
 
 
 def _also(cell: str) -> dict:
-    e = {"clip_grad_norm": 0.0, "label_smoothing": 0.0, "amp": False}
+    e = {"clip_grad_norm": 0.0, "label_smoothing": 0.0, "amp": False, "loss_reduction": "mean", "bn_lr_scale": 1.0,
+         "lookahead_period": None, "freeze_after": None, "tta": "none"}
     for part in cell.split(" + "):
         if m := re.fullmatch(r"gradient clipping ([\d.]+)", part):
             e["clip_grad_norm"] = float(m[1])
@@ -123,6 +131,16 @@ def _also(cell: str) -> dict:
             e["label_smoothing"] = float(m[1])
         elif part == "mixed precision (CuPy)":
             e["amp"] = True
+        elif part == "loss summed over the batch":
+            e["loss_reduction"] = "sum"
+        elif m := re.fullmatch(r"batch norms at ([\d.]+)× lr", part):
+            e["bn_lr_scale"] = float(m[1])
+        elif m := re.fullmatch(r"lookahead every (\d+) steps", part):
+            e["lookahead_period"] = int(m[1])
+        elif m := re.fullmatch(r"([\w.]+) frozen after ([\d.]+) epochs", part):
+            e["freeze_after"] = (f"{m[1]}={m[2]}",)
+        elif m := re.fullmatch(r"([\w-]+) TTA", part):
+            e["tta"] = m[1]
         else:
             assert part == "–", f"unknown 'also' entry {part!r}"
     return e
@@ -145,8 +163,8 @@ def readme_defaults() -> dict[str, dict]:
         e = {"optimizer": r["optimizer"].split(",")[0].strip().lower(),
              "momentum": float(m[1]) if (m := re.search(r"momentum ([\d.]+)", r["optimizer"])) else 0.9,
              "nesterov": "Nesterov" in r["optimizer"],
-             "lr": float(r["learning rate"]), "weight_decay": float(r["weight decay (L2)"]),
-             "batch_size": int(r["batch size"]), "epochs": int(r["epochs"]),
+             "lr": float(r["learning rate"].split()[0]), "weight_decay": float(r["weight decay (L2)"].split()[0]),
+             "batch_size": int(r["batch size"]), "epochs": float(r["epochs"]),
              **_schedule(r["schedule"]), **_dropout(r["dropout"]), **_augmentation(r["augmentation"]),
              **_also(r["also"])}
         first, *numbers = re.fullmatch(r"`([^`]+)`.*", head)[1].split("/")
@@ -158,7 +176,7 @@ def readme_defaults() -> dict[str, dict]:
 
 def test_readme_table_parses():
     t = readme_defaults()
-    assert set(t) == set(list_models()) and len(t["cnn"]) == 22
+    assert set(t) == set(list_models()) and len(t["cnn"]) == 29
     assert t["cnn"]["lr"] != t["resnet32"]["lr"] and t["cifarnet"]["clip_grad_norm"] == 1.0
     assert t["cifarnet"]["amp"] and not t["cnn"]["amp"]
 
@@ -170,6 +188,8 @@ def test_defaults_match_the_readme_table(model):
     assert eff["model"] == model
     if "peak_lr" in want:
         assert (eff["max_lr"] or eff["lr"]) == want.pop("peak_lr")
+    for k in ("lr", "weight_decay"):               # written to 6 significant digits where they are arithmetic
+        assert eff[k] == pytest.approx(want.pop(k), rel=1e-5), k
     assert {k: eff[k] for k in want} == want
 
 
@@ -188,6 +208,7 @@ def test_defaults_pinned():
         ema_bn_batches=40,
         cutout_fill="mean", cutout_p=1.0, shift_scale_rotate=None, ssr_p=0.5, ssr_border="reflect", color_jitter=None,
         mixup=0.0, cutmix=0.0, translate=0, alternating_flip=False, early_stop=0, save_every=0, tensorboard_every=50,
+        loss_reduction="mean", bn_lr_scale=1.0, lookahead_period=None, freeze_after=None, tta="none",
         log_dir="log")
     res = resolve(parse("--model", "resnet56"))
     assert {k: res[k] for k in RECIPE_FIELDS} == dict(
@@ -199,7 +220,8 @@ def test_defaults_pinned():
         ema_bn_batches=40,
         label_smoothing=0.0, amp=False, crop_padding=4, no_flip=False, cutout=0, cutout_fill="mean", cutout_p=1.0,
         shift_scale_rotate=None, ssr_p=0.5, ssr_border="reflect", color_jitter=None, mixup=0.0, cutmix=0.0,
-        translate=0, alternating_flip=False)
+        translate=0, alternating_flip=False, loss_reduction="mean", bn_lr_scale=1.0, lookahead_period=None,
+        freeze_after=None, tta="none")
     assert (cnn["checkpoint_dir"], cnn["log_dir"]) == (res["checkpoint_dir"], res["log_dir"]) == ("checkpoint", "log")
 
 
@@ -526,10 +548,10 @@ def test_nesterov_without_momentum():
 
 
 def test_help_shows_each_registered_recipe_value():
-    text = " ".join(train_cli.build_parser().format_help().split())
+    text = " ".join(train_cli.build_parser().format_help().split()).replace("net- ", "net-")   # (wrapped at a hyphen)
     assert ("peak learning rate [cnn: 0.02; resnet8/14/20/32/44/56/110/cifarnet: 0.1; net-basic: 0.001; "
-            "net-dilated: 0.01; senet: 0.2]") in text
-    assert ("initial rate [cnn: 0.6; resnet8/14/20/32/44/56/110/senet: 0.0; net-basic: 0.5; "
+            f"net-dilated: 0.01; senet: 0.2; airbench94: {recipe('airbench94').lr}]") in text
+    assert ("initial rate [cnn: 0.6; resnet8/14/20/32/44/56/110/senet/airbench94: 0.0; net-basic: 0.5; "
             "net-dilated/cifarnet: 0.05]") in text
     assert "parameters for 10 classes: cnn 232,314, resnet8 78,042" in text and "senet 330,794" in text
 
@@ -554,7 +576,7 @@ def _help_default(help_text: str, model: str) -> str:
 # lr-decay-steps's is computed from the run, max-lr's is --lr, lr-points' None is the schedule's default
 # triangle (shown as its points), and "off" stands for None.
 DESCRIBED_DEFAULTS = ("model", "backend", "lr_decay_steps", "max_lr", "lr_points", "shift_scale_rotate",
-                      "color_jitter")
+                      "color_jitter", "freeze_after")
 
 
 def test_every_default_in_the_help_is_the_one_a_run_gets():

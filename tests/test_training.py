@@ -339,7 +339,7 @@ def test_lookahead_pulls_the_weights_to_its_slow_copy_every_period():
     (k/K)^3, then fast = slow, buffers included (the batch count is not a weight); final_step: fast = slow."""
     model = nn.Sequential(nn.Linear(3, 2, rng=np.random.default_rng(0)), nn.BatchNorm1d(2))
     look = Lookahead(model, period=5, base=0.9)
-    view = SimpleNamespace(model=model, train_loader=[None] * 4, epoch=0, step=0, target_epochs=5)
+    view = SimpleNamespace(model=model, train_loader=[None] * 4, epoch=0, step=0, target_epochs=5, total_steps=20)
     look.fit_start(view)
     slow = {k: v.copy() for k, v in model.state_dict().items()}
     for step in range(1, 5):                                       # steps 1..4 of 20: nothing happens

@@ -40,6 +40,12 @@ positive_float = _number(float, lambda v: _finite(v) and v > 0, "positive number
 nonneg_float = _number(float, lambda v: _finite(v) and v >= 0, "non-negative number")
 
 
+def epoch_count(s: str) -> int | float:
+    """A positive number of epochs: a whole number stays an int, a fraction (9.9) is a float."""
+    v = positive_float(s)
+    return int(v) if v.is_integer() else v
+
+
 def probability(s: str) -> float:
     v = nonneg_float(s)
     if v >= 1:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
+from pathlib import Path
 
 import numpy as np
 
@@ -22,13 +24,16 @@ from ..training import (
     RunOutput,
     Schedules,
     Trainer,
+    TrainingInterrupted,
     interrupt_guard,
     load_checkpoint,
     resolve,
     transfer_weights,
 )
+from ..training.evaluation import evaluate
 from ..training.hooks import format_settings
 from ..training.mixing import MixedCrossEntropy
+from ..training.tta import with_tta
 from . import common as C
 from . import parallel
 from .config_file import ConfigFileError, config_argv, write_config
@@ -45,7 +50,9 @@ def summary_lines(cfg: RunConfig) -> list[str]:
     opt = f"{cfg.optimizer}, lr {cfg.lr:g}"
     opt += (f", momentum {cfg.momentum:g}{' (Nesterov)' if cfg.nesterov else ''}" if cfg.optimizer == "sgd"
             else f", betas {cfg.beta1:g} {cfg.beta2:g}")
-    opt += f", weight decay {cfg.weight_decay:g}; batch {cfg.batch_size}, {cfg.epochs} epochs"
+    opt += f", weight decay {cfg.weight_decay:g}; batch {cfg.batch_size}, {cfg.epochs:g} epochs"
+    opt += f", batch-norm group lr x{cfg.bn_lr_scale:g}" if cfg.bn_lr_scale != 1 else ""
+    opt += ", loss summed over the batch" if cfg.loss_reduction == "sum" else ""
     opt += ", mixed precision" if cfg.amp else ""
     lr = {"onecycle": f"onecycle to {cfg.max_lr or cfg.lr:g} over {cfg.pct_start:g} of the run",
           "step": f"step x{cfg.lr_decay_factor:g}" + (f" at {cfg.lr_decay_steps}" if cfg.lr_decay_steps else ""),
@@ -62,6 +69,9 @@ def summary_lines(cfg: RunConfig) -> list[str]:
                       (a.mixup > 0, f"mixup {a.mixup:g}"), (a.cutmix > 0, f"cutmix {a.cutmix:g}")])
     regular = _onoff([(cfg.label_smoothing > 0, f"label smoothing {cfg.label_smoothing:g}"),
                       (cfg.ema > 0, f"weight EMA {cfg.ema:g}"),
+                      (bool(cfg.lookahead_period), f"lookahead every {cfg.lookahead_period} steps"),
+                      (bool(cfg.freeze_after), "frozen after: " + " ".join(cfg.freeze_after or ())),
+                      (cfg.tta != "none", f"final evaluation with {cfg.tta} TTA"),
                       (cfg.clip_grad_norm > 0, f"gradient norm clipped at {cfg.clip_grad_norm:g}")])
     limits = ", ".join(f"first {n} {what} images" for n, what in ((cfg.limit_train, "train"), (cfg.limit_test, "test"))
                        if n is not None)
@@ -128,6 +138,7 @@ def _main(argv: list[str] | None = None) -> int:
         from ..viz import show_augment  # matplotlib is imported only when asked
         print(f"wrote {show_augment(train_loader, args.show_augment, ds.classes, cfg.model)}")
         return 0
+    init_seconds = _init_from_data(model, x_tr, mean, std) if base is None else 0.0
     hooks = _hooks(cfg, args, model, cfg.make_bn_batches(x_tr, y_tr, bs, mean, std))
     trainer = _trainer(cfg, args, model, Loaders(train_loader, test_loader, ds.spec.num_classes), ds.classes,
                        amp, comm, hooks)
@@ -139,9 +150,59 @@ def _main(argv: list[str] | None = None) -> int:
           f"{len(x_te)} test images, {len(train_loader)} steps per epoch", flush=True)
     with interrupt_guard(trainer.stop, quiet=not comm.is_main):
         trainer.fit(cfg.epochs)
+        tta = _final_tta(trainer, cfg, comm) if trainer.finished is None and cfg.tta != "none" else None
     print(f"done: best test accuracy {100 * trainer.best_accuracy:.2f}% -> {trainer.best_path}; "
           f"last -> {trainer.last_path}")
+    if comm.is_main:
+        print(time_to_result(trainer.history, init_seconds, tta), flush=True)
     return 0
+
+
+def _init_from_data(model: nn.Module, x_train: np.ndarray, mean, std) -> float:
+    """A model with a data-dependent initialisation (``init_from_data``, e.g. airbench94's whitening layer) gets
+    its first ``init_images`` training images, normalised; returns the seconds it took (0 for other models)."""
+    init = getattr(model, "init_from_data", None)
+    if init is None:
+        return 0.0
+    t0 = time.perf_counter()
+    per_channel = (1, -1, 1, 1)                                  # the images are (N, C, H, W) uint8
+    x = x_train[:model.init_images].astype(np.float32) / 255.0
+    init((x - np.asarray(mean, np.float32).reshape(per_channel)) / np.asarray(std, np.float32).reshape(per_channel))
+    return time.perf_counter() - t0
+
+
+def _final_tta(trainer: Trainer, cfg: RunConfig, comm) -> dict:
+    """The run's final weights evaluated with test-time augmentation ``cfg.tta``; printed and appended to the
+    log. Returns the evaluation with its ``seconds``."""
+    t0 = time.perf_counter()
+    with trainer.evaluated_weights(evaluating=True):
+        ev = evaluate(with_tta(trainer.model, cfg.tta), trainer.test_loader, trainer.criterion, trainer.num_classes,
+                      progress=not trainer.quiet and comm.is_main, desc=f"test ({cfg.tta})",
+                      stop=trainer.stop if comm.size == 1 else None, comm=comm)
+    if ev is None:
+        raise TrainingInterrupted(trainer.last_path, trainer.epoch, 0)
+    ev["seconds"] = time.perf_counter() - t0
+    if comm.is_main:
+        line = (f"final weights with {cfg.tta} test-time augmentation: test loss {ev['loss']:.4f} "
+                f"acc {100 * ev['accuracy']:6.2f}%  {ev['seconds']:.1f}s")
+        print(line, flush=True)
+        log = Path(cfg.log_dir) / f"{cfg.model}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "a") as f:
+            f.write(line + "\n")
+    return ev
+
+
+def time_to_result(history: list[dict], init_seconds: float, tta: dict | None) -> str:
+    """Time to result as the fast-training papers count it: the data-dependent initialisation, the training
+    steps and the final TTA evaluation; the per-epoch evaluations (and checkpoint writes) beside it."""
+    train = sum(r.get("train_seconds", 0.0) for r in history)
+    evals = sum(r["seconds"] - r.get("train_seconds", r["seconds"]) for r in history)
+    parts = ([f"initialisation {init_seconds:.1f}s"] if init_seconds else []) + [f"training {train:.1f}s"] + (
+        [f"final {tta and 'TTA '}evaluation {tta['seconds']:.1f}s"] if tta else [])
+    total = init_seconds + train + (tta["seconds"] if tta else 0.0)
+    return (f"time to result {total:.1f}s ({', '.join(parts)}); per-epoch evaluations and checkpoints "
+            f"{evals:.1f}s besides")
 
 
 def _settings(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[RunConfig, Checkpoint | None,
@@ -220,9 +281,10 @@ def _model(cfg: RunConfig, args: argparse.Namespace, base: Checkpoint | None, sr
 
 
 def _hooks(cfg: RunConfig, args: argparse.Namespace, model: nn.Module, bn_batches) -> list:
-    """The run's features as hooks: the weights' average, snapshots, early stopping, TensorBoard, plots."""
-    ema = cfg.make_ema(model, bn_batches)
-    hooks = ([ema] if ema is not None else []) + cfg.run_hooks()
+    """The run's features as hooks: the weights' average, lookahead, snapshots, early stopping, frozen
+    parameters, TensorBoard, plots."""
+    ema, lookahead = cfg.make_ema(model, bn_batches), cfg.make_lookahead(model)
+    hooks = [h for h in (ema, lookahead) if h is not None] + cfg.run_hooks()
     if args.plot:
         from ..viz import PlotProgress  # matplotlib is imported only when plots are asked for
         hooks.append(PlotProgress(f"viz/{cfg.model}"))
@@ -232,10 +294,10 @@ def _hooks(cfg: RunConfig, args: argparse.Namespace, model: nn.Module, bn_batche
 def _trainer(cfg: RunConfig, args: argparse.Namespace, model: nn.Module, loaders: Loaders, classes: list[str],
              amp: bool, comm, hooks: list) -> Trainer:
     """The Trainer wired from the settings: loss, optimizer, schedules, outputs, loop options."""
-    criterion = nn.SoftmaxCrossEntropy(cfg.label_smoothing)
+    criterion = cfg.make_criterion()
     if cfg.augmentation().mixes:
         criterion = MixedCrossEntropy(criterion)
-    optimizer = cfg.build_optimizer(model.parameters())
+    optimizer = cfg.build_optimizer(model)
     return Trainer(
         Learner(cfg.model, model, optimizer, criterion), loaders,
         Schedules(cfg.make_lr_schedule(steps_per_epoch=len(loaders.train)), cfg.make_dropout_schedule()),
@@ -254,7 +316,7 @@ def _resume(trainer: Trainer, ck: Checkpoint, cfg: RunConfig, args: argparse.Nam
           + (f", {trainer.step} step(s) into epoch {trainer.epoch + 1}" if trainer.step else "")
           + f"; checkpoints go to {cfg.checkpoint_dir}")
     if trainer.epoch >= cfg.epochs:
-        print(f"nothing to do: the checkpoint already has {trainer.epoch} of {cfg.epochs} epochs "
+        print(f"nothing to do: the checkpoint already has {trainer.epoch} of {cfg.epochs:g} epochs "
               f"(give a larger --epochs to continue)")
         return False
     return True

@@ -13,6 +13,7 @@ from ..nn.residual import SHORTCUTS
 from ..optim import ADAMW_DEFAULT_WEIGHT_DECAY, DROPOUT_SCHEDULES, LR_SCHEDULES, OPTIMIZERS
 from ..optim.schedules import PIECEWISE_POINTS
 from ..training.config import RunConfig
+from ..training.tta import TTA_CHOICES
 from . import common as C
 
 
@@ -70,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _model_and_run(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model and run")
     g.add_argument("--model", choices=list_models(), default=None, help=f"architecture {run_default('model')}")
-    g.add_argument("--epochs", type=C.positive_int, default=None, help=f"total epochs {per_model('epochs')}")
+    g.add_argument("--epochs", type=C.epoch_count, default=None,
+                   help=f"total epochs; a fraction ends the last epoch early {per_model('epochs')}")
     g.add_argument("--batch-size", type=C.positive_int, default=None, help=f"batch size {per_model('batch_size')}")
     g.add_argument("--seed", type=C.nonneg_int, default=None, help="seed for weights, shuffling, augmentation "
                    f"and dropout {run_default('seed')}")
@@ -95,6 +97,19 @@ def _optimizer(p: argparse.ArgumentParser) -> None:
     g.add_argument("--beta2", type=C.probability, default=None, help=f"Adam beta2 {per_model('beta2')}")
     g.add_argument("--label-smoothing", type=C.probability, default=None,
                    help=f"label smoothing {per_model('label_smoothing')}")
+    g.add_argument("--loss-reduction", choices=("mean", "sum"), default=None,
+                   help="the batch's loss: the mean over its images or their sum (as PyTorch's reduction; a sum "
+                   f"scales the gradients by the batch size) {per_model('loss_reduction')}")
+    g.add_argument("--bn-lr-scale", type=C.positive_float, default=None, metavar="K",
+                   help="train the batch norms' parameters as a parameter group of their own, with K x the lr and "
+                   f"the weight decay divided by K (the same decay per step); 1 = one group {per_model('bn_lr_scale')}")
+    g.add_argument("--lookahead-period", type=C.positive_int, default=None, metavar="STEPS",
+                   help="lookahead: every STEPS steps pull a slow copy of the weights toward the training weights "
+                   "(decay 0.95^STEPS x progress^3) and reset them to it; the run ends on the slow weights; None = off "
+                   f"{per_model('lookahead_period')}")
+    g.add_argument("--freeze-after", nargs="+", default=None, metavar="NAME=EPOCHS",
+                   help="the parameter NAME (as in the state dict) trains for its first EPOCHS epochs only "
+                   "[airbench94: whiten.bias=3; others: none]")
     g.add_argument("--clip-grad-norm", type=C.nonneg_float, default=None, metavar="MAX",
                    help="clip the global L2 norm of all gradients to MAX before each update, as "
                    f"torch.nn.utils.clip_grad_norm_; 0 = off {per_model('clip_grad_norm')}")
@@ -187,6 +202,10 @@ def _data_and_augmentation(p: argparse.ArgumentParser) -> None:
     g.add_argument("--cutmix", type=C.nonneg_float, default=None, metavar="ALPHA",
                    help="cutmix with lam ~ Beta(ALPHA, ALPHA) per batch (with --mixup: either, 1/2 each); 0 = off "
                    f"{per_model('cutmix')}")
+    g.add_argument("--tta", choices=("none", *TTA_CHOICES), default=None,
+                   help="test-time augmentation of the run's final evaluation (after the last epoch): flip = "
+                   "the image and its mirror; flip-translate = also shifted a pixel each way (6 views) "
+                   f"{per_model('tta')}")
     g.add_argument("--show-augment", type=C.positive_int, default=None, metavar="N",
                    help="write a grid of N augmented training images to viz/<model>/<model>_augment.png and exit")
     g.add_argument("--no-prefetch", action="store_true", help="build batches in the main thread")

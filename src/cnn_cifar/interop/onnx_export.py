@@ -170,6 +170,20 @@ def _sigmoid(g: GraphBuilder, m: nn.Sigmoid, x: str) -> str:
     return g.node("Sigmoid", [x], _path(m))
 
 
+def _gelu(g: GraphBuilder, m: nn.GELU, x: str) -> str:
+    """The exact GELU from ONNX's Erf: x * (erf(x / sqrt 2) + 1) / 2 (any opset; Gelu itself needs 20)."""
+    name = _path(m)
+    e = g.node("Erf", [g.node("Mul", [x, g.const(f"{name}.inv_sqrt2", np.float32(1 / np.sqrt(2)))],
+                                f"{name}/scale")], f"{name}/erf")
+    e = g.node("Add", [e, g.const(f"{name}.one", np.float32(1.0))], f"{name}/add_one")
+    half_x = g.node("Mul", [x, g.const(f"{name}.half", np.float32(0.5))], f"{name}/half")
+    return g.node("Mul", [half_x, e], name)
+
+
+def _mul(g: GraphBuilder, m: nn.Mul, x: str) -> str:
+    return g.node("Mul", [x, g.const(f"{_path(m)}.scale", np.float32(m.scale))], _path(m))
+
+
 def _dropout(g: GraphBuilder, m: nn.Dropout, x: str) -> str:
     return x                                   # the identity in inference
 
@@ -250,6 +264,8 @@ CONVERTERS: dict[type, Converter] = {
     nn.Linear: _linear,
     nn.ReLU: _relu,
     nn.Sigmoid: _sigmoid,
+    nn.GELU: _gelu,
+    nn.Mul: _mul,
     nn.Dropout: _dropout,                      # Dropout2d too (it runs Dropout's forward)
     nn.MaxPool2d: _max_pool,
     nn.AvgPool2d: _avg_pool,

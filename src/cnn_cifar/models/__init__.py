@@ -11,7 +11,8 @@ from .net_basic import NetBasic              # registers "net-basic"
 from .net_dilated import NetDilated          # registers "net-dilated"
 from .cifarnet import CIFARNet               # registers "cifarnet"
 from .senet import SENet                     # registers "senet"
+from .airbench import Airbench94             # registers "airbench94"
 # isort: on
 
-__all__ = ["CIFARNet", "ModelEntry", "NetBasic", "NetDilated", "Recipe", "ResNet", "SENet", "SimpleCNN", "build_model",
-           "get_entry", "list_models", "options_of", "recipe", "register", "unregister"]
+__all__ = ["Airbench94", "CIFARNet", "ModelEntry", "NetBasic", "NetDilated", "Recipe", "ResNet", "SENet", "SimpleCNN",
+           "build_model", "get_entry", "list_models", "options_of", "recipe", "register", "unregister"]

@@ -24,7 +24,7 @@ class Recipe:
     nesterov: bool = False
     weight_decay: float = 5e-4
     batch_size: int = 128
-    epochs: int = 200
+    epochs: int | float = 200            # a fraction ends the last epoch early (its steps rounded up)
     lr_schedule: str = "cosine"
     warmup_epochs: float = 0.0
     min_lr: float = 0.0
@@ -45,6 +45,11 @@ class Recipe:
     ema: float = 0.0                     # decay of the weights' moving average; 0 = none
     ema_bn_batches: int = 40             # training batches the average's BN statistics are measured on; 0 = averaged
     label_smoothing: float = 0.0
+    loss_reduction: str = "mean"         # the batch's loss: its mean or its sum (as PyTorch's reduction)
+    bn_lr_scale: float = 1.0             # batch-norm parameters in a group of their own: lr x this, weight_decay / this
+    lookahead_period: int | None = None  # steps between lookahead's pulls (training.Lookahead); None = off
+    freeze_after: tuple[str, ...] | None = None   # "param=epochs": the parameter trains for that many epochs only
+    tta: str = "none"                    # test-time augmentation of the run's final evaluation (training.tta)
     amp: bool = False                    # mixed precision (float16 compute, loss scaling) on CuPy
     crop_padding: int = 4
     no_flip: bool = False

@@ -42,6 +42,19 @@ def ones(shape: tuple[int, ...], dtype: type = DEFAULT_DTYPE) -> Array:
     return backend.xp.ones(shape, dtype=dtype)
 
 
+def dirac(weight: Array) -> Array:
+    """``weight`` (O, I, kh, kw) with its first min(O, I) filters set to the identity (1 at the kernel's centre
+    of the matching input channel, 0 elsewhere), as ``torch.nn.init.dirac_`` on ``weight[:I]``: a
+    convolution that starts by passing its input through, plus the other filters' random part."""
+    out = weight.copy()
+    o, i, kh, kw = out.shape
+    n = min(o, i)
+    out[:n] = 0
+    idx = backend.get_array_module(out).arange(n)
+    out[idx, idx, kh // 2, kw // 2] = 1
+    return out
+
+
 def whitening(images: np.ndarray, kernel: tuple[int, int] = (2, 2), eps: float = 5e-4) -> np.ndarray:
     """Weights (2 * C*kh*kw, C, kh, kw) of a convolution without padding that whitens the images' kh x kw
     patches: the eigenvectors of the patches' uncentred covariance, largest eigenvalue first, each divided by

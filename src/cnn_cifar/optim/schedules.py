@@ -35,7 +35,7 @@ class LRSchedule:
     """
     kind: str = "cosine"
     base_lr: float = 0.1
-    total_epochs: int = 200
+    total_epochs: float = 200
     warmup_epochs: float = 0.0
     min_lr: float = 0.0
     decay_factor: float = 0.1
@@ -153,7 +153,7 @@ def _cos_anneal(start: float, end: float, pct: float) -> float:
 
 def onecycle_at(s: LRSchedule, t: float) -> float:
     """OneCycleLR's lr for the optimizer step that ends at progress t (step k = t * steps_per_epoch - 1)."""
-    total = s.total_epochs * s.steps_per_epoch
+    total = round(s.total_epochs * s.steps_per_epoch)
     k = min(max(round(t * s.steps_per_epoch) - 1, 0), total - 1)
     initial = s.peak_lr / s.div_factor
     up_end = s.pct_start * total - 1

@@ -3,6 +3,7 @@ model's recipe, else the defaults below. Also builds what the settings describe 
 augmentation), so the CLI only parses and wires."""
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -13,7 +14,8 @@ import numpy as np
 from ..data import AugmentConfig, BatchLoader
 from ..errors import SettingError
 from ..models import Recipe, recipe
-from ..nn import Module, Parameter
+from ..nn import Module, Parameter, SoftmaxCrossEntropy
+from ..nn.norm import _BatchNorm
 from ..optim import (
     ADAMW_DEFAULT_WEIGHT_DECAY,
     DropoutSchedule,
@@ -23,7 +25,9 @@ from ..optim import (
     build_optimizer,
 )
 from .ema import ModelEMA
-from .hooks import EarlyStopping, Hook, SaveSnapshots
+from .hooks import EarlyStopping, FreezeParameters, Hook, SaveSnapshots
+from .lookahead import Lookahead
+from .tta import TTA_CHOICES
 
 
 @dataclass(frozen=True)
@@ -54,13 +58,24 @@ class RunConfig(Recipe):
             raise SettingError(f"min_lr {self.min_lr} is above lr {self.lr}", "min_lr", "lr")
         self.make_lr_schedule()                   # its own checks (milestones, onecycle, plateau)
         self.augmentation()                       # and the augmentation's
+        if self.loss_reduction not in ("mean", "sum"):
+            raise SettingError(f"loss_reduction must be mean or sum, got {self.loss_reduction!r}", "loss_reduction")
+        if not (math.isfinite(self.bn_lr_scale) and self.bn_lr_scale > 0):
+            raise SettingError(f"bn_lr_scale must be > 0, got {self.bn_lr_scale:g}", "bn_lr_scale")
+        if self.lookahead_period is not None and (int(self.lookahead_period) != self.lookahead_period
+                                                  or self.lookahead_period < 1):
+            raise SettingError(f"lookahead_period must be a positive number of steps, got {self.lookahead_period}",
+                               "lookahead_period")
+        self.frozen_after()
+        if self.tta not in ("none", *TTA_CHOICES):
+            raise SettingError(f"unknown tta {self.tta!r}; choose one of none, {', '.join(TTA_CHOICES)}", "tta")
 
     def warnings(self) -> list[str]:
         """Settings that are valid but probably not what was meant, one sentence each."""
         notes = []
         if self.lr_schedule != "onecycle" and 0 < self.epochs <= self.warmup_epochs:
             reached = self.make_lr_schedule()(self.epochs)
-            notes.append(f"the warm-up ({self.warmup_epochs:g} epochs) is not shorter than the run ({self.epochs} "
+            notes.append(f"the warm-up ({self.warmup_epochs:g} epochs) is not shorter than the run ({self.epochs:g} "
                          f"epochs): the learning rate reaches {reached:g} of its {self.lr:g}"
                          + ("" if self.lr_schedule in ("none", "plateau") else " and never decays"))
         return notes
@@ -71,14 +86,55 @@ class RunConfig(Recipe):
         return {k: v for k, v in asdict(self).items() if k in RESTORED}
 
     # -- what the settings build --------------------------------------------------------------
-    def build_optimizer(self, params: Iterable[Parameter]) -> Optimizer:
+    def param_groups(self, model: Module) -> list[Parameter] | list[dict]:
+        """The optimizer's parameters: all of them in one group, or with ``bn_lr_scale`` the batch norms' in a
+        first group whose lr is scaled by it and weight_decay divided by it (the same decay per step), the
+        rest in a second."""
+        params = list(model.parameters())
+        if self.bn_lr_scale == 1:
+            return params
+        norm = [p for m in model.modules() if isinstance(m, _BatchNorm) for p in m.parameters()]
+        if not norm:
+            raise SettingError(f"bn_lr_scale: {self.model} has no batch norm", "bn_lr_scale")
+        ids = {id(p) for p in norm}
+        return [{"params": norm, "lr": self.lr * self.bn_lr_scale,
+                 "weight_decay": self.weight_decay / self.bn_lr_scale},
+                {"params": [p for p in params if id(p) not in ids]}]
+
+    def build_optimizer(self, model_or_params: Module | Iterable[Parameter]) -> Optimizer:
+        """The optimizer over a model's parameter groups (``param_groups``) or the given parameters."""
+        params = (self.param_groups(model_or_params) if isinstance(model_or_params, Module)
+                  else model_or_params)
         return build_optimizer(self.optimizer, params, lr=self.lr, momentum=self.momentum,
                                nesterov=self.nesterov, weight_decay=self.weight_decay,
                                betas=(self.beta1, self.beta2))
 
+    def make_criterion(self) -> SoftmaxCrossEntropy:
+        return SoftmaxCrossEntropy(self.label_smoothing, reduction=self.loss_reduction)
+
+    def frozen_after(self) -> dict[str, float]:
+        """``freeze_after`` as parameter name -> the epochs it trains for."""
+        out: dict[str, float] = {}
+        for item in self.freeze_after or ():
+            name, sep, epochs = str(item).partition("=")
+            try:
+                value = float(epochs)
+            except ValueError:
+                value = -1.0
+            if not sep or not name or not (math.isfinite(value) and value >= 0):
+                raise SettingError(f"freeze_after takes NAME=EPOCHS (a parameter's state-dict name and the epochs it "
+                                   f"trains for, >= 0), got {item!r}", "freeze_after")
+            out[name] = value
+        return out
+
+    def make_lookahead(self, model: Module) -> Lookahead | None:
+        return Lookahead(model, self.lookahead_period) if self.lookahead_period else None
+
     def make_lr_schedule(self, steps_per_epoch: int = 1) -> LRSchedule | ReduceLROnPlateau:
-        """The lr schedule; onecycle needs the loader's ``steps_per_epoch`` (it counts optimizer steps)."""
-        base = LRSchedule(self.lr_schedule, self.lr, self.epochs, self.warmup_epochs, self.min_lr,
+        """The lr schedule; onecycle needs the loader's ``steps_per_epoch`` (it counts optimizer steps). A
+        fractional epoch count is the run's steps rounded up (the schedule ends on the run's last step)."""
+        epochs = math.ceil(round(self.epochs * steps_per_epoch, 9)) / steps_per_epoch
+        base = LRSchedule(self.lr_schedule, self.lr, epochs, self.warmup_epochs, self.min_lr,
                           self.lr_decay_factor, self.lr_decay_steps, max_lr=self.max_lr, pct_start=self.pct_start,
                           steps_per_epoch=steps_per_epoch, points=self.lr_points)
         if self.lr_schedule == "plateau":
@@ -103,6 +159,8 @@ class RunConfig(Recipe):
         """Snapshots, early stopping and TensorBoard, as far as they are on (TensorBoard raises ImportError
         with a one-line message when tensorboardX is missing)."""
         hooks: list[Hook] = [SaveSnapshots(self.save_every)] if self.save_every else []
+        if self.freeze_after:
+            hooks.append(FreezeParameters(self.frozen_after()))
         if self.early_stop:
             hooks.append(EarlyStopping(self.early_stop))
         if self.tensorboard:
@@ -139,7 +197,7 @@ def _tuple_or_scalar(v):
 # Schedules with a warm-up of their own, and where it is set.
 OWN_WARMUP = {"onecycle": "over pct_start of the run", "piecewise": "in its lr_points"}
 SEQUENCES: tuple[str, ...] = ("lr_decay_steps",)      # one number or several (a checkpoint stores lists)
-TUPLES: tuple[str, ...] = ("shift_scale_rotate", "color_jitter", "lr_points")      # groups of numbers
+TUPLES: tuple[str, ...] = ("shift_scale_rotate", "color_jitter", "lr_points", "freeze_after")      # groups of numbers
 
 
 def resolve(given: dict, saved: dict | None = None, resumed_from: str | os.PathLike | None = None) -> RunConfig:

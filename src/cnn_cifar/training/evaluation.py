@@ -26,6 +26,7 @@ def evaluate(model: nn.Module, loader: BatchLoader, criterion: nn.SoftmaxCrossEn
     reduced over ranks, so every rank returns the figures of the whole set; ``y_true``/``y_pred`` stay
     this rank's part."""
     was_training = model.training
+    summed = getattr(criterion, "reduction", "mean") == "sum"
     model.eval()
     loss_sum, n = 0.0, 0
     top: dict = {k: 0 for k in ks}
@@ -37,6 +38,8 @@ def evaluate(model: nn.Module, loader: BatchLoader, criterion: nn.SoftmaxCrossEn
                 logits = model(x)
                 n += len(y)
                 batch_loss, hits = criterion.loss_array(logits, y), metrics.topk_hits(logits, y, ks)
+                if summed:
+                    batch_loss = batch_loss / len(y)             # the figures are per image either way
                 if backend.is_host(logits):
                     loss_sum += float(batch_loss) * len(y)
                     for k, c in hits.items():

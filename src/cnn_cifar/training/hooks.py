@@ -34,9 +34,15 @@ class TrainerView(Protocol):
     run_info: dict                          # "args" (the run settings), "dataset", "classes"
     epoch: int                              # epochs completed
     step: int                               # steps completed inside the current epoch
-    target_epochs: int                      # the epoch count ``fit`` is training to
+    target_epochs: float                    # the epoch count ``fit`` is training to (may be a fraction)
     history: list[dict]
     best_accuracy: float
+
+    @property
+    def total_steps(self) -> int: ...       # the run's optimizer steps (a fractional last epoch rounded up)
+
+    @property
+    def epoch_steps(self) -> int: ...       # the current epoch's steps (fewer in a fractional last epoch)
 
     @property
     def last_path(self) -> Path: ...
@@ -134,8 +140,8 @@ class ProgressBar(Hook):
         self._shown = 0.0
 
     def epoch_start(self, trainer: TrainerView) -> None:
-        self.bar = tqdm(total=len(trainer.train_loader), initial=trainer.step,
-                        desc=f"epoch {trainer.epoch + 1}/{trainer.target_epochs}", unit="batch", leave=False,
+        self.bar = tqdm(total=trainer.epoch_steps, initial=trainer.step,
+                        desc=f"epoch {trainer.epoch + 1}/{trainer.target_epochs:g}", unit="batch", leave=False,
                         dynamic_ncols=True)
         self.t0, self.seen0 = time.perf_counter(), trainer.meter.read()["seen"]     # (nothing on the device yet)
         self._shown = 0.0
@@ -180,6 +186,28 @@ class SaveSnapshots(Hook):
         if trainer.epoch % self.every == 0:
             save_checkpoint(trainer.checkpoint_dir / f"{trainer.model_name}_epoch{trainer.epoch}.pkl",
                             trainer.checkpoint())
+
+
+class FreezeParameters(Hook):
+    """Parameters that train for their first few epochs only: ``{name: epochs}`` by state-dict name
+    (``whiten.bias``: 3); from epoch ``epochs`` on (counted from 0) the parameter's ``requires_grad`` is False
+    and the optimizer leaves it alone. A function of the epoch, so nothing to save: a resumed run sets the
+    same."""
+
+    name = "freeze_parameters"
+    every_rank = True
+
+    def __init__(self, epochs_by_name: dict[str, float]):
+        self.epochs_by_name = dict(epochs_by_name)
+
+    def epoch_start(self, trainer: TrainerView) -> None:
+        params = dict(trainer.model.named_parameters())
+        unknown = sorted(set(self.epochs_by_name) - set(params))
+        if unknown:
+            raise SettingError(f"freeze_after names {', '.join(unknown)}, which {trainer.model_name} does not have "
+                               f"(its parameters: {', '.join(list(params)[:6])}, ...)", "freeze_after")
+        for name, epochs in self.epochs_by_name.items():
+            params[name].requires_grad = trainer.epoch < epochs
 
 
 class EarlyStopping(Hook):
@@ -254,8 +282,8 @@ def format_settings(settings: dict) -> list[str]:
     return lines
 
 
-def format_row(row: dict, epochs: int) -> str:
+def format_row(row: dict, epochs: float) -> str:
     """The one summary line per epoch."""
-    return (f"epoch {row['epoch']:>3}/{epochs}  train loss {row['train_loss']:.4f} acc {100 * row['train_acc']:6.2f}%"
+    return (f"epoch {row['epoch']:>3}/{epochs:g}  train loss {row['train_loss']:.4f} acc {100 * row['train_acc']:6.2f}%"
             f"  test loss {row['test_loss']:.4f} acc {100 * row['test_acc']:6.2f}%  lr {row['lr']:.6f}"
             f"  dropout {row['dropout']:.3f}  {row['seconds']:6.1f}s{'  *best*' if row['best'] else ''}")

@@ -38,10 +38,9 @@ class Lookahead(Hook):
             self.slow = OrderedDict((k, w.copy()) for k, w in self._weights().items())
 
     def after_step(self, trainer: TrainerView) -> None:
-        steps = len(trainer.train_loader)
-        k = trainer.epoch * steps + trainer.step
+        k = trainer.epoch * len(trainer.train_loader) + trainer.step
         if k % self.period == 0:
-            self._pull(1.0 - self.base ** self.period * (k / (trainer.target_epochs * steps)) ** 3)
+            self._pull(1.0 - self.base ** self.period * (k / trainer.total_steps) ** 3)
 
     def final_step(self, trainer: TrainerView) -> None:
         self._pull(0.0)

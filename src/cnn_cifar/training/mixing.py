@@ -31,6 +31,10 @@ class MixedCrossEntropy:
     def label_smoothing(self) -> float:
         return self.base.label_smoothing
 
+    @property
+    def reduction(self) -> str:
+        return self.base.reduction
+
     def __call__(self, logits: Array, targets: Array | MixedTargets) -> float:
         return float(self.loss_array(logits, targets))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 import time
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -68,7 +69,7 @@ class Trainer:
         self.check_every = 50          # GPU steps between reads of the device's running figures (NaN check)
         self.epoch = 0                 # epochs completed
         self.step = 0                  # steps completed inside the current epoch
-        self.target_epochs = 0         # the epoch count fit() is training to
+        self.target_epochs: float = 0  # the epoch count fit() is training to (a fraction: its steps rounded up)
         self.history: list[dict] = []
         self.best_accuracy = -1.0
         self.finished: str | None = None  # why the run ended before its last epoch (a hook's finish())
@@ -95,7 +96,7 @@ class Trainer:
         them, with the training weights beside them), the hooks', optimizer's and loss scaler's state,
         schedules, position, the epoch's running figures, history, random streams and the run's settings."""
         training = self.model.state_dict()
-        with self._evaluated_weights(evaluating=False) as replaced:
+        with self.evaluated_weights(evaluating=False) as replaced:
             weights = self.model.state_dict() if replaced else training
         hooks = {h.name: state for h in self.hooks if (state := h.state_dict()) is not None}
         return Checkpoint(
@@ -167,18 +168,36 @@ class Trainer:
         return signum is not None
 
     # ----------------------------------------------------------------- loop
-    def fit(self, epochs: int) -> list[dict]:
-        """Train until ``epochs`` epochs are complete; returns the history."""
+    @property
+    def total_steps(self) -> int:
+        """The run's optimizer steps: ``target_epochs`` epochs, a fraction of one rounded up to whole steps."""
+        return math.ceil(round(self.target_epochs * len(self.train_loader), 9))
+
+    @property
+    def epoch_steps(self) -> int:
+        """Steps in the current epoch: the loader's, fewer in a fractional last epoch."""
+        return min(len(self.train_loader), self.total_steps - self.epoch * len(self.train_loader))
+
+    @property
+    def total_epochs(self) -> int:
+        """Epochs the run goes through, the fractional last one included."""
+        return math.ceil(self.total_steps / len(self.train_loader))
+
+    def fit(self, epochs: float) -> list[dict]:
+        """Train until ``epochs`` epochs are complete (a fraction: until that many steps, rounded up, are done);
+        returns the history."""
+        if not epochs > 0:
+            raise ValueError(f"epochs must be > 0, got {epochs}")
         self.target_epochs = epochs
         for h in self.hooks:
             h.fit_start(self)
         try:
             # Overflow shows up as a non-finite loss, which is reported by the loop itself.
             with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-                while self.epoch < epochs and self.finished is None:
+                while self.epoch < self.total_epochs and self.finished is None:
                     self._begin_epoch()
                     self.meter.start_clock()
-                    lr = self._run_steps() if self.step < len(self.train_loader) else self.optimizer.lr
+                    lr = self._run_steps() if self.step < self.epoch_steps else self.optimizer.lr
                     self.meter.stop_clock()
                     self._end_epoch(lr)
             self.comm.barrier()                    # the last checkpoint is written before any rank exits
@@ -196,7 +215,7 @@ class Trainer:
                                                              prev.get("test_acc"))
             self.epoch_rng_state = copy.deepcopy(rng.bit_generator.state)
             self.meter.reset()
-        elif self.step < len(self.train_loader):
+        elif self.step < self.epoch_steps:
             # Resuming inside an epoch: replay the data stream from the epoch's start to this step. (Stopped
             # after the last step, in evaluation, the saved stream is already at the epoch's end.)
             rng.bit_generator.state = copy.deepcopy(self.epoch_rng_state)
@@ -206,7 +225,7 @@ class Trainer:
 
     def _run_steps(self) -> float:
         """The epoch's remaining training steps; returns the last learning rate used."""
-        steps = len(self.train_loader)
+        steps, last = len(self.train_loader), self.epoch_steps
         batches = iter(self.train_loader)
         for _ in range(self.step):
             next(batches)
@@ -219,12 +238,17 @@ class Trainer:
                 loss, seen, stop = self._step(x, y)
                 for h in self.hooks:
                     h.step_end(self, loss, seen)
-                if self.meter.unchecked and (self.step % self.check_every == 0 or self.step == steps):
+                if self.meter.unchecked and (self.step % self.check_every == 0 or self.step == last):
                     self.meter.read()                       # a non-finite loss stops the run here
                 if stop:
                     self.meter.stop_clock()
                     self._interrupt()
+                if self.step >= last:                        # a fractional last epoch ends early
+                    break
         finally:
+            close = getattr(batches, "close", None)
+            if close is not None:
+                close()                                      # a loader's prefetch stops with its iterator
             for h in self.hooks:
                 h.train_end(self)
         return lr
@@ -239,10 +263,12 @@ class Trainer:
                                       self.parallel, self._pending_signal(), self.scaler, defer=defer)
         except NonFiniteLoss as exc:
             raise NonFiniteLoss(f"{exc} {self._stopped_at(self.step + 1)}") from None
+        if getattr(self.criterion, "reduction", "mean") == "sum":
+            loss = loss / len(y)                             # the figures are per image either way
         self.step += 1
         for h in self.hooks:
             h.after_step(self)
-        if self.step == len(self.train_loader) and self.epoch + 1 >= self.target_epochs:
+        if self.step == self.epoch_steps and self.epoch + 1 >= self.total_epochs:
             for h in self.hooks:
                 h.final_step(self)                          # the run's last step
         if self.parallel is not None:                       # the global batch's, agreed in the step
@@ -255,7 +281,7 @@ class Trainer:
         """Evaluate (the weights a hook provides, where one does), count the epoch, and run the end-of-epoch
         hooks."""
         t1 = time.perf_counter()
-        with nn.autocast(self.scaler is not None), self._evaluated_weights(evaluating=True):
+        with nn.autocast(self.scaler is not None), self.evaluated_weights(evaluating=True):
             ev = evaluate(self.model, self.test_loader, self.criterion, self.num_classes,
                           progress=not self.quiet and self.comm.is_main, desc="test",
                           stop=self.stop if self.comm.size == 1 else None, comm=self.comm)
@@ -265,7 +291,8 @@ class Trainer:
         row = {"epoch": self.epoch + 1, "train_loss": p["loss_sum"] / max(p["seen"], 1),
                "train_acc": p["correct"] / max(p["seen"], 1), "test_loss": ev["loss"],
                "test_acc": ev["accuracy"], "lr": lr, "dropout": self.dropout_p,
-               "seconds": p["seconds"] + time.perf_counter() - t1, "best": ev["accuracy"] > self.best_accuracy}
+               "seconds": p["seconds"] + time.perf_counter() - t1, "train_seconds": p["seconds"],
+               "best": ev["accuracy"] > self.best_accuracy}
         self.history.append(row)
         self.epoch, self.step = self.epoch + 1, 0
         self.epoch_rng_state = None
@@ -278,7 +305,7 @@ class Trainer:
             raise TrainingInterrupted(self.last_path, self.epoch, 0)
 
     @contextlib.contextmanager
-    def _evaluated_weights(self, evaluating: bool) -> Iterator[bool]:
+    def evaluated_weights(self, evaluating: bool) -> Iterator[bool]:
         """Within the block the model holds the weights to evaluate and save: those a hook provides, if one
         does (``evaluating``: for an evaluation, so measured first). Yields whether they replace the training
         weights."""
