@@ -26,7 +26,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_BATCH = {"cnn": 64, "resnet32": 128, "net-basic": 128, "net-dilated": 128, "cifarnet": 512, "senet": 128}
+DEFAULT_BATCH = {"cnn": 64, "resnet32": 128, "net-basic": 128, "net-dilated": 128, "cifarnet": 512, "senet": 128,
+                 "airbench94": 1024}
 ZOO = ("net-basic", "net-dilated", "cifarnet", "senet")
 
 
@@ -152,7 +153,11 @@ def worker_torch(model_name: str, batch: int, eval_batch: int, warmup: int, repe
         layers += [tnn.AdaptiveAvgPool2d(1), tnn.Flatten(), tnn.Dropout(0.0), tnn.Linear(64, 10)]
         return tnn.Sequential(*layers)
 
-    if model_name in ZOO:                                 # the zoo's twins (benchmarks/torch_zoo.py)
+    if model_name == "airbench94":                        # its twin (benchmarks/airbench_torch.py)
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from airbench_torch import Airbench94
+        model = Airbench94()
+    elif model_name in ZOO:                               # the zoo's twins (benchmarks/torch_zoo.py)
         sys.path.insert(0, str(Path(__file__).resolve().parent))
         from torch_zoo import build_torch
         model = build_torch(model_name)
@@ -213,7 +218,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="+", default=["cnn", "resnet32"])
     ap.add_argument("--batch", type=int, default=None, help="training batch (default: each model's recipe's; "
-                    "cnn 64, cifarnet 512, the others 128)")
+                    "cnn 64, cifarnet 512, airbench94 1024, the others 128)")
     ap.add_argument("--eval-batch", type=int, default=256)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=10)

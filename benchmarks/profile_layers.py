@@ -22,7 +22,7 @@ from cnn_cifar.optim import SGD  # noqa: E402
 from cnn_cifar.training import train_step as one_step  # noqa: E402
 
 LEAVES = (nn.Conv2d, nn.BatchNorm2d, nn.BatchNorm1d, nn.BatchNormReLU2d, nn.BatchNormAddReLU2d, nn.ReLU, nn.MaxPool2d,
-          nn.AvgPool2d, nn.GlobalAvgPool2d, nn.Linear, nn.Flatten, nn.Dropout)
+          nn.AvgPool2d, nn.GlobalAvgPool2d, nn.Linear, nn.Flatten, nn.Dropout, nn.GELU, nn.Mul)
 
 
 def main() -> None:

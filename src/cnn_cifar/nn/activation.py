@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 from .. import backend, runtime
-from ..backend import Array, get_array_module
-from . import kernels, special
+from ..backend import Array, get_array_module, is_host
+from . import gelu_host, kernels, special
 from .layout import chwn, nchw
-from .module import Module
+from .module import Module, grad_enabled
 
 
 class ReLU(Module):
@@ -68,15 +68,22 @@ class Sigmoid(Module):
 class GELU(Module):
     """The exact GELU, x * Phi(x) with Phi the standard normal distribution function, as PyTorch's
     ``nn.GELU()`` (approximate='none'); backward dy * (Phi(x) + x * phi(x)). Phi comes from ``special``
-    (erfc, accurate for very negative x, where 1 + erf would cancel). Float16 is computed in float32."""
+    (erfc, accurate for very negative x, where 1 + erf would cancel). Float16 is computed in float32. On the
+    host, float32 runs ``gelu_host``'s cache-blocked pass, which keeps only the gradient factor for backward."""
 
     def forward(self, x: Array) -> Array:
         xp = get_array_module(x)
         xw = x.astype(xp.float32) if x.dtype.itemsize < 4 else x
+        if is_host(xw) and xw.dtype == xp.float32:
+            y, factor = gelu_host.forward(xw, keep_grad=grad_enabled())
+            self.save_for_backward(None, factor)
+            return y.astype(x.dtype, copy=False)
         cdf = special.normal_cdf(xw)
         self.save_for_backward(xw, cdf)
         return (xw * cdf).astype(x.dtype, copy=False)
 
     def backward(self, dy: Array) -> Array:
         x, cdf = self.saved()
+        if x is None:                                     # gelu_host kept the factor Phi(x) + x phi(x)
+            return (dy * cdf).astype(dy.dtype, copy=False)
         return (dy * (cdf + x * special.normal_pdf(x))).astype(dy.dtype, copy=False)
