@@ -198,3 +198,26 @@ def test_the_pytorch_twin_imports_nothing_of_ours():
             imported.add((node.module or "").split(".")[0])
     assert imported <= {"__future__", "argparse", "json", "math", "pickle", "time", "pathlib", "numpy", "torch"}
     assert "cnn_cifar" not in source and "sys.path" not in source and "src" not in imported
+
+
+def test_a_training_step_runs_on_both_backends_alike(xp):
+    """One step of the recipe's optimizer (two groups, frozen parameters, summed smoothed loss) on NumPy and on
+    CuPy (real, or the stand-in): the same loss and the same updated weights."""
+    from cnn_cifar.training import train_step
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((8, 3, 32, 32)).astype(np.float32)
+    y = rng.integers(0, 10, 8)
+    cfg = resolve({"model": "airbench94"})
+    results, target = [], backend.name
+    for name in ("numpy", target):
+        backend.set_backend(name)
+        model = build_model("airbench94", seed=1)
+        model.init_from_data(x)
+        opt = cfg.build_optimizer(model)
+        loss, _ = train_step(model, cfg.make_criterion(), opt, backend.to_device(x), backend.to_device(y))
+        results.append((loss, {k: backend.to_numpy(v) for k, v in model.state_dict().items()}))
+    (l0, w0), (l1, w1) = results
+    assert l1 == pytest.approx(l0, rel=1e-5)
+    for k in w0:
+        np.testing.assert_allclose(w1[k], w0[k], rtol=1e-4, atol=1e-5, err_msg=k)
+    np.testing.assert_array_equal(w1["whiten.weight"], w0["whiten.weight"])

@@ -467,6 +467,7 @@ def _host_cases(dt):
     y = r(c, m)
     y[0, :5] = 0                                                                # the gate closed at exactly 0
     cases.append((kernels.relu_backward, (r(c, m), y), {}))
+    cases.append((kernels.gelu, (r(c, m) * 4,), {}))
     for ok in (True, np.array(False)):
         for nesterov in (True, False):
             cases.append((optim_kernels.sgd_update, (r(40), 0.1, 0.9, 5e-4, nesterov, ok, r(40), r(40)), {}))

@@ -228,6 +228,8 @@ def calls(dt):
     out.append((K.col2im_gpu, "groups=2", (e(2, C * 9 // 2, H * W * N),) + geo, dict(size=C * H * W * N)))
     out.append((K.relu_backward, "", (x2, e(C, M)), {}))                        # batch norm's residual gate
     out.append((K.relu_backward, "NCHW dy", (chwn(e(N, C, H, W)), e(C, H, W, N)), {}))   # ReLU.backward
+    out.append((K.gelu, "", (e(C, H, W, N),), {}))                              # GELU.forward, 4-d
+    out.append((K.gelu, "2-d", (e(N, C * H * W),), {}))
     for label, ok in (("ok=True", True), ("ok=device", ok0)):
         out.append((OK.sgd_update, label, (e(100), 0.1, 0.9, 5e-4, False, ok, e(100), e(100)), {}))
         out.append((OK.adam_update, label, (e(100), 1e-3, 0.9, 0.999, 0.5, 1e-8, 0.0, 1.0, ok) + (e(100),) * 3, {}))

@@ -69,13 +69,21 @@ class GELU(Module):
     """The exact GELU, x * Phi(x) with Phi the standard normal distribution function, as PyTorch's
     ``nn.GELU()`` (approximate='none'); backward dy * (Phi(x) + x * phi(x)). Phi comes from ``special``
     (erfc, accurate for very negative x, where 1 + erf would cancel). Float16 is computed in float32. On the
-    host, float32 runs ``gelu_host``'s cache-blocked pass, which keeps only the gradient factor for backward."""
+    host, float32 runs ``gelu_host``'s cache-blocked pass, on a GPU one fused kernel (``kernels.gelu``); both
+    keep only the gradient factor for backward."""
 
     def forward(self, x: Array) -> Array:
         xp = get_array_module(x)
         xw = x.astype(xp.float32) if x.dtype.itemsize < 4 else x
         if is_host(xw) and xw.dtype == xp.float32:
             y, factor = gelu_host.forward(xw, keep_grad=grad_enabled())
+            self.save_for_backward(None, factor)
+            return y.astype(x.dtype, copy=False)
+        if not is_host(xw):                               # one fused kernel (computed in double)
+            if xw.ndim == 4:                              # over the (C, H, W, N) memory, outputs laid out alike
+                y, factor = (nchw(a) for a in kernels.gelu(chwn(xw)))
+            else:
+                y, factor = kernels.gelu(xw)
             self.save_for_backward(None, factor)
             return y.astype(x.dtype, copy=False)
         cdf = special.normal_cdf(xw)

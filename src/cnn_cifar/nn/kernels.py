@@ -232,3 +232,20 @@ relu_backward = elementwise(
     "T dy, T gate", "T dx", "dx = " + _GATED, "cnn_relu_backward", lambda dy, gate: _gated(dy, gate).astype(dy.dtype))
 """ReLU's input gradient from its output (the gate, as batch norm's fused ReLU keeps it): one pass instead of a
 comparison and a multiply."""
+
+
+def _gelu_reference(x):
+    from . import special
+    xd = x.astype(np.float64)
+    cdf = special.normal_cdf(xd)
+    return (xd * cdf).astype(x.dtype), (cdf + xd * special.normal_pdf(xd)).astype(x.dtype)
+
+
+gelu = elementwise("T x", "T y, T g", """
+    double v = (double)x;
+    double c = 0.5 * erfc(-v * 0.70710678118654752440);
+    y = (T)(v * c);
+    g = (T)(c + v * 0.39894228040143267794 * exp(-0.5 * v * v));
+""", "cnn_gelu", _gelu_reference)
+"""GELU's output x Phi(x) and its gradient factor Phi(x) + x phi(x) in one pass, computed in double (erfc keeps
+the lower tail): the many launches of ``special``'s array form become one."""
