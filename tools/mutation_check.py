@@ -370,6 +370,20 @@ MUTATIONS = [
     ("cnn-predict's --topk default not 5", "src/cnn_cifar/cli/predict.py",
      'default=5, help="classes shown per image [5]"', 'default=3, help="classes shown per image [5]"',
      "tests/test_predict.py -k five_classes"),
+    ("a frozen parameter updated anyway", "src/cnn_cifar/optim/optimizers.py",
+     "                if not p.requires_grad:", "                if False:",
+     "tests/test_optim.py -k frozen"),
+    ("the batch norms' group's weight decay multiplied instead of divided", "src/cnn_cifar/training/config.py",
+     '"weight_decay": self.weight_decay / self.bn_lr_scale}', '"weight_decay": self.weight_decay * self.bn_lr_scale}',
+     "tests/test_airbench.py -k arithmetic"),
+    ("a fractional last epoch run whole", "src/cnn_cifar/training/trainer.py",
+     "return min(len(self.train_loader), self.total_steps - self.epoch * len(self.train_loader))",
+     "return len(self.train_loader)", "tests/test_airbench.py -k fractional"),
+    ("GELU's host gradient factor with the wrong density constant", "src/cnn_cifar/nn/gelu_host.py",
+     "        z *= _INV_SQRT_2PI", "        z *= _INV_SQRT_2", "tests/test_special.py -k host_float32"),
+    ("the whitening filters' negatives dropped for a second copy", "src/cnn_cifar/nn/init.py",
+     "np.concatenate([filters, -filters])", "np.concatenate([filters, filters])",
+     "tests/test_init.py -k covariance"),
 ]
 
 
