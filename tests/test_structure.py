@@ -3,6 +3,7 @@ the model registry (a new model is one entry), borrowed buffers, and decisions t
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -220,3 +221,15 @@ def test_train_step_leaves_parameters_alone_on_a_non_finite_loss():
         train_step(model, nn.SoftmaxCrossEntropy(), opt, x, np.array([0, 1, 2, 3]))
     after = model.state_dict()
     assert all(np.array_equal(before[k], after[k]) for k in before if "running" not in k and "num_batches" not in k)
+
+
+def test_every_deliberate_bug_of_the_mutation_check_still_applies():
+    """Each entry of tools/mutation_check.py names code that occurs exactly once in its file: a refactor that
+    moves the code fails here, in the suite, instead of part-way through CI's mutation run."""
+    import importlib.util
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("mutation_check", root / "tools" / "mutation_check.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    stale = [(what, path) for what, path, old, _, _ in module.MUTATIONS if (root / path).read_text().count(old) != 1]
+    assert stale == []
