@@ -50,19 +50,27 @@ class MaxPool2d(_Pool2d):
         xp = get_array_module(x)
         ho, wo = self._out_size(x)
         keep = grad_enabled()                        # the argmax is only needed for backward
-        out = idx = None
+        taps = list(self._taps(ho, wo))
         with runtime.padded(chwn(x), *self.padding, value=-xp.inf) as xpad:
-            for k, (hs, ws) in self._taps(ho, wo):
-                tap = xpad[:, hs, ws]
-                if out is None:
-                    out = tap.copy()
-                    if keep:
-                        idx = xp.zeros(out.shape, dtype=xp.int8 if self.geometry.taps < 128 else xp.int16)
-                    continue
-                if keep:
-                    better = tap > out                   # strict: ties keep the first maximum
-                    idx += better * (idx.dtype.type(k) - idx)   # idx = k where better (faster than masked store)
-                xp.maximum(out, tap, out=out)
+            c, n = xpad.shape[0], xpad.shape[3]
+            out = xp.empty((c, ho, wo, n), dtype=x.dtype)
+            idx = xp.zeros(out.shape, dtype=xp.int8 if self.geometry.taps < 128 else xp.int16) if keep else None
+
+            def run(c0: int, c1: int) -> None:
+                for b0 in range(c0, c1, _block_channels(out)):
+                    cb = slice(b0, min(b0 + _block_channels(out), c1))
+                    o = out[cb]
+                    for k, (hs, ws) in taps:
+                        tap = xpad[cb, hs, ws]
+                        if k == 0:
+                            o[...] = tap
+                            continue
+                        if keep:
+                            i = idx[cb]
+                            better = tap > o                    # strict: ties keep the first maximum
+                            i += better * (i.dtype.type(k) - i)  # i = k where better (faster than masked store)
+                        xp.maximum(o, tap, out=o)
+            runtime.by_channel(run, xpad)
             self.save_for_backward(idx, x.shape, xpad.shape)
         return nchw(out)
 
@@ -83,6 +91,12 @@ class MaxPool2d(_Pool2d):
             else:
                 dx[:, hs, ws] += dyc * (idx == k)
         return nchw(dx[:, ph:ph + h, pw:pw + w])
+
+
+def _block_channels(out: Array) -> int:
+    """Channels per block of max-pooling's forward passes: about 256K output values, so a block's temporaries
+    stay in cache while its taps are compared."""
+    return max(1, (1 << 18) // max(1, out[0].size))
 
 
 class AvgPool2d(_Pool2d):
