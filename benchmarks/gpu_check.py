@@ -112,35 +112,9 @@ def throughput(smoke: bool, budget_s: float) -> list[str]:
     return rows
 
 
-def training_run(data: str, budget_s: float, smoke: bool) -> list[str]:
-    out = ROOT / "runs" / "gpu_check"
-    cmd = [sys.executable, "src/train_cli.py", "--model", "resnet32", "--data", data, "--no-download",
-           "--checkpoint-dir", str(out), "--log-dir", str(out / "log"), "--quiet", "--backend",
-           "numpy" if smoke else "cupy", "--epochs", "200"]
-    if smoke:
-        cmd += ["--limit-train", "256", "--limit-test", "128", "--batch-size", "64", "--model", "resnet8"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT / "src")),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        stdout, stderr = proc.communicate(timeout=budget_s)
-    except subprocess.TimeoutExpired:
-        proc.send_signal(signal.SIGTERM)                 # finish the step, save, exit 143
-        stdout, stderr = proc.communicate(timeout=600)
-    rows = [line for line in stdout.splitlines() if re.match(r"epoch +\d+/", line)]
-    name = "resnet8" if smoke else "resnet32"
-    hist = out / f"{name}_history.jsonl"
-    best = max((json.loads(x)["test_acc"] for x in hist.read_text().splitlines()), default=None) \
-        if hist.is_file() else None
-    secs = [float(m[1]) for m in (re.search(r"(\d+\.\d)s", r) for r in rows) if m]
-    return [f"- `{' '.join(cmd[1:])}` for {budget_s:.0f} s: exit {proc.returncode}, {len(rows)} epochs, "
-            f"best test accuracy {'-' if best is None else f'{100 * best:.2f}%'}, "
-            f"{(sum(secs) / len(secs)) if secs else float('nan'):.1f} s per epoch",
-            f"- last line: `{(stderr.strip().splitlines() or [''])[-1][:300]}`"] + [f"  - {r}" for r in rows[-3:]]
-
-
-def _run_budgeted(cmd: list[str], budget_s: float) -> tuple[int, str, str, bool]:
-    """Run ``cmd``; past ``budget_s`` it gets SIGTERM (our trainer saves and exits 143; the twin stops).
-    Returns (exit status, stdout, stderr, whether it was cut short)."""
+def _run_budgeted(cmd: list[str], budget_s: float, grace_s: float = 60) -> tuple[int, str, str, bool]:
+    """Run ``cmd``; past ``budget_s`` it gets SIGTERM (our trainer finishes the step, saves and exits 143; the
+    twin stops), and ``grace_s`` later a kill. Returns (exit status, stdout, stderr, whether it was cut short)."""
     proc = subprocess.Popen(cmd, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT / "src")),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -149,11 +123,31 @@ def _run_budgeted(cmd: list[str], budget_s: float) -> tuple[int, str, str, bool]
     except subprocess.TimeoutExpired:
         proc.send_signal(signal.SIGTERM)
         try:
-            out, err = proc.communicate(timeout=60)
+            out, err = proc.communicate(timeout=grace_s)
         except subprocess.TimeoutExpired:
             proc.kill()
             out, err = proc.communicate()
         return proc.returncode, out, err, True
+
+
+def training_run(data: str, budget_s: float, smoke: bool) -> list[str]:
+    out = ROOT / "runs" / "gpu_check"
+    cmd = [sys.executable, "src/train_cli.py", "--model", "resnet32", "--data", data, "--no-download",
+           "--checkpoint-dir", str(out), "--log-dir", str(out / "log"), "--quiet", "--backend",
+           "numpy" if smoke else "cupy", "--epochs", "200"]
+    if smoke:
+        cmd += ["--limit-train", "256", "--limit-test", "128", "--batch-size", "64", "--model", "resnet8"]
+    code, stdout, stderr, _ = _run_budgeted(cmd, budget_s, grace_s=600)
+    rows = [line for line in stdout.splitlines() if re.match(r"epoch +\d+/", line)]
+    name = "resnet8" if smoke else "resnet32"
+    hist = out / f"{name}_history.jsonl"
+    best = max((json.loads(x)["test_acc"] for x in hist.read_text().splitlines()), default=None) \
+        if hist.is_file() else None
+    secs = [float(m[1]) for m in (re.search(r"(\d+\.\d)s", r) for r in rows) if m]
+    return [f"- `{' '.join(cmd[1:])}` for {budget_s:.0f} s: exit {code}, {len(rows)} epochs, "
+            f"best test accuracy {'-' if best is None else f'{100 * best:.2f}%'}, "
+            f"{(sum(secs) / len(secs)) if secs else float('nan'):.1f} s per epoch",
+            f"- last line: `{(stderr.strip().splitlines() or [''])[-1][:300]}`"] + [f"  - {r}" for r in rows[-3:]]
 
 
 def airbench(data: str, budget_s: float, smoke: bool, amp: bool) -> list[str]:

@@ -289,18 +289,25 @@ def test_loader_with_mixup_and_cutmix_picks_one_per_batch_half_the_time():
 
 
 # ------------------------------------------------------------------ through train_cli
+def _straight_and_resumed(flags: list[str], epochs: int, cifar_root):
+    """train_cli with ``flags`` for ``epochs`` epochs in ./a, and for 1 epoch in ./b then resumed there to
+    ``epochs``; returns the two last checkpoints, after checking they hold the same weights."""
+    assert train_cli.main([*flags, "--epochs", str(epochs), "--checkpoint-dir", "a"]) == 0
+    assert train_cli.main([*flags, "--epochs", "1", "--checkpoint-dir", "b"]) == 0
+    assert train_cli.main(["--resume", "b/cnn_last.pkl", "--epochs", str(epochs), "--checkpoint-dir", "b", "--quiet",
+                           "--data", str(cifar_root), "--no-download", "--no-prefetch"]) == 0
+    a, b = (load_checkpoint(Path(d) / "cnn_last.pkl") for d in "ab")
+    assert all(np.array_equal(a.state_dict[k], b.state_dict[k]) for k in a.state_dict)
+    return a, b
+
+
 def test_every_augmentation_resumes_exactly(cifar_root, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("CNN_CIFAR_BACKEND", "numpy")
     flags = ["--data", str(cifar_root), *BASE, "--cutout", "6", "--cutout-fill", "zero", "--cutout-p", "0.7",
              "--shift-scale-rotate", "0.0625", "0.1", "15", "--ssr-p", "0.6", "--ssr-border", "constant",
              "--color-jitter", "0.2", "0.2", "0.2", "0.02", "--mixup", "0.2", "--cutmix", "1.0"]
-    assert train_cli.main([*flags, "--epochs", "2", "--checkpoint-dir", "a"]) == 0
-    assert train_cli.main([*flags, "--epochs", "1", "--checkpoint-dir", "b"]) == 0
-    assert train_cli.main(["--resume", "b/cnn_last.pkl", "--epochs", "2", "--checkpoint-dir", "b", "--quiet",
-                           "--data", str(cifar_root), "--no-download", "--no-prefetch"]) == 0
-    a, b = (load_checkpoint(Path(d) / "cnn_last.pkl") for d in "ab")
-    assert all(np.array_equal(a.state_dict[k], b.state_dict[k]) for k in a.state_dict)
+    a, b = _straight_and_resumed(flags, 2, cifar_root)
     assert a.rng["data"] == b.rng["data"] and a.history[1]["train_loss"] == b.history[1]["train_loss"]
     assert (b.args["shift_scale_rotate"], b.args["color_jitter"]) == ([0.0625, 0.1, 15.0], [0.2, 0.2, 0.2, 0.02])
     assert (b.args["cutout_fill"], b.args["cutout_p"], b.args["mixup"], b.args["cutmix"]) == ("zero", 0.7, 0.2, 1.0)
@@ -410,12 +417,7 @@ def test_translate_and_alternating_flip_resume_exactly_through_the_cli(cifar_roo
     monkeypatch.chdir(tmp_path)
     flags = ["--data", str(cifar_root), *BASE[:-1], "--quiet", "--crop-padding", "0", "--translate", "2",
              "--alternating-flip"]
-    assert train_cli.main([*flags, "--epochs", "3", "--checkpoint-dir", "a"]) == 0
-    assert train_cli.main([*flags, "--epochs", "1", "--checkpoint-dir", "b"]) == 0
-    assert train_cli.main(["--resume", "b/cnn_last.pkl", "--epochs", "3", "--checkpoint-dir", "b", "--quiet",
-                           "--data", str(cifar_root), "--no-download", "--no-prefetch"]) == 0
-    a, b = (load_checkpoint(Path(d) / "cnn_last.pkl") for d in "ab")
-    assert all(np.array_equal(a.state_dict[k], b.state_dict[k]) for k in a.state_dict)
+    a, b = _straight_and_resumed(flags, 3, cifar_root)
     assert (b.args["translate"], b.args["alternating_flip"]) == (2, True)
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import backend, nn
-from ..data import BatchLoader, get_spec, load_dataset
+from ..data import BatchLoader, augment, get_spec, load_dataset
 from ..data.datasets import Dataset
 from ..distributed import DataParallel
 from ..models import build_model, options_of
@@ -160,14 +160,13 @@ def _main(argv: list[str] | None = None) -> int:
 
 def _init_from_data(model: nn.Module, x_train: np.ndarray, mean, std) -> float:
     """A model with a data-dependent initialisation (``init_from_data``, e.g. airbench94's whitening layer) gets
-    its first ``init_images`` training images, normalised; returns the seconds it took (0 for other models)."""
+    its first ``init_images`` training images, normalised as the loader normalises its batches; returns the
+    seconds it took (0 for other models)."""
     init = getattr(model, "init_from_data", None)
     if init is None:
         return 0.0
     t0 = time.perf_counter()
-    per_channel = (1, -1, 1, 1)                                  # the images are (N, C, H, W) uint8
-    x = x_train[:model.init_images].astype(np.float32) / 255.0
-    init((x - np.asarray(mean, np.float32).reshape(per_channel)) / np.asarray(std, np.float32).reshape(per_channel))
+    init(augment.normalize(x_train[:model.init_images], mean, std))
     return time.perf_counter() - t0
 
 
@@ -199,7 +198,7 @@ def time_to_result(history: list[dict], init_seconds: float, tta: dict | None) -
     train = sum(r.get("train_seconds", 0.0) for r in history)
     evals = sum(r["seconds"] - r.get("train_seconds", r["seconds"]) for r in history)
     parts = ([f"initialisation {init_seconds:.1f}s"] if init_seconds else []) + [f"training {train:.1f}s"] + (
-        [f"final {tta and 'TTA '}evaluation {tta['seconds']:.1f}s"] if tta else [])
+        [f"final TTA evaluation {tta['seconds']:.1f}s"] if tta else [])
     total = init_seconds + train + (tta["seconds"] if tta else 0.0)
     return (f"time to result {total:.1f}s ({', '.join(parts)}); per-epoch evaluations and checkpoints "
             f"{evals:.1f}s besides")

@@ -254,7 +254,8 @@ class Optimizer:
         self.lr, self.steps = float(state["lr"]), int(state["steps"])
 
     def _hyper(self) -> dict:
-        return {}
+        """The optimizer's own hyper-parameters (its defaults but the lr), as a checkpoint records them."""
+        return {k: v for k, v in self.defaults.items() if k != "lr"}
 
 
 class SGD(Optimizer):
@@ -286,9 +287,6 @@ class SGD(Optimizer):
     @property
     def weight_decay(self) -> float:
         return self.defaults["weight_decay"]
-
-    def _hyper(self) -> dict:
-        return {"momentum": self.momentum, "nesterov": self.nesterov, "weight_decay": self.weight_decay}
 
     def _update(self, ok: Array | None = None) -> None:
         for buf in self.buffers:
@@ -353,9 +351,6 @@ class Adam(Optimizer):
     @property
     def weight_decay(self) -> float:
         return self.defaults["weight_decay"]
-
-    def _hyper(self) -> dict:
-        return {"betas": (self.beta1, self.beta2), "eps": self.eps, "weight_decay": self.weight_decay}
 
     def _update(self, ok: Array | None = None) -> None:
         for buf in self.buffers:

@@ -112,6 +112,12 @@ class LRSchedule:
         return asdict(self)
 
 
+def total_steps(epochs: float, steps_per_epoch: int) -> int:
+    """The optimizer steps of a run of ``epochs`` epochs: a fraction of an epoch rounded up to whole steps (the
+    rounding to 9 places first keeps 1.1 epochs of 50 steps at 55, not 56 through 55.00000000000001)."""
+    return math.ceil(round(epochs * steps_per_epoch, 9))
+
+
 def _checked_points(points) -> tuple[float, ...]:
     """The piecewise schedule's points as a flat tuple of floats (the default shape for None), or a SettingError
     saying what is wrong with them."""

@@ -23,6 +23,7 @@ from ..optim import (
     Optimizer,
     ReduceLROnPlateau,
     build_optimizer,
+    total_steps,
 )
 from .ema import ModelEMA
 from .hooks import EarlyStopping, FreezeParameters, Hook, SaveSnapshots
@@ -133,7 +134,7 @@ class RunConfig(Recipe):
     def make_lr_schedule(self, steps_per_epoch: int = 1) -> LRSchedule | ReduceLROnPlateau:
         """The lr schedule; onecycle needs the loader's ``steps_per_epoch`` (it counts optimizer steps). A
         fractional epoch count is the run's steps rounded up (the schedule ends on the run's last step)."""
-        epochs = math.ceil(round(self.epochs * steps_per_epoch, 9)) / steps_per_epoch
+        epochs = total_steps(self.epochs, steps_per_epoch) / steps_per_epoch
         base = LRSchedule(self.lr_schedule, self.lr, epochs, self.warmup_epochs, self.min_lr,
                           self.lr_decay_factor, self.lr_decay_steps, max_lr=self.max_lr, pct_start=self.pct_start,
                           steps_per_epoch=steps_per_epoch, points=self.lr_points)

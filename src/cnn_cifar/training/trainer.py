@@ -16,6 +16,7 @@ from .. import backend, nn
 from ..backend import Array
 from ..data.augment import MixedTargets
 from ..distributed import SingleProcess
+from ..optim import total_steps
 from .checkpoint import Checkpoint, save_checkpoint
 from .evaluation import evaluate
 from .hooks import Hook, LogLine, ProgressBar, SaveCheckpoints, WriteHistory
@@ -171,7 +172,7 @@ class Trainer:
     @property
     def total_steps(self) -> int:
         """The run's optimizer steps: ``target_epochs`` epochs, a fraction of one rounded up to whole steps."""
-        return math.ceil(round(self.target_epochs * len(self.train_loader), 9))
+        return total_steps(self.target_epochs, len(self.train_loader))
 
     @property
     def epoch_steps(self) -> int:
