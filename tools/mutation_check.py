@@ -384,6 +384,17 @@ MUTATIONS = [
     ("the whitening filters' negatives dropped for a second copy", "src/cnn_cifar/nn/init.py",
      "np.concatenate([filters, -filters])", "np.concatenate([filters, filters])",
      "tests/test_init.py -k covariance"),
+    ("Winograd's input transform with one sign wrong", "src/cnn_cifar/nn/conv_winograd.py",
+     "    xp.subtract(d[1], d[3], out=out[3])", "    xp.subtract(d[3], d[1], out=out[3])",
+     "tests/test_winograd.py -k gradients"),
+    ("Winograd's output drops the last pixel row of an odd output", "src/cnn_cifar/nn/conv_winograd.py",
+     "ti = min(rows, (ho - i + 1) // 2 - t0)", "ti = min(rows, (ho - i) // 2 - t0)",
+     "tests/test_winograd.py -k float32"),
+    ("Winograd's input gradient with the overlapping tiles' sign wrong", "src/cnn_cifar/nn/conv_winograd.py",
+     "    odd[1:] -= dv[3]", "    odd[1:] += dv[3]", "tests/test_winograd.py -k gradients"),
+    ("Winograd taken where its tiles save too little", "src/cnn_cifar/nn/conv_winograd.py",
+     "return ho >= 1 and wo >= 1 and saving(ho, wo) >= MIN_SAVING", "return ho >= 1 and wo >= 1",
+     "tests/test_winograd.py -k rule"),
 ]
 
 

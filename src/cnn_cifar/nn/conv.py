@@ -19,7 +19,7 @@ import numpy as np
 
 from .. import backend
 from ..backend import Array
-from . import amp, conv_device, conv_host, depthwise, init
+from . import amp, conv_device, conv_host, conv_winograd, depthwise, init
 from .im2col import ConvGeometry
 from .layout import check_4d, chwn, chwn_contiguous, nchw
 from .module import Module, Parameter
@@ -109,6 +109,8 @@ class Conv2d(Module):
         """The path that convolves ``xc``: the one dispatch decision (backward reuses forward's)."""
         if self.depthwise:
             return depthwise
+        if conv_winograd.applies(self.geometry, self.groups, self.in_channels, self.out_channels, xc):
+            return conv_winograd
         return conv_host if backend.is_host(xc) else conv_device
 
     def forward(self, x: Array) -> Array:
