@@ -12,6 +12,7 @@ from cnn_cifar import backend, nn
 from cnn_cifar.cli import train as train_cli
 from cnn_cifar.models import build_model, recipe
 from cnn_cifar.models.airbench import conv_group
+from cnn_cifar.models.registry import skip_input_gradient
 from cnn_cifar.training import load_checkpoint
 from cnn_cifar.training.config import resolve
 
@@ -221,3 +222,28 @@ def test_a_training_step_runs_on_both_backends_alike(xp):
     for k in w0:
         np.testing.assert_allclose(w1[k], w0[k], rtol=1e-4, atol=1e-5, err_msg=k)
     np.testing.assert_array_equal(w1["whiten.weight"], w0["whiten.weight"])
+
+
+def test_layers_behind_the_frozen_whitening_skip_their_input_gradient(xp):
+    """Once the whitening bias is frozen (FreezeParameters calls skip_input_gradient), the first conv group
+    skips its input's gradient and the whitening layer its backward, as PyTorch's autograd would: the same
+    gradients for everything that trains, none for the frozen layer, on both backends."""
+    x = backend.to_device(np.random.default_rng(2).standard_normal((4, 3, 32, 32)).astype(np.float32))
+    grads = []
+    for prune in (False, True):
+        model = build_model("airbench94", seed=1)
+        model.whiten.bias.requires_grad = False
+        skip_input_gradient(model)
+        first = model.group1[0]
+        assert first.needs_input_grad is False and model.group1[4].needs_input_grad is True
+        if not prune:
+            first.needs_input_grad = True                       # the whole chain, for comparison
+        out = model(x)
+        assert model.backward(backend.xp.ones_like(out)) is None
+        grads.append({k: backend.to_numpy(p.grad).copy() for k, p in model.named_parameters()})
+    full, pruned = grads
+    assert not full["whiten.bias"].any() and not pruned["whiten.bias"].any()
+    assert not pruned["whiten.weight"].any() and not full["whiten.weight"].any()     # frozen: no gradient
+    for k, p in model.named_parameters():
+        if p.requires_grad:          # the conv's weight gradient comes another way without dx: last bits differ
+            np.testing.assert_allclose(pruned[k], full[k], rtol=1e-4, atol=1e-6 * np.abs(full[k]).max(), err_msg=k)

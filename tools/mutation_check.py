@@ -395,6 +395,12 @@ MUTATIONS = [
     ("Winograd taken where its tiles save too little", "src/cnn_cifar/nn/conv_winograd.py",
      "return ho >= 1 and wo >= 1 and saving(ho, wo) >= MIN_SAVING", "return ho >= 1 and wo >= 1",
      "tests/test_winograd.py -k rule"),
+    ("a layer behind frozen ones still computes its input gradient", "src/cnn_cifar/models/registry.py",
+     "upstream = upstream or any(p.requires_grad for p in m._parameters.values())",
+     "upstream = upstream or bool(m._parameters)", "tests/test_airbench.py -k frozen_whitening"),
+    ("a frozen conv weight still gets its gradient", "src/cnn_cifar/nn/conv.py",
+     "if not (self.weight.requires_grad or self.needs_input_grad):", "if False:",
+     "tests/test_airbench.py -k frozen_whitening"),
 ]
 
 

@@ -18,5 +18,7 @@ class ChainModel(nn.Module):
 
     def backward(self, dy: Array) -> Array | None:
         for m in reversed(self._order):
+            if dy is None:                  # nothing before this point trains (``skip_input_gradient``)
+                break
             dy = m.backward(dy)
         return dy

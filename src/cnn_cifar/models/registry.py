@@ -114,14 +114,18 @@ def recipe(name: str) -> Recipe:
 
 
 def skip_input_gradient(model: Module) -> None:
-    """Let the model's first layer skip the gradient w.r.t. the images, which training never uses (in PyTorch,
-    an input without ``requires_grad``): the first module in registration order with ``needs_input_grad`` (a
-    ``Conv2d``) gets it False, so ``model.backward`` returns None. Called by ``build_model`` for every model:
-    a model registers its stem first (as every model here does) and sets nothing itself. Set it True again
-    on that layer (``model.conv1.needs_input_grad = True``) for a gradient w.r.t. the images."""
-    first = next((m for m in model.modules() if hasattr(m, "needs_input_grad")), None)
-    if first is not None:
-        first.needs_input_grad = False
+    """Let layers skip the gradient w.r.t. their input where nothing before them trains (in PyTorch, a tensor
+    without ``requires_grad``): each module with ``needs_input_grad`` (a ``Conv2d``) gets it True only if a
+    parameter of a module registered before it has ``requires_grad``. The first layer never needs it (the
+    images' gradient), nor a layer behind frozen ones (airbench94's whitening layer once its bias stops
+    training: ``FreezeParameters`` calls this again). Models register their modules in forward order, as every
+    model here does. Called by ``build_model``; set ``needs_input_grad = True`` again on the first layer
+    (``model.conv1.needs_input_grad = True``) for a gradient w.r.t. the images."""
+    upstream = False
+    for m in model.modules():
+        if hasattr(m, "needs_input_grad"):
+            m.needs_input_grad = upstream
+        upstream = upstream or any(p.requires_grad for p in m._parameters.values())
 
 
 def build_model(name: str, num_classes: int = 10, dropout: float | None = None, seed: int | None = 0,

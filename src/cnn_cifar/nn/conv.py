@@ -127,7 +127,9 @@ class Conv2d(Module):
     def backward(self, dy: Array) -> Array | None:
         path, xc, weight = self.saved()
         dyc = chwn(amp.like(dy, xc))                                # float32 into an autocast layer; (O, ho, wo, N)
-        if self.bias is not None:
+        if self.bias is not None and self.bias.requires_grad:
             self.bias.grad += dyc.sum(axis=(1, 2, 3), dtype=self.bias.grad.dtype)
+        if not (self.weight.requires_grad or self.needs_input_grad):
+            return None                                             # a frozen layer with nothing to pass on
         dx = path.backward(xc, weight, dyc, self.geometry, self.groups, self.weight.grad, self.needs_input_grad)
         return None if dx is None else nchw(dx)

@@ -277,5 +277,7 @@ class Sequential(Module):
 
     def backward(self, dy: Array) -> Array | None:
         for m in reversed(self._modules.values()):
+            if dy is None:                  # nothing before this point trains (``skip_input_gradient``)
+                break
             dy = m.backward(dy)
         return dy

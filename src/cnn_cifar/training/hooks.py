@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 
 from ..data import BatchLoader
 from ..errors import SettingError
+from ..models.registry import skip_input_gradient
 from ..nn import Module
 from ..optim import GradScaler, Optimizer
 from .checkpoint import Checkpoint, save_checkpoint
@@ -208,6 +209,7 @@ class FreezeParameters(Hook):
                                f"(its parameters: {', '.join(list(params)[:6])}, ...)", "freeze_after")
         for name, epochs in self.epochs_by_name.items():
             params[name].requires_grad = trainer.epoch < epochs
+        skip_input_gradient(trainer.model)     # layers behind what is now frozen skip their input's gradient
 
 
 class EarlyStopping(Hook):
