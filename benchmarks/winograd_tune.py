@@ -61,7 +61,7 @@ def main() -> None:
                 if args.block_bytes else [("im2col", None), ("winograd", conv_winograd.BLOCK_BYTES)])
     print(f"{runtime.THREADS} threads, float32; ms per call, median of {args.repeats - 1} (forward | forward+backward)")
     print(f"{'case (in,out,size,batch)':26}" + "".join(f"{name:>22}" for name, _ in variants)
-          + f"{'ratio':>14}{'saving':>8}{'default':>9}")
+          + f"{'ratio':>14}{'saving':>8}{'coverage':>10}{'default':>9}")
     for case in args.cases:
         c, o, s, n = (int(v) for v in case.split(","))
         x = rng.standard_normal((c, s, s, n), dtype=np.float32)
@@ -80,7 +80,8 @@ def main() -> None:
         first, last = med[variants[0][0]], med[variants[-1][0]]
         row = f"{case:26}" + "".join(f"{f:>10.1f} | {b:>9.1f}" for f, b in med.values())
         takes = conv_winograd.applies(geo, 1, c, o, x)
-        print(row + f"{first[1] / last[1]:>13.2f}x{conv_winograd.saving(s, s):>8.2f}{'yes' if takes else 'no':>9}")
+        print(row + f"{first[1] / last[1]:>13.2f}x{conv_winograd.saving(s, s):>8.2f}"
+              f"{conv_winograd.coverage(s, s):>10.2f}{'yes' if takes else 'no':>9}")
     print("ratio: the first column's forward+backward time over the last's (above 1: the last is faster)")
 
 

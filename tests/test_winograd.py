@@ -18,7 +18,7 @@ def forced(monkeypatch):
     """The path for every 3x3 stride-1 conv, whatever its channels, batch and output size."""
     monkeypatch.setattr(conv_winograd, "MIN_CHANNELS", 1)
     monkeypatch.setattr(conv_winograd, "MIN_SAMPLES", 1)
-    monkeypatch.setattr(conv_winograd, "MIN_SAVING", 0.0)
+    monkeypatch.setattr(conv_winograd, "MIN_COVERAGE", 0.0)
 
 
 # Blocks: the default (one block at test sizes), one sample and one tile row per block (every block edge),
@@ -36,9 +36,16 @@ CASES = [
 ]
 
 
+@pytest.fixture(params=[4, 2], ids=["F4x4", "F2x2"])
+def tile(request, monkeypatch):
+    """Both tile sizes: F(4x4, 3x3), the default, and F(2x2, 3x3)."""
+    monkeypatch.setattr(conv_winograd, "TILE", request.param)
+    return request.param
+
+
 @pytest.mark.parametrize("case", CASES, ids=[f"case{i}" for i in range(len(CASES))])
 @pytest.mark.parametrize("block", list(BLOCKS))
-def test_gradients_match_finite_differences(forced, monkeypatch, case, block, threads):
+def test_gradients_match_finite_differences(forced, monkeypatch, case, block, tile, threads):
     if BLOCKS[block] is not None:
         monkeypatch.setattr(conv_winograd, "BLOCK_BYTES", BLOCKS[block])
     n, c, h, w, o, p, bias = case
@@ -60,23 +67,31 @@ def test_weight_gradient_without_input_gradient_is_the_same(forced):
 
 
 @pytest.mark.parametrize("size,padding", [(7, 1), (8, 1), (15, 1), (6, 2)])
-def test_float32_agrees_with_im2col(monkeypatch, size, padding):
-    """At the widths where the path is used, in float32: output and both gradients within a few roundings of
-    the im2col path's (relative to each array's largest value)."""
+def test_float32_rounding_stays_small(monkeypatch, tile, size, padding):
+    """At the widths where the path is used, in float32: output and both gradients against the float64 result,
+    relative to each array's largest value. F(2x2) stays at im2col's rounding (about 5e-7); F(4x4)'s transforms
+    (entries up to 8 and 1/24) bring it to about 5e-6."""
     rng = np.random.default_rng(size)
-    x = rng.standard_normal((16, 64, size, size), dtype=np.float32)
-    results = []
-    for samples in (10 ** 6, 1):                       # im2col, then Winograd
+    x = rng.standard_normal((16, 64, size, size))
+    dy = None
+    results = {}
+    for name, samples, dtype in (("float64", 10 ** 6, np.float64), ("im2col", 10 ** 6, np.float32),
+                                 ("winograd", 1, np.float32)):
         monkeypatch.setattr(conv_winograd, "MIN_SAMPLES", samples)
-        conv = nn.Conv2d(64, 96, 3, padding=padding, rng=np.random.default_rng(3))
-        y = conv(x)
-        dx = conv.backward(np.random.default_rng(4).standard_normal(y.shape).astype(np.float32))
-        assert (conv.path_for(chwn_contiguous(x)) is conv_winograd) == (samples == 1)
-        results.append((y, dx, conv.weight.grad.copy(), conv.bias.grad.copy()))
-    for ref, got, what in zip(results[0], results[1], ("y", "dx", "dW", "db")):
-        assert got.dtype == np.float32, what
-        err = np.abs(got.astype(np.float64) - ref).max() / np.abs(ref).max()
-        assert err < 2e-6, (what, err)
+        conv = nn.Conv2d(64, 96, 3, padding=padding, rng=np.random.default_rng(3)).to(dtype)
+        y = conv(x.astype(dtype))
+        dy = np.random.default_rng(4).standard_normal(y.shape) if dy is None else dy
+        dx = conv.backward(dy.astype(dtype))
+        assert (conv.path_for(chwn_contiguous(x.astype(dtype))) is conv_winograd) == (name == "winograd")
+        results[name] = (y, dx, conv.weight.grad.copy(), conv.bias.grad.copy())
+    bound = {2: 2e-6, 4: 2e-5}[tile]
+    for k, what in enumerate(("y", "dx", "dW", "db")):
+        ref = results["float64"][k]
+        err = {name: np.abs(results[name][k] - ref).max() / np.abs(ref).max() for name in ("im2col", "winograd")}
+        assert results["winograd"][k].dtype == np.float32, what
+        assert err["winograd"] < bound, (what, err)
+        if tile == 2:
+            assert err["winograd"] < 3 * err["im2col"] + 1e-7, (what, err)
 
 
 def test_airbench94_gradients_agree_on_both_host_paths(monkeypatch):
@@ -109,12 +124,13 @@ def test_the_rule_that_picks_the_path(xp):
         return
     assert wide.path_for(xc[..., 1:]) is conv_host                              # one sample short
     assert wide.path_for(xc.astype(np.float16)) is conv_host
-    assert wide.path_for(xc[:, :3, :3]) is conv_host                             # 3x3 output: saving 1.27
+    assert wide.path_for(xc[:, :3, :3]) is conv_host                             # 3x3 output: 9 of 16 pixels
     assert nn.Conv2d(64, 64, 3, padding=1, stride=2).path_for(xc) is conv_host
     assert nn.Conv2d(64, 64, 3, padding=2, dilation=2).path_for(xc) is conv_host
     assert nn.Conv2d(64, 64, 3, padding=1, groups=2).path_for(xc) is conv_host
     assert nn.Conv2d(64, 64, 5, padding=2).path_for(xc) is conv_host
     narrow = backend.xp.zeros((16, 7, 7, conv_winograd.MIN_SAMPLES), dtype=np.float32)
     assert nn.Conv2d(16, 64, 3, padding=1).path_for(narrow) is conv_host         # below MIN_CHANNELS
-    assert conv_winograd.saving(15, 15) == pytest.approx(2025 / 1024)
-    assert conv_winograd.saving(3, 3) == pytest.approx(81 / 64)
+    assert conv_winograd.coverage(15, 15, 4) == conv_winograd.coverage(15, 15, 2) == pytest.approx(225 / 256)
+    assert conv_winograd.saving(15, 15, 4) == pytest.approx(9 * 225 / (36 * 16))
+    assert conv_winograd.saving(7, 7, 2) == pytest.approx(9 * 49 / (16 * 16))
