@@ -1,9 +1,11 @@
-"""2-D convolution: the ``Conv2d`` module (parameters, geometry, mixed precision, the bias) over three paths.
+"""2-D convolution: the ``Conv2d`` module (parameters, geometry, mixed precision, the bias) over four paths.
 
 Each path is a module with the same two functions, forward and backward side by side (``ConvPath``):
 
 - ``conv_host``: NumPy arrays; im2col and matrix multiplies per cache-sized tile of output pixels, spread
   over cores (a stride-1 backward from the columns of dy alone, the general one with col2im);
+- ``conv_winograd``: NumPy arrays of wide 3x3 stride-1 layers at large batches (``conv_winograd.applies``):
+  Winograd's F(4x4, 3x3), 36 products per 4x4 output tile where im2col makes 144;
 - ``conv_device``: CuPy arrays; the whole column matrix built by one kernel, the input gradient gathered by
   another (``kernels.im2col_gpu`` / ``col2im_gpu``);
 - ``depthwise``: one input and one output channel per group, on either backend; shifted multiply-adds, no
@@ -34,9 +36,9 @@ def pair(v: int | tuple[int, int], what: str) -> tuple[int, int]:
 
 
 class ConvPath(Protocol):
-    """What each path module (``conv_host``, ``conv_device``, ``depthwise``) provides. Arrays are in the
-    (C, H, W, N) layout: ``xc`` the contiguous input, ``weight`` the (O, C/groups, kh, kw) weight as the
-    forward used it (float16 under autocast), ``dyc`` the output gradient (O, ho, wo, N)."""
+    """What each path module (``conv_host``, ``conv_winograd``, ``conv_device``, ``depthwise``) provides.
+    Arrays are in the (C, H, W, N) layout: ``xc`` the contiguous input, ``weight`` the (O, C/groups, kh, kw)
+    weight as the forward used it (float16 under autocast), ``dyc`` the output gradient (O, ho, wo, N)."""
 
     def forward(self, xc: Array, weight: Array, geo: ConvGeometry, groups: int, ho: int, wo: int) -> Array:
         """The output (O, ho, wo, N), without the bias."""
@@ -52,9 +54,10 @@ class Conv2d(Module):
 
     The module holds the parameters and the geometry, checks the input, lowers input and weight under
     ``amp.autocast`` (float16 in and out; the weight gradient accumulates into the float32 ``weight.grad``),
-    adds the bias and its gradient, and leaves the arithmetic to one of three paths (see the module's
-    docstring): depthwise for a depthwise conv (groups == in == out channels), else ``conv_host`` for NumPy
-    arrays and ``conv_device`` for CuPy ones.
+    adds the bias and its gradient, and leaves the arithmetic to one of four paths (see the module's
+    docstring): depthwise for a depthwise conv (groups == in == out channels), else ``conv_winograd`` where
+    its rule applies, ``conv_host`` for other NumPy arrays and ``conv_device`` for CuPy ones. A frozen weight
+    (``requires_grad`` False) gets no gradient, and with ``needs_input_grad`` False too the backward stops.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int],
