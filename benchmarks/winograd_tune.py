@@ -37,8 +37,8 @@ def _bytes(s: str) -> int:
     return int(float(s[:-1]) * units[s[-1].upper()]) if s[-1].upper() in units else int(s)
 
 
-def time_case(path, x, w, dy, geo, repeats: int) -> tuple[list[float], list[float]]:
-    """One forward and one forward + backward, in seconds, per repeat."""
+def time_case(path, x, w, dy, geo) -> tuple[float, float]:
+    """One forward, and one forward + backward with the input gradient, in seconds."""
     ho, wo = dy.shape[1:3]
     t0 = time.perf_counter()
     path.forward(x, w, geo, 1, ho, wo)
@@ -71,10 +71,10 @@ def main() -> None:
         for _ in range(args.repeats):
             for name, block in variants:
                 if block is None:
-                    times[name].append(time_case(conv_host, x, w, dy, geo, 1))
+                    times[name].append(time_case(conv_host, x, w, dy, geo))
                 else:
                     conv_winograd.BLOCK_BYTES = block
-                    times[name].append(time_case(conv_winograd, x, w, dy, geo, 1))
+                    times[name].append(time_case(conv_winograd, x, w, dy, geo))
         med = {k: (statistics.median(t[0] for t in v[1:]) * 1e3, statistics.median(t[1] for t in v[1:]) * 1e3)
                for k, v in times.items()}
         first, last = med[variants[0][0]], med[variants[-1][0]]
