@@ -148,3 +148,17 @@ def test_padding_buffers_of_equal_shape_but_different_padding_do_not_mix(xp):
     want = reference.conv2d(x, backend.to_numpy(second.weight.data), backend.to_numpy(second.bias.data),
                             (1, 1), (3, 3))
     np.testing.assert_allclose(backend.to_numpy(second(backend.to_device(x))), want, rtol=1e-10, atol=1e-12)
+
+
+def test_padding_buffers_padded_to_a_size_do_not_mix_with_symmetric_ones(xp):
+    """An 8x8 input padded by 1 on every side and a 7x7 input padded by 1 up to 10x10 (as the Winograd path's
+    tiles need) share a buffer shape and a padding; the second must see zeros where the first had its last
+    row and column."""
+    from cnn_cifar import runtime
+    with runtime.padded(backend.xp.ones((1, 8, 8, 2)), 1, 1):
+        pass
+    with runtime.padded(backend.xp.ones((1, 7, 7, 2)), 1, 1, size=(10, 10)) as buf:
+        got = backend.to_numpy(buf)
+    want = np.zeros((1, 10, 10, 2))
+    want[:, 1:8, 1:8] = 1
+    np.testing.assert_array_equal(got, want)

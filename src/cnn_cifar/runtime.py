@@ -158,19 +158,22 @@ def workspace(xp: ModuleType, role: str, shape: tuple[int, ...], dtype: Any) -> 
 
 
 @contextmanager
-def padded(xc: Array, ph: int, pw: int, value: float = 0.0) -> Iterator[Array]:
+def padded(xc: Array, ph: int, pw: int, value: float = 0.0, size: tuple[int, int] | None = None) -> Iterator[Array]:
     """Borrow (C, H, W, N) ``xc`` with its spatial axes padded by ``value``, in a reusable buffer.
 
-    The buffer is keyed by padded shape, padding and fill value, so its border is written once, when it is
-    created, and later borrows copy only the interior. Without padding, ``xc`` itself is lent.
+    ``ph`` rows above and ``pw`` columns left, as many below and right, or up to ``size`` = (rows, columns)
+    in all where given (the Winograd path's tiles reach past the usual padding). The buffer is keyed by
+    padded shape, padding and fill value, so its border is written once, when it is created, and later
+    borrows copy only the interior. Without padding, ``xc`` itself is lent.
     """
-    if ph == 0 and pw == 0:
+    c, h, w, n = xc.shape
+    hp, wp = size if size is not None else (h + 2 * ph, w + 2 * pw)
+    if (ph, pw, hp, wp) == (0, 0, h, w):
         yield xc
         return
     xp = get_array_module(xc)
-    c, h, w, n = xc.shape
-    shape = (c, h + 2 * ph, w + 2 * pw, n)
-    key = ("pad", shape, (ph, pw), float(value), xp.__name__, xp.dtype(xc.dtype).str)
+    shape = (c, hp, wp, n)
+    key = ("pad", shape, (ph, pw, h, w), float(value), xp.__name__, xp.dtype(xc.dtype).str)
     bufs, out = _buffers()
     if key in out:
         raise BufferInUse(f"padding buffer {shape} is already borrowed in this thread")

@@ -26,7 +26,8 @@ thread keeps all tile rows of its samples, so the input gradient's overlapping s
 from __future__ import annotations
 
 import os
-from typing import NamedTuple
+from contextlib import contextmanager
+from typing import Iterator, NamedTuple
 
 import numpy as np
 
@@ -143,37 +144,6 @@ class _Plan(NamedTuple):
         return xp.einsum("ai,aboc,bj->ocij", g, du.reshape(k, k, *du.shape[1:]).astype(np.float64), g)
 
 
-class _Embedded:
-    """A (C, H, W, N) array placed at (top, left) in a zero (C, hp, wp, N) buffer of this thread."""
-
-    def __init__(self, role: str, a: Array, top: int, left: int, hp: int, wp: int):
-        self.role, self.a, self.top, self.left, self.hp, self.wp = role, a, top, left, hp, wp
-
-    def __enter__(self) -> Array:
-        a, top, left = self.a, self.top, self.left
-        c, h, w, n = a.shape
-        if (top, left, self.hp, self.wp) == (0, 0, h, w):
-            self._ws = None
-            return a
-        xp = get_array_module(a)
-        self._ws = runtime.workspace(xp, self.role, (c, self.hp, self.wp, n), a.dtype)
-        buf = self._ws.__enter__()
-
-        def fill(c0: int, c1: int) -> None:
-            b = buf[c0:c1]
-            b[:, :top] = 0
-            b[:, top + h:] = 0
-            b[:, top:top + h, :left] = 0
-            b[:, top:top + h, left + w:] = 0
-            b[:, top:top + h, left:left + w] = a[c0:c1]
-        runtime.by_channel(fill, buf)
-        return buf
-
-    def __exit__(self, *exc: object) -> None:
-        if self._ws is not None:
-            self._ws.__exit__(*exc)
-
-
 def _gather_tiles(xb: Array, plan: _Plan, rows: int, d: Array) -> None:
     """The input tiles of ``rows`` tile rows from the window xb (C, m*rows + 2, wp, n) into d (k, k, C, rows,
     tw, n), k = m + 2: one strided copy per position in the tile."""
@@ -190,6 +160,28 @@ def _scatter_tiles(d: Array, plan: _Plan, rows: int, dxb: Array) -> None:
     for i in range(k):
         for j in range(k):
             dxb[:, i:i + m * rows:m, j:j + m * plan.tw:m] += d[i, j]
+
+
+@contextmanager
+def _block_buffers(xp, plan: _Plan, c: int, o: int, t0: int, t1: int, n0: int, n1: int,
+                   dtype: np.dtype) -> Iterator[tuple[Array, Array, Array, Array]]:
+    """This thread's buffers for the block of tile rows [t0, t1) and samples [n0, n1): the input tiles
+    (m+2, m+2, C, ...), V (a, C, ...), M or dM (a, O, ...) and the output tiles (m, m, O, ...)."""
+    m, a, tiles = plan.m, plan.a, (t1 - t0, plan.tw, n1 - n0)
+    with runtime.workspace(xp, "winograd_d", (m + 2, m + 2, c) + tiles, dtype) as d, \
+            runtime.workspace(xp, "winograd_v", (a, c) + tiles, dtype) as v, \
+            runtime.workspace(xp, "winograd_m", (a, o) + tiles, dtype) as mm, \
+            runtime.workspace(xp, "winograd_y", (m, m, o) + tiles, dtype) as yt:
+        yield d, v, mm, yt
+
+
+def _transformed_input(xe: Array, plan: _Plan, kb: Array, t0: int, t1: int, n0: int, n1: int, d: Array,
+                       v: Array) -> None:
+    """V = B^T d B of the block's input tiles into v (d keeps the tiles), from the padded input xe."""
+    xp = get_array_module(xe)
+    m = plan.m
+    _gather_tiles(xe[:, m * t0:m * t1 + 2, :, n0:n1], plan, t1 - t0, d)
+    xp.matmul(kb, d.reshape(plan.a, -1), out=v.reshape(plan.a, -1))
 
 
 def _put_output(yt: Array, plan: _Plan, t0: int, rows: int, y: Array) -> None:
@@ -215,20 +207,15 @@ def forward(xc: Array, weight: Array, geo: ConvGeometry, groups: int, ho: int, w
     u = plan.weight(weight, xc.dtype)
     kb, ka = plan.transforms(xp, xc.dtype)
     y = xp.empty((o, ho, wo, n), dtype=xc.dtype)
-    with _Embedded("winograd_x", xc, geo.ph, geo.pw, *plan.window()) as xe:
+    with runtime.padded(xc, geo.ph, geo.pw, size=plan.window()) as xe:
         def work(blocks: list[tuple[int, int]]) -> None:
             for n0, n1 in blocks:
                 for t0, t1 in plan.row_blocks():
-                    rows, tiles = t1 - t0, (t1 - t0, plan.tw, n1 - n0)
-                    with runtime.workspace(xp, "winograd_d", (m + 2, m + 2, c) + tiles, xc.dtype) as d, \
-                            runtime.workspace(xp, "winograd_v", (a, c) + tiles, xc.dtype) as v, \
-                            runtime.workspace(xp, "winograd_m", (a, o) + tiles, xc.dtype) as mm, \
-                            runtime.workspace(xp, "winograd_y", (m, m, o) + tiles, xc.dtype) as yt:
-                        _gather_tiles(xe[:, m * t0:m * t1 + 2, :, n0:n1], plan, rows, d)
-                        xp.matmul(kb, d.reshape(a, -1), out=v.reshape(a, -1))             # V = B^T d B
+                    with _block_buffers(xp, plan, c, o, t0, t1, n0, n1, xc.dtype) as (d, v, mm, yt):
+                        _transformed_input(xe, plan, kb, t0, t1, n0, n1, d, v)          # V = B^T d B
                         xp.matmul(u, v.reshape(a, c, -1), out=mm.reshape(a, o, -1))       # M = U V
                         xp.matmul(ka, mm.reshape(a, -1), out=yt.reshape(m * m, -1))       # A^T M A
-                        _put_output(yt, plan, t0, rows, y[..., n0:n1])
+                        _put_output(yt, plan, t0, t1 - t0, y[..., n0:n1])
         runtime.in_runs(work, plan.sample_blocks(n), xc)
     return y
 
@@ -246,19 +233,14 @@ def backward(xc: Array, weight: Array, dyc: Array, geo: ConvGeometry, groups: in
     ut = u.transpose(0, 2, 1)
     kb, ka = plan.transforms(xp, dyc.dtype)
     dxe = xp.zeros((c, hp, wp, n), dtype=dyc.dtype) if input_grad else None
-    with _Embedded("winograd_x", xc, geo.ph, geo.pw, hp, wp) as xe, \
-            _Embedded("winograd_dy", dyc, 0, 0, m * plan.th, m * plan.tw) as dye:
+    with runtime.padded(xc, geo.ph, geo.pw, size=(hp, wp)) as xe, \
+            runtime.padded(dyc, 0, 0, size=(m * plan.th, m * plan.tw)) as dye:
         def work(blocks: list[tuple[int, int]]) -> Array:          # returns this run's dU part
             du = xp.zeros((a, o, c), dtype=wgrad.dtype)
             for n0, n1 in blocks:
                 for t0, t1 in plan.row_blocks():
-                    rows, tiles = t1 - t0, (t1 - t0, plan.tw, n1 - n0)
-                    with runtime.workspace(xp, "winograd_d", (m + 2, m + 2, c) + tiles, dyc.dtype) as d, \
-                            runtime.workspace(xp, "winograd_v", (a, c) + tiles, dyc.dtype) as v, \
-                            runtime.workspace(xp, "winograd_m", (a, o) + tiles, dyc.dtype) as dm, \
-                            runtime.workspace(xp, "winograd_y", (m, m, o) + tiles, dyc.dtype) as dyt:
-                        _gather_tiles(xe[:, m * t0:m * t1 + 2, :, n0:n1], plan, rows, d)
-                        xp.matmul(kb, d.reshape(a, -1), out=v.reshape(a, -1))             # V, as forward
+                    with _block_buffers(xp, plan, c, o, t0, t1, n0, n1, dyc.dtype) as (d, v, dm, dyt):
+                        _transformed_input(xe, plan, kb, t0, t1, n0, n1, d, v)          # V, as forward
                         dyb = dye[:, m * t0:m * t1, :, n0:n1]
                         for i in range(m):
                             for j in range(m):
@@ -269,7 +251,7 @@ def backward(xc: Array, weight: Array, dyc: Array, geo: ConvGeometry, groups: in
                         if dxe is not None:
                             xp.matmul(ut, dm3, out=v3)                                    # dV = U^T dM
                             xp.matmul(kb.T, v.reshape(a, -1), out=d.reshape(a, -1))        # B dV B^T
-                            _scatter_tiles(d, plan, rows, dxe[:, m * t0:m * t1 + 2, :, n0:n1])
+                            _scatter_tiles(d, plan, t1 - t0, dxe[:, m * t0:m * t1 + 2, :, n0:n1])
             return du
         du = sum(runtime.in_runs(work, plan.sample_blocks(n), xc))
     wgrad += plan.weight_gradient(du).astype(wgrad.dtype, copy=False)
