@@ -209,6 +209,46 @@ def test_parallel_and_tiling_decisions_follow_the_array_not_the_global_backend(m
     assert runtime.in_runs(lambda run: len(run), list(range(40)), _DeviceLike()) == [40]
 
 
+def _blas_threads_seen() -> int:
+    return max(lib.num_threads for lib in runtime._blas_controllers())
+
+
+@pytest.mark.skipif(not runtime.can_pin_blas(), reason="threadpoolctl cannot inspect this NumPy's BLAS")
+@pytest.mark.parametrize("items", [1, 40])
+def test_host_runs_never_wake_the_blas_threads(monkeypatch, items):
+    """One run or several, the work inside sees single-threaded BLAS, and the count is restored after: a call
+    on BLAS's own threads leaves them spinning for a core that our runs need."""
+    from threadpoolctl import threadpool_limits
+    monkeypatch.setattr(runtime, "THREADS", 2)
+    with threadpool_limits(2, user_api="blas"):
+        seen = runtime.in_runs(lambda run: _blas_threads_seen(), list(range(items)), np.zeros(4))
+        assert seen == [1] * len(seen) and len(seen) == (1 if items == 1 else 2)
+        assert _blas_threads_seen() == 2
+
+
+@pytest.mark.parametrize("m,k,n", [(64, 1800, 128), (300, 40, 7), (5, 3, 2), (1, 64, 1)])
+def test_matmul_on_the_library_threads_matches_numpy(monkeypatch, xp, m, k, n):
+    """Split by rows (m >= n) or by columns, on 3 threads whatever the size; the same numbers as a @ b."""
+    monkeypatch.setattr(runtime, "THREADS", 3)
+    monkeypatch.setattr(runtime, "PARALLEL_MIN_MACS", 0)
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((m, k)), rng.standard_normal((n, k)).T        # b a transposed view, as Linear's
+    got = runtime.matmul(xp.asarray(a), xp.asarray(b))
+    assert type(got) is type(xp.asarray(a)) and got.shape == (m, n)
+    np.testing.assert_allclose(backend.to_numpy(got), a @ b, rtol=1e-12, atol=1e-12)
+
+
+def test_a_small_conv_still_gets_two_tiles_per_core(monkeypatch):
+    """Below TILE_BYTES a conv is cut into 2 * THREADS even tiles (so runs go to every core), never below
+    MIN_TILE_BYTES; a tiny one stays one tile."""
+    monkeypatch.setattr(runtime, "THREADS", 2)
+    pixel = 3 * 9 * 64 * 4                                           # SimpleCNN's first conv: 6.2 MB of columns
+    ts = im2col.tiles(30, 30, pixel, np.empty(0))
+    assert len(ts) >= 4 and max(t.rows for t in ts) - min(t.rows for t in ts) <= 1
+    assert all(t.rows * 30 * pixel >= im2col.MIN_TILE_BYTES for t in ts)
+    assert im2col.tiles(8, 8, 288, np.empty(0)) == [im2col.Tile(0, 8, 0, 8)]
+
+
 def test_train_step_leaves_parameters_alone_on_a_non_finite_loss():
     from cnn_cifar.optim import SGD
     from cnn_cifar.training import NonFiniteLoss, train_step

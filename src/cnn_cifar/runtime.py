@@ -66,20 +66,26 @@ def by_channel(fn: Callable[[int, int], None], a: Array, channels: int | None = 
         f.result()
 
 
-def in_runs(work: Callable[[Sequence[T]], Any], items: Sequence[T], a: Array, parallel: bool = True) -> list[Any]:
+def in_runs(work: Callable[[Sequence[T]], Any], items: Sequence[T], a: Array) -> list[Any]:
     """Call work(run) on runs of consecutive items and return the results, one per run.
 
     For host arrays ``a``, with several cores and at least two items per core, the items are split into one
-    run per core, run concurrently with single-threaded BLAS: each core keeps its tile in its own cache.
-    Otherwise (device arrays, one core, few items, ``parallel=False`` when runs would write to the same
-    memory) there is one run, in this thread.
+    run per core, run concurrently: each core keeps its tile in its own cache (runs must not write to the
+    same memory). Otherwise (device arrays, one core, few items) there is one run, in this thread.
+
+    Host runs always call BLAS single-threaded, one run as well as several: once a call wakes OpenBLAS's own
+    worker threads, they spin-wait for about 0.1 s after it returns, and a core they spin on is a core our
+    runs wait for (a ResNet-32 training step took 1.4x as long when a few of its multiplies ran on 2 BLAS
+    threads).
     """
-    t = THREADS
-    if not parallel or t < 2 or len(items) < 2 * t or not is_host(a) or _nested() or not can_pin_blas():
+    if not is_host(a) or _nested() or not can_pin_blas():
         return [work(items)]
-    bounds = [len(items) * k // t for k in range(t + 1)]
-    runs = [items[bounds[k]:bounds[k + 1]] for k in range(t)]
+    t = THREADS
     with single_threaded_blas():
+        if t < 2 or len(items) < 2 * t:
+            return [work(items)]
+        bounds = [len(items) * k // t for k in range(t + 1)]
+        runs = [items[bounds[k]:bounds[k + 1]] for k in range(t)]
         _local.in_parallel = True
         futures = [_pool().submit(work, run) for run in runs[1:]]
         try:
@@ -88,6 +94,47 @@ def in_runs(work: Callable[[Sequence[T]], Any], items: Sequence[T], a: Array, pa
             _local.in_parallel = False
             wait(futures)
     return [first] + [f.result() for f in futures]
+
+
+PARALLEL_MIN_MACS = 1 << 21
+"""``matmul`` splits a product over the cores from this many multiply-adds (a few hundred microseconds on one)."""
+
+
+def matmul(a: Array, b: Array) -> Array:
+    """a @ b of 2-D arrays on the library's threads rather than BLAS's own (see ``in_runs`` for why).
+
+    For host arrays, a product of at least PARALLEL_MIN_MACS multiply-adds splits its longer output side into
+    one block per core, each a single-threaded BLAS call; a smaller one is one single-threaded call. Device
+    arrays (and calls from inside a parallel section) get a plain ``a @ b``.
+    """
+    if not is_host(a) or _nested() or not can_pin_blas():
+        return a @ b
+    xp = get_array_module(a)
+    (m, k), n = a.shape, b.shape[1]
+    out = xp.empty((m, n), dtype=xp.result_type(a, b))
+    t = min(THREADS, max(m, n))
+    with single_threaded_blas():
+        if t < 2 or m * n * k < PARALLEL_MIN_MACS:
+            xp.matmul(a, b, out=out)
+            return out
+
+        def part(i: int) -> None:
+            if m >= n:
+                r0, r1 = m * i // t, m * (i + 1) // t
+                xp.matmul(a[r0:r1], b, out=out[r0:r1])
+            else:
+                c0, c1 = n * i // t, n * (i + 1) // t
+                xp.matmul(a, b[:, c0:c1], out=out[:, c0:c1])
+        _local.in_parallel = True
+        futures = [_pool().submit(part, i) for i in range(1, t)]
+        try:
+            part(0)
+        finally:
+            _local.in_parallel = False
+            wait(futures)
+        for f in futures:
+            f.result()
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ BLAS

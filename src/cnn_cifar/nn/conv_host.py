@@ -81,7 +81,11 @@ def _backward_stride1(xc: Array, weight: Array, dyc: Array, geo: ConvGeometry, g
 def _backward_cols(xc: Array, weight: Array, dyc: Array, geo: ConvGeometry, groups: int, wgrad: Array,
                    input_grad: bool) -> Array | None:
     """The general case: dW from the columns of x; dx (if wanted) as the column gradient W^T @ dy, scattered
-    back into the padded input with col2im."""
+    back into the padded input with col2im.
+
+    Where a kernel is larger than its stride (3x3 stride 2), neighbouring tiles scatter into shared input
+    rows: then the first run of tiles scatters into dx itself and every other run into a zeroed span of its
+    own, added in after the runs."""
     xp = get_array_module(dyc)
     c, h, w, n = xc.shape
     g, o = groups, weight.shape[0]
@@ -91,23 +95,30 @@ def _backward_cols(xc: Array, weight: Array, dyc: Array, geo: ConvGeometry, grou
     w2 = weight.reshape(g, og, -1)
     k = cg * geo.taps
     dxpad = xp.zeros((c, h + 2 * ph, w + 2 * pw, n), dtype=dyc.dtype) if input_grad else None
+    overlap = (geo.kh - 1) * geo.dh >= geo.sh or (geo.kw - 1) * geo.dw >= geo.sw
+    pixel_tiles = tiles(ho, wo, c * geo.taps * n * dyc.itemsize, dyc)
     with runtime.padded(xc, ph, pw) as xpad:
-        def work(run: list[Tile]) -> Array:                        # returns this run's dW part
+        def work(run: list[Tile]) -> tuple[Array, int, Array | None]:     # this run's dW part, its own dx span
             gw = xp.zeros((g, og, k), dtype=wgrad.dtype)
+            top, into, first = 0, dxpad, run[0] == pixel_tiles[0]
+            if dxpad is not None and overlap and not first:
+                top = run[0].y0 * geo.sh
+                bottom = (run[-1].y0 + run[-1].rows - 1) * geo.sh + (geo.kh - 1) * geo.dh + 1
+                into = xp.zeros((c, bottom - top, dxpad.shape[2], n), dtype=dyc.dtype)
             for t in run:
                 dy_g = t.of(dyc).reshape(g, og, -1)                   # (g, og, pixels*N)
                 shape = cols_shape(c, geo, t, n)
                 with runtime.workspace(xp, "cols", shape, dyc.dtype) as buf:
                     cols = im2col(xpad, geo, t, buf)
                     gw += xp.matmul(dy_g, cols.reshape(g, k, -1).transpose(0, 2, 1))
-                if dxpad is not None:
+                if into is not None:
                     with runtime.workspace(xp, "dcols", shape, dyc.dtype) as dcols:
                         xp.matmul(w2.transpose(0, 2, 1), dy_g, out=dcols.reshape(g, k, -1))
-                        col2im_add(dcols, dxpad, geo, t)
-            return gw
-        # Runs may go in parallel unless their col2im scatters overlap (a kernel larger than the stride).
-        disjoint = dxpad is None or ((geo.kh - 1) * geo.dh < geo.sh and (geo.kw - 1) * geo.dw < geo.sw)
-        gw = sum(runtime.in_runs(work, tiles(ho, wo, c * geo.taps * n * dyc.itemsize, dyc), dyc,
-                                 parallel=disjoint))
-    wgrad += gw.reshape(wgrad.shape)
+                        col2im_add(dcols, into, geo, t._replace(y0=t.y0 - top // geo.sh))
+            return gw, top, None if into is dxpad else into
+        parts = runtime.in_runs(work, pixel_tiles, dyc)
+    for _, top, span in parts:
+        if span is not None:
+            dxpad[:, top:top + span.shape[1]] += span
+    wgrad += sum(gw for gw, _, _ in parts).reshape(wgrad.shape)
     return None if dxpad is None else dxpad[:, ph:ph + h, pw:pw + w]

@@ -47,6 +47,9 @@ class ConvGeometry:
 # it (a whole-batch matrix goes through memory twice: the Performance page of the manual has the figures).
 # The loop runs over cache-sized tiles, not over pixels or samples.
 TILE_BYTES = int(os.environ.get("CNN_CIFAR_TILE_BYTES", str(2 << 20)))
+# A smaller conv is cut into smaller tiles, two per core (``runtime.in_runs`` splits runs of tiles over the
+# cores), but not below this: under it a tile's multiply is too short to be worth a thread hand-off.
+MIN_TILE_BYTES = 256 << 10
 
 
 class Tile(NamedTuple):
@@ -63,15 +66,19 @@ class Tile(NamedTuple):
 
 def tiles(ho: int, wo: int, pixel_bytes: int, a: Array) -> list[Tile]:
     """Tiles covering an ho x wo output whose column matrix takes ``pixel_bytes`` per output pixel:
-    whole rows grouped up to ~TILE_BYTES, or a row split into column ranges if one row is larger
-    (a 500-image batch). One tile for device arrays ``a``: a GPU builds the whole matrix at once."""
+    whole rows grouped up to ~TILE_BYTES (less for a small conv: two tiles per core, down to MIN_TILE_BYTES),
+    or a row split into column ranges if one row is larger (a 500-image batch). One tile for device arrays
+    ``a``: a GPU builds the whole matrix at once."""
     if not backend.is_host(a) or TILE_BYTES <= 0:
         return [Tile(0, ho, 0, wo)]
+    size = min(TILE_BYTES, max(MIN_TILE_BYTES, pixel_bytes * ho * wo // (2 * runtime.THREADS)))
     row_bytes = max(1, pixel_bytes * wo)
-    if row_bytes <= TILE_BYTES:
-        step = TILE_BYTES // row_bytes
-        return [Tile(y0, min(step, ho - y0), 0, wo) for y0 in range(0, ho, step)]
-    pieces = min(wo, -(-row_bytes // TILE_BYTES))
+    if row_bytes <= size:
+        count = -(-ho // (size // row_bytes))               # tiles of whole rows, as even as they come,
+        if count > 1:                                         # as many for each core
+            count = min(ho, -(-count // runtime.THREADS) * runtime.THREADS)
+        return [Tile(ho * k // count, ho * (k + 1) // count - ho * k // count, 0, wo) for k in range(count)]
+    pieces = min(wo, -(-row_bytes // size))
     return [Tile(y0, 1, wo * k // pieces, wo * (k + 1) // pieces) for y0 in range(ho) for k in range(pieces)]
 
 

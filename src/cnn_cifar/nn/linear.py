@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import runtime
 from ..backend import Array, get_array_module
 from . import amp, init
 from .layout import chwn, nchw
@@ -29,7 +30,7 @@ class Linear(Module):
         if x.ndim != 2 or x.shape[1] != self.in_features:
             raise ValueError(f"{self.label} expects input (N, {self.in_features}), got shape {tuple(x.shape)}")
         x, weight = amp.lower(x), amp.lower(self.weight.data)
-        y = x @ weight.T
+        y = runtime.matmul(x, weight.T)
         if self.bias is not None:
             y += self.bias.data
         self.save_for_backward(x, weight)
@@ -38,10 +39,10 @@ class Linear(Module):
     def backward(self, dy: Array) -> Array:
         x, weight = self.saved()
         dy = amp.like(dy, x)                        # the loss's float32 gradient into an autocast layer
-        self.weight.grad += dy.T @ x
+        self.weight.grad += runtime.matmul(dy.T, x)
         if self.bias is not None:
             self.bias.grad += dy.sum(axis=0, dtype=self.bias.grad.dtype)
-        return dy @ weight
+        return runtime.matmul(dy, weight)
 
 
 class Flatten(Module):
