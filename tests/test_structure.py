@@ -246,6 +246,7 @@ def test_a_small_conv_still_gets_two_tiles_per_core(monkeypatch):
     ts = im2col.tiles(30, 30, pixel, np.empty(0))
     assert len(ts) >= 4 and max(t.rows for t in ts) - min(t.rows for t in ts) <= 1
     assert all(t.rows * 30 * pixel >= im2col.MIN_TILE_BYTES for t in ts)
+    assert len(im2col.tiles(16, 16, 16 * 128 * 4, np.empty(0))) == 4    # ResNet-32's 1x1 projection: 2 MB
     assert im2col.tiles(8, 8, 288, np.empty(0)) == [im2col.Tile(0, 8, 0, 8)]
 
 
