@@ -18,7 +18,8 @@ from .module import Module, grad_enabled
 @dataclass(frozen=True)
 class Saved:
     """What a host forward keeps for backward."""
-    xhat: Array | None          # the normalised input (C, M); None from an eval forward under no_grad
+    centered: Array | None      # x less the mean that normalised it (C, M), so xhat = centered * invstd; None
+                                # from an eval forward under no_grad
     invstd: Array               # 1/sqrt(var + eps) per channel (C,), of the statistics that normalised
     batch: bool                 # the batch's statistics (training; they depend on x) or the running ones
     gate: Array | None          # a fused ReLU's output (the gradient passes where it is positive), or None
@@ -44,7 +45,7 @@ def track_running_stats(bn: Module, mean: Array, var: Array, count) -> None:
 
 def forward_running(bn: Module, x2: Array, res2: Array | None, relu: bool) -> tuple[Array, Saved]:
     """Eval: normalise with the running statistics as one per-channel multiply-add; with autograd on, the
-    normalised input is kept too."""
+    centred input is kept too."""
     xp = get_array_module(x2)
     c, m = x2.shape
     weight, bias = bn.weight.data, bn.bias.data
@@ -52,85 +53,92 @@ def forward_running(bn: Module, x2: Array, res2: Array | None, relu: bool) -> tu
     invstd = 1.0 / xp.sqrt(bn.running_var + bn.eps)
     scale = weight * invstd
     shift = bias - bn.running_mean * scale
-    xhat = xp.empty((c, m), dtype=x2.dtype) if grad_enabled() else None
+    centered = xp.empty((c, m), dtype=x2.dtype) if grad_enabled() else None
 
     def apply_eval(c0: int, c1: int) -> None:
         xp.multiply(x2[c0:c1], scale[c0:c1, None], out=y[c0:c1])
         y[c0:c1] += shift[c0:c1, None]
-        if xhat is not None:
-            xp.subtract(x2[c0:c1], bn.running_mean[c0:c1, None], out=xhat[c0:c1])
-            xhat[c0:c1] *= invstd[c0:c1, None]
+        if centered is not None:
+            xp.subtract(x2[c0:c1], bn.running_mean[c0:c1, None], out=centered[c0:c1])
         finish(y, res2, relu, c0, c1)
     runtime.by_channel(apply_eval, x2)
-    return y, Saved(xhat, invstd, False, y if relu else None)
+    return y, Saved(centered, invstd, False, y if relu else None)
 
 
 def forward_batch(bn: Module, x2: Array, res2: Array | None, relu: bool) -> tuple[Array, Saved]:
-    """Training: each chunk of channels takes its mean, centres, takes its variance, normalises and scales;
-    then the running statistics move."""
+    """Training: each chunk of channels takes its mean, centres (kept for backward), takes its variance, and
+    scales the centred values by weight * invstd and shifts them by bias (never normalising them in a pass
+    of its own); then the running statistics move."""
     xp = get_array_module(x2)
     c, m = x2.shape
     weight, bias = bn.weight.data, bn.bias.data
     y = xp.empty((c, m), dtype=x2.dtype)
-    xhat = xp.empty((c, m), dtype=x2.dtype)    # kept for backward; also the normalised values here
+    centered = xp.empty((c, m), dtype=x2.dtype)
     mean = xp.empty(c, dtype=x2.dtype)
     var = xp.empty(c, dtype=x2.dtype)
     invstd = xp.empty(c, dtype=x2.dtype)
 
     def apply_train(c0: int, c1: int) -> None:
-        xs, xh = x2[c0:c1], xhat[c0:c1]
+        xs, xc = x2[c0:c1], centered[c0:c1]
         mean[c0:c1] = xs.mean(axis=1)
-        xp.subtract(xs, mean[c0:c1, None], out=xh)
-        var[c0:c1] = xp.einsum("cm,cm->c", xh, xh) / m
+        xp.subtract(xs, mean[c0:c1, None], out=xc)
+        var[c0:c1] = xp.einsum("cm,cm->c", xc, xc) / m
         invstd[c0:c1] = 1.0 / xp.sqrt(var[c0:c1] + bn.eps)
-        xh *= invstd[c0:c1, None]
-        xp.multiply(xh, weight[c0:c1, None], out=y[c0:c1])
+        xp.multiply(xc, (weight[c0:c1] * invstd[c0:c1])[:, None], out=y[c0:c1])
         y[c0:c1] += bias[c0:c1, None]
         finish(y, res2, relu, c0, c1)
     runtime.by_channel(apply_train, x2)
     track_running_stats(bn, mean, var, m)
-    return y, Saved(xhat, invstd, True, y if relu else None)
+    return y, Saved(centered, invstd, True, y if relu else None)
+
+
+def _ungate_rows(dy: Array, gate: Array, out: Array) -> None:
+    """out = dy where gate > 0, else 0 (+0.0, even for inf or NaN in dy), for rows of the same shape. Done on the
+    bits: dy's bits times a 0/1 mask, which gives the same bits as a masked copy without its data-dependent
+    branches (several times faster)."""
+    xp = get_array_module(dy)
+    bits = xp.dtype(f"int{8 * dy.dtype.itemsize}")
+    xp.multiply(dy.view(bits), xp.greater(gate, 0), out=out.view(bits))
 
 
 def ungate(dy2: Array, gate: Array) -> Array:
-    """dy through the fused ReLU whose output is ``gate``: dy where the output is positive, else 0 (even for
-    inf or NaN in dy). Done on the bits: dy AND a mask of all ones where gate > 0, all zeros elsewhere, which
-    gives the same bits as a masked copy without its data-dependent branches (several times faster)."""
+    """dy through the fused ReLU whose output is ``gate``, as a new array (``_ungate_rows``)."""
     xp = get_array_module(dy2)
     d = xp.empty(dy2.shape, dtype=dy2.dtype)
-    bits = xp.dtype(f"int{8 * dy2.dtype.itemsize}")
-
-    def apply(c0: int, c1: int) -> None:
-        mask = xp.greater(gate[c0:c1], 0).astype(bits)          # 1 where the ReLU passed, else 0
-        xp.negative(mask, out=mask)                              # all ones (-1) or all zeros
-        xp.bitwise_and(dy2[c0:c1].view(bits), mask, out=d[c0:c1].view(bits))
-    runtime.by_channel(apply, dy2)
+    runtime.by_channel(lambda c0, c1: _ungate_rows(dy2[c0:c1], gate[c0:c1], d[c0:c1]), dy2)
     return d
 
 
 def backward(bn: Module, dy2: Array, saved: Saved, gate: Array | None, add: bool) -> tuple[Array, Array | None]:
     """(dx, the residual's gradient where ``add``, else None) in rows, the parameters' gradients added; the
-    fused ReLU (``gate``) undone first."""
+    fused ReLU (``gate``) undone first (into dx's own buffer when nothing else needs the ungated gradient)."""
     xp = get_array_module(dy2)
     c, m = dy2.shape
-    if gate is not None:
-        dy2 = ungate(dy2, gate)
-    xhat, batch = saved.xhat, saved.batch
-    scale = bn.weight.data * saved.invstd
+    centered, invstd, batch = saved.centered, saved.invstd, saved.batch
+    scale = bn.weight.data * invstd
     dx = xp.empty((c, m), dtype=dy2.dtype)
+    dres = xp.empty((c, m), dtype=dy2.dtype) if gate is not None and add else None
     dbeta = xp.empty(c, dtype=dy2.dtype)
     dgamma = xp.empty(c, dtype=dy2.dtype)
 
     def apply(c0: int, c1: int) -> None:
-        d, xh, sc = dy2[c0:c1], xhat[c0:c1], scale[c0:c1, None]
+        d, dxs, xc, sc = dy2[c0:c1], dx[c0:c1], centered[c0:c1], scale[c0:c1, None]
+        if gate is not None:                      # d: the gradient through the ReLU
+            d = dres[c0:c1] if dres is not None else dxs
+            _ungate_rows(dy2[c0:c1], gate[c0:c1], d)
         dbeta[c0:c1] = d.sum(axis=1)
-        dgamma[c0:c1] = xp.einsum("cm,cm->c", d, xh)
-        xp.multiply(d, sc, out=dx[c0:c1])
+        dgamma[c0:c1] = xp.einsum("cm,cm->c", d, xc) * invstd[c0:c1]
         if batch:
-            # dx = gamma*invstd/M * (M*dy - sum(dy) - xhat*sum(dy*xhat))
-            dx[c0:c1] -= sc * (dbeta[c0:c1, None] / m)
-            dx[c0:c1] -= xh * (sc * (dgamma[c0:c1, None] / m))
+            # dx = gamma*invstd * (dy - sum(dy)/M - xhat*sum(dy*xhat)/M), xhat = centered * invstd
+            k1 = (dgamma[c0:c1] * invstd[c0:c1] / m)[:, None]
+            with runtime.workspace(xp, "bn_term", d.shape, d.dtype) as term:
+                xp.multiply(xc, k1, out=term)
+                term += (dbeta[c0:c1] / m)[:, None]
+                xp.subtract(d, term, out=dxs)
+            dxs *= sc
+        else:
+            xp.multiply(d, sc, out=dxs)
     runtime.by_channel(apply, dy2)
     bn.weight.grad += dgamma
     bn.bias.grad += dbeta
-    return dx, (dy2 if add else None)
+    return dx, (None if not add else dres if dres is not None else dy2)
