@@ -3,6 +3,10 @@
 
     uv run python benchmarks/profile_layers.py --model resnet32 --batch 128
     uv run python benchmarks/profile_layers.py --model resnet32 --batch 500 --eval
+    uv run python benchmarks/profile_layers.py --model resnet32 --no-copies    # the multiplies' floor
+
+``--no-copies`` replaces the host convolutions' column copies (im2col, col2im) with no-ops: the numbers are
+wrong, and the time left in the convolutions is their matrix multiplies (and the loops around them).
 """
 from __future__ import annotations
 
@@ -31,8 +35,15 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--eval", action="store_true", help="time inference (eval mode, no backward) instead")
+    ap.add_argument("--no-copies", action="store_true",
+                    help="skip the convolutions' column copies (wrong numbers; the time of the multiplies alone)")
     args = ap.parse_args()
     runtime.enable()
+    if args.no_copies:
+        from cnn_cifar.nn import conv_host
+        conv_host.im2col = lambda xpad, geo, tile, cols: cols.reshape(cols.shape[0] * geo.taps, -1)
+        conv_host.col2im_add = lambda cols, xpad, geo, tile: None
+        np.seterr(all="ignore")                    # the columns are uninitialised memory
     times: dict[str, float] = defaultdict(float)
     for cls in LEAVES:
         for meth in ("forward", "backward"):
