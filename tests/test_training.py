@@ -290,9 +290,10 @@ def test_a_checkpoint_from_before_the_hooks_kept_their_state_resumes_as_it_did(c
     weights in ``optimizer["ema"]`` and the loss scaler's in ``optimizer["grad_scaler"]``: ``_tiny_trainer``'s run,
     stopped (Ctrl-C) at epoch 2, step 2 of 3. The reader moves them to their own keys; resumed now, the run ends
     where that code's resumed run ended (checkpoint_499d642_resumed.pkl, its last checkpoint, which equalled
-    a straight run's): bit for bit on the machine that wrote them, to float32 rounding elsewhere. That code
-    built each conv's columns in one tile, as here with small tiles off (other tiles sum the weight gradient in
-    another order, and three epochs grow its last bits past this test's tolerance)."""
+    a straight run's): bit for bit with that code on the machine that wrote them, to float32 rounding
+    elsewhere (batch norm's since, which scales the centred input by weight * invstd in one multiply, moves
+    weights by ~2e-7 over three epochs). That code built each conv's columns in one tile, as here with small
+    tiles off (other tiles sum the weight gradient in another order, and three epochs grow that to ~5e-6)."""
     monkeypatch.setattr(im2col, "MIN_TILE_BYTES", 1 << 40)
     ds = load_dataset("cifar10", cifar_root, download=False)
     old = load_checkpoint(FIXTURES / "checkpoint_499d642_stopped.pkl", "tiny")
@@ -311,7 +312,7 @@ def test_a_checkpoint_from_before_the_hooks_kept_their_state_resumes_as_it_did(c
         a, b = getattr(got, weights), getattr(want, weights)
         assert a.keys() == b.keys()
         for key in a:
-            np.testing.assert_allclose(a[key], b[key], rtol=1e-5, atol=1e-7, err_msg=f"{weights}: {key}")
+            np.testing.assert_allclose(a[key], b[key], rtol=1e-5, atol=1e-6, err_msg=f"{weights}: {key}")
     assert [r["test_acc"] for r in got.history] == [r["test_acc"] for r in want.history]
     assert [r["train_loss"] for r in got.history] == pytest.approx([r["train_loss"] for r in want.history], rel=1e-5)
     assert [r["lr"] for r in got.history] == [r["lr"] for r in want.history] == [0.05, 0.05, 0.025]

@@ -5,10 +5,8 @@ import os
 from dataclasses import dataclass
 from typing import NamedTuple
 
-import numpy as np
-
 from .. import backend, runtime
-from ..backend import Array
+from ..backend import Array, get_array_module
 
 
 @dataclass(frozen=True)
@@ -45,10 +43,11 @@ class ConvGeometry:
 
 
 # Convolutions build their column matrix one tile of output pixels at a time, each tile about this
-# many bytes: small enough to stay in a core's cache between im2col writing it and the matmul reading
-# it (a whole-batch matrix goes through memory twice: the Performance page of the manual has the figures).
-# The loop runs over cache-sized tiles, not over pixels or samples.
-TILE_BYTES = int(os.environ.get("CNN_CIFAR_TILE_BYTES", str(2 << 20)))
+# many bytes: small enough to stay in cache between im2col writing it and the matmul reading it (one tile
+# per core, in the L3 cache they share; a whole-batch matrix goes through memory twice), large enough that
+# the Python around each tile (held under the GIL the cores' runs share) stays small. The default is
+# measured by benchmarks/tile_tune.py (the Performance page of the manual has the figures).
+TILE_BYTES = int(os.environ.get("CNN_CIFAR_TILE_BYTES", str(4 << 20)))
 # A smaller conv is cut into smaller tiles, two per core (``runtime.in_runs`` splits runs of tiles over the
 # cores), but not below this: under it a tile's multiply is too short to be worth a thread hand-off.
 MIN_TILE_BYTES = 256 << 10
@@ -85,7 +84,7 @@ def tiles(ho: int, wo: int, pixel_bytes: int, a: Array) -> list[Tile]:
 
 
 def im2col(xpad: Array, g: ConvGeometry, tile: Tile, cols: Array) -> Array:
-    """Padded host (C, Hp, Wp, N) -> ``cols`` (C, kh, kw, rows, cols, N) for the output pixels of ``tile``.
+    """Padded (C, Hp, Wp, N) -> ``cols`` (C, kh, kw, rows, cols, N) for the output pixels of ``tile``.
     Returns cols as the (C*kh*kw, pixels*N) matrix.
 
     One copy per chunk of channels, from a read-only strided view of xpad whose axes are the kernel taps and
@@ -94,9 +93,9 @@ def im2col(xpad: Array, g: ConvGeometry, tile: Tile, cols: Array) -> Array:
     less time holding the GIL, which the cores' tile runs share."""
     c, _, _, n = xpad.shape
     sc, sh, sw, sn = xpad.strides
-    taps = np.lib.stride_tricks.as_strided(
+    taps = get_array_module(xpad).lib.stride_tricks.as_strided(      # only ever read
         xpad[:, tile.y0 * g.sh:, tile.x0 * g.sw:], shape=(c, g.kh, g.kw, tile.rows, tile.x1 - tile.x0, n),
-        strides=(sc, sh * g.dh, sw * g.dw, sh * g.sh, sw * g.sw, sn), writeable=False)
+        strides=(sc, sh * g.dh, sw * g.dw, sh * g.sh, sw * g.sw, sn))
 
     def fill(c0: int, c1: int) -> None:
         cols[c0:c1] = taps[c0:c1]
