@@ -133,7 +133,7 @@ MUTATIONS = [
      "            _ungate_rows(dy2[c0:c1], gate[c0:c1], d)\n", "            d[...] = dy2[c0:c1]\n",
      "tests/test_layers_gradcheck.py -k fused"),
     ("batch norm's host backward subtracting the mean gradient with the wrong sign", "src/cnn_cifar/nn/norm_host.py",
-     "                term += (dbeta[c0:c1] / m)[:, None]\n", "                term -= (dbeta[c0:c1] / m)[:, None]\n",
+     "            dxs -= (dbeta[c0:c1] / m)[:, None]\n", "            dxs += (dbeta[c0:c1] / m)[:, None]\n",
      "tests/test_layers_gradcheck.py -k batchnorm"),
     ("batch norm's eval backward keeping the input uncentred", "src/cnn_cifar/nn/norm_host.py",
      "            xp.subtract(x2[c0:c1], bn.running_mean[c0:c1, None], out=centered[c0:c1])\n",

@@ -111,7 +111,8 @@ def ungate(dy2: Array, gate: Array) -> Array:
 
 def backward(bn: Module, dy2: Array, saved: Saved, gate: Array | None, add: bool) -> tuple[Array, Array | None]:
     """(dx, the residual's gradient where ``add``, else None) in rows, the parameters' gradients added; the
-    fused ReLU (``gate``) undone first (into dx's own buffer when nothing else needs the ungated gradient)."""
+    fused ReLU (``gate``) undone first (into dx's own buffer when nothing else needs the ungated gradient; then
+    one temporary of a chunk's size; otherwise none)."""
     xp = get_array_module(dy2)
     c, m = dy2.shape
     centered, invstd, batch = saved.centered, saved.invstd, saved.batch
@@ -131,10 +132,12 @@ def backward(bn: Module, dy2: Array, saved: Saved, gate: Array | None, add: bool
         if batch:
             # dx = gamma*invstd * (dy - sum(dy)/M - xhat*sum(dy*xhat)/M), xhat = centered * invstd
             k1 = (dgamma[c0:c1] * invstd[c0:c1] / m)[:, None]
-            with runtime.workspace(xp, "bn_term", d.shape, d.dtype) as term:
-                xp.multiply(xc, k1, out=term)
-                term += (dbeta[c0:c1] / m)[:, None]
-                xp.subtract(d, term, out=dxs)
+            if d is dxs:                          # ungated into dx's own buffer: the product apart
+                dxs -= xp.multiply(xc, k1)
+            else:
+                xp.multiply(xc, k1, out=dxs)
+                xp.subtract(d, dxs, out=dxs)
+            dxs -= (dbeta[c0:c1] / m)[:, None]
             dxs *= sc
         else:
             xp.multiply(d, sc, out=dxs)
