@@ -238,6 +238,17 @@ def test_matmul_on_the_library_threads_matches_numpy(monkeypatch, xp, m, k, n):
     np.testing.assert_allclose(backend.to_numpy(got), a @ b, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("lead,m,k,n", [((1,), 8, 9601, 27), ((), 3, 1000, 2), ((2,), 16, 777, 27), ((1,), 32, 64, 32),
+                                         ((1,), 5, 7, 3)])
+def test_a_product_too_small_to_release_the_gil_gives_a_at_b(xp, lead, m, k, n):
+    """Cut along its inner side into a batch of pieces (plus a remainder) or left whole: a @ b either way."""
+    rng = np.random.default_rng(1)
+    a, b = rng.standard_normal((*lead, m, k)), rng.standard_normal((*lead, n, k)).swapaxes(-1, -2)
+    got = runtime.matmul_released(xp.asarray(a), xp.asarray(b))
+    assert got.shape == (*lead, m, n)
+    np.testing.assert_allclose(backend.to_numpy(got), a @ b, rtol=1e-10, atol=1e-10)
+
+
 def test_a_small_conv_still_gets_two_tiles_per_core(monkeypatch):
     """Below TILE_BYTES a conv is cut into 2 * THREADS even tiles (so runs go to every core), never below
     MIN_TILE_BYTES; a tiny one stays one tile."""

@@ -137,6 +137,35 @@ def matmul(a: Array, b: Array) -> Array:
     return out
 
 
+NUMPY_GIL_MIN_OUTPUT = 500
+"""NumPy's matmul releases the GIL only for a product of more than this many output elements (its threshold for
+dropping the GIL around a loop); a smaller one holds it for the whole multiply, however long its inner side."""
+
+
+def matmul_released(a: Array, b: Array) -> Array:
+    """a @ b for stacks (..., m, k) @ (..., k, n) whose output is too small for NumPy to release the GIL during
+    the multiply (the weight gradient of a 3-channel first conv: 8 x 27 outputs over 10,000-long rows), which
+    would make the cores' tile runs take turns. The inner side is cut into enough pieces, multiplied as one
+    batch (an output large enough to release the GIL) and summed, plus the remainder's product. Larger
+    products, and device arrays, are a plain ``a @ b``."""
+    m, k, n = a.shape[-2], a.shape[-1], b.shape[-1]
+    outputs = m * n
+    for d in a.shape[:-2]:
+        outputs *= d
+    pieces = NUMPY_GIL_MIN_OUTPUT // max(1, outputs) + 1
+    if outputs > NUMPY_GIL_MIN_OUTPUT or not is_host(a) or k < 2 * pieces:
+        return a @ b
+    q = k // pieces
+    main = pieces * q
+    lead = a.shape[:-2]
+    ap = a[..., :main].reshape(*lead, m, pieces, q).swapaxes(-3, -2)       # (..., pieces, m, q)
+    bp = b[..., :main, :].reshape(*lead, pieces, q, n)                     # (..., pieces, q, n)
+    out = (ap @ bp).sum(axis=-3)
+    if main < k:
+        out += a[..., main:] @ b[..., main:, :]
+    return out
+
+
 # ------------------------------------------------------------------------------------------------ BLAS
 _blas_libs: list | None = None
 

@@ -69,7 +69,7 @@ def _backward_stride1(xc: Array, weight: Array, dyc: Array, geo: ConvGeometry, g
                 with runtime.workspace(xp, "dcols", cols_shape(o, flip, t, n), dyc.dtype) as buf:
                     dcols_g = im2col(dypad, flip, t, buf).reshape(g, og * kh * kw, -1)
                     x_g = t.of(xc).reshape(g, cg, -1)                    # (g, cg, pixels*N)
-                    gw += xp.matmul(dcols_g, x_g.transpose(0, 2, 1))
+                    gw += runtime.matmul_released(dcols_g, x_g.transpose(0, 2, 1))
                     xp.matmul(wt, dcols_g, out=t.of(dx).reshape(g, cg, -1))
             return gw
         gw = sum(runtime.in_runs(work, tiles(h, w, o * geo.taps * n * dyc.itemsize, dyc), dyc))
@@ -110,7 +110,7 @@ def _backward_cols(xc: Array, weight: Array, dyc: Array, geo: ConvGeometry, grou
                 shape = cols_shape(c, geo, t, n)
                 with runtime.workspace(xp, "cols", shape, dyc.dtype) as buf:
                     cols = im2col(xpad, geo, t, buf)
-                    gw += xp.matmul(dy_g, cols.reshape(g, k, -1).transpose(0, 2, 1))
+                    gw += runtime.matmul_released(dy_g, cols.reshape(g, k, -1).transpose(0, 2, 1))
                 if into is not None:
                     with runtime.workspace(xp, "dcols", shape, dyc.dtype) as dcols:
                         xp.matmul(w2.transpose(0, 2, 1), dy_g, out=dcols.reshape(g, k, -1))
