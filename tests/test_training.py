@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from cnn_cifar import nn
+from cnn_cifar import nn, runtime
 from cnn_cifar.data import AugmentConfig, BatchLoader, load_dataset
 from cnn_cifar.data.datasets import CIFAR10
 from cnn_cifar.models import build_model
@@ -292,9 +292,11 @@ def test_a_checkpoint_from_before_the_hooks_kept_their_state_resumes_as_it_did(c
     where that code's resumed run ended (checkpoint_499d642_resumed.pkl, its last checkpoint, which equalled
     a straight run's): bit for bit with that code on the machine that wrote them, to float32 rounding
     elsewhere (batch norm's since, which scales the centred input by weight * invstd in one multiply, moves
-    weights by ~2e-7 over three epochs). That code built each conv's columns in one tile, as here with small
-    tiles off (other tiles sum the weight gradient in another order, and three epochs grow that to ~5e-6)."""
+    weights by ~2e-7 over three epochs). That code built each conv's columns in one tile and multiplied them
+    whole, as here with small tiles and ``matmul_released``'s pieces off (other tiles or pieces sum the weight
+    gradient in another order, and three epochs grow that to ~5e-6)."""
     monkeypatch.setattr(im2col, "MIN_TILE_BYTES", 1 << 40)
+    monkeypatch.setattr(runtime, "NUMPY_GIL_MIN_OUTPUT", 0)
     ds = load_dataset("cifar10", cifar_root, download=False)
     old = load_checkpoint(FIXTURES / "checkpoint_499d642_stopped.pkl", "tiny")
     assert (old.epoch, old.step, old.hooks) == (1, 2, {"ema": {"decay": 0.8, "updates": 6}})
