@@ -17,6 +17,7 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager
+from functools import partial
 from types import ModuleType
 from typing import Any, Callable, Iterator, Sequence, TypeVar
 
@@ -47,6 +48,19 @@ def _nested() -> bool:
     return getattr(_local, "in_parallel", False) or threading.current_thread().name.startswith("cnn-cifar")
 
 
+def _share(calls: Sequence[Callable[[], T]]) -> list[T]:
+    """Run calls[0] in this thread and the rest on the pool, as one parallel section (library calls made
+    inside run serially, ``_nested``); return their results in order once every call has finished."""
+    _local.in_parallel = True
+    futures = [_pool().submit(call) for call in calls[1:]]
+    try:
+        first = calls[0]()
+    finally:
+        _local.in_parallel = False
+        wait(futures)
+    return [first] + [f.result() for f in futures]
+
+
 def by_channel(fn: Callable[[int, int], None], a: Array, channels: int | None = None) -> None:
     """Call fn(c0, c1) over chunks of range(channels) (default: a.shape[0]).
 
@@ -60,10 +74,7 @@ def by_channel(fn: Callable[[int, int], None], a: Array, channels: int | None = 
         fn(0, channels)
         return
     bounds = [channels * k // chunks for k in range(chunks + 1)]
-    futures = [_pool().submit(fn, bounds[k], bounds[k + 1]) for k in range(1, chunks)]
-    fn(bounds[0], bounds[1])
-    for f in futures:
-        f.result()
+    _share([partial(fn, bounds[k], bounds[k + 1]) for k in range(chunks)])
 
 
 def in_runs(work: Callable[[Sequence[T]], Any], items: Sequence[T], a: Array) -> list[Any]:
@@ -85,15 +96,7 @@ def in_runs(work: Callable[[Sequence[T]], Any], items: Sequence[T], a: Array) ->
         if t < 2 or len(items) < 2 * t:
             return [work(items)]
         bounds = [len(items) * k // t for k in range(t + 1)]
-        runs = [items[bounds[k]:bounds[k + 1]] for k in range(t)]
-        _local.in_parallel = True
-        futures = [_pool().submit(work, run) for run in runs[1:]]
-        try:
-            first = work(runs[0])
-        finally:
-            _local.in_parallel = False
-            wait(futures)
-    return [first] + [f.result() for f in futures]
+        return _share([partial(work, items[bounds[k]:bounds[k + 1]]) for k in range(t)])
 
 
 PARALLEL_MIN_MACS = 1 << 23
@@ -126,15 +129,7 @@ def matmul(a: Array, b: Array) -> Array:
             else:
                 c0, c1 = n * i // t, n * (i + 1) // t
                 xp.matmul(a, b[:, c0:c1], out=out[:, c0:c1])
-        _local.in_parallel = True
-        futures = [_pool().submit(part, i) for i in range(1, t)]
-        try:
-            part(0)
-        finally:
-            _local.in_parallel = False
-            wait(futures)
-        for f in futures:
-            f.result()
+        _share([partial(part, i) for i in range(t)])
     return out
 
 
