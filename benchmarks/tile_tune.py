@@ -23,6 +23,8 @@ import numpy as np  # noqa: E402
 from cnn_cifar import nn, runtime  # noqa: E402
 from cnn_cifar.models import build_model  # noqa: E402
 from cnn_cifar.nn import im2col  # noqa: E402
+from cnn_cifar.optim import SGD  # noqa: E402
+from cnn_cifar.training import train_step  # noqa: E402
 
 
 def size(text: str) -> int:
@@ -41,6 +43,7 @@ def main() -> None:
     args = ap.parse_args()
     runtime.enable()
     model, crit = build_model(args.model), nn.SoftmaxCrossEntropy()
+    opt = SGD(model.parameters(), 0.1, 0.9, weight_decay=5e-4)
     model.train(not args.eval)
     rng = np.random.default_rng(0)
     y = rng.integers(0, 10, args.batch)
@@ -51,9 +54,7 @@ def main() -> None:
             with nn.no_grad():
                 model(x)
         else:
-            model.zero_grad()
-            crit(model(x), y)
-            model.backward(crit.backward())
+            train_step(model, crit, opt, x, y)              # the protocol's step: the SGD update included
 
     times: dict[int, list[float]] = {s: [] for s in args.sizes}
     for s in args.sizes:                                 # warm-up: each size's buffers
