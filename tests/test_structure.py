@@ -249,6 +249,23 @@ def test_a_product_too_small_to_release_the_gil_gives_a_at_b(xp, lead, m, k, n):
     np.testing.assert_allclose(backend.to_numpy(got), a @ b, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("shape", [(3, 1000), (2, 3, 5), (7,), ()])
+def test_relu_against_a_row_of_zeros_is_maximum_with_zero(xp, shape):
+    """The same bits as maximum(x, 0), NaN and infinities included, into out or a new array; the shared row of
+    zeros stays zeros and read-only."""
+    x = np.random.default_rng(2).standard_normal(shape).astype(np.float32)
+    if x.size >= 3:
+        x.flat[:3] = [np.nan, -np.inf, np.inf]
+    want = np.maximum(x, 0)
+    got = backend.to_numpy(runtime.relu(xp.asarray(x)))
+    np.testing.assert_array_equal(got, want)
+    out = xp.asarray(x.copy())
+    assert runtime.relu(out, out=out) is out
+    np.testing.assert_array_equal(backend.to_numpy(out), want)
+    for z in runtime._zero_rows.values():
+        assert not z.flags.writeable and not z.any()
+
+
 def test_a_small_conv_still_gets_two_tiles_per_core(monkeypatch):
     """Below TILE_BYTES a conv is cut into 2 * THREADS even tiles (so runs go to every core), never below
     MIN_TILE_BYTES; a tiny one stays one tile."""

@@ -67,6 +67,9 @@ MUTATIONS = [
      "    if not is_host(a) or _nested() or not can_pin_blas():\n        return [work(items)]\n    t = THREADS\n"
      "    if t < 2 or len(items) < 2 * t:\n        return [work(items)]\n    with single_threaded_blas():\n",
      "tests/test_structure.py -k never_wake"),
+    ("the host ReLU's shared row not zeros", "src/cnn_cifar/runtime.py",
+     "        z = xp.zeros(n, dtype=dtype)\n", "        z = xp.full(n, 1e-3, dtype=dtype)\n",
+     "tests/test_structure.py -k relu_against"),
     ("a split product's last block left out", "src/cnn_cifar/runtime.py",
      "r0, r1 = m * i // t, m * (i + 1) // t", "r0, r1 = m * i // t, m * (i + 1) // t - (i == t - 1)",
      "tests/test_structure.py -k matmul_on_the_library"),

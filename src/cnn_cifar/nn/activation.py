@@ -27,10 +27,13 @@ class ReLU(Module):
         if x.ndim == 4:          # keep the channel-major layout and split the pass by channel
             xc = chwn(x)
             yc = xc if self.inplace else xp.empty(xc.shape, dtype=x.dtype)
-            runtime.by_channel(lambda c0, c1: xp.maximum(xc[c0:c1], 0, out=yc[c0:c1]), xc)
-            y = nchw(yc)
+            c = xc.shape[0]
+            if xc.flags.c_contiguous and yc.flags.c_contiguous:        # rows (C, H*W*N): long inner loops
+                xc, yc = xc.reshape(c, -1), yc.reshape(c, -1)
+            runtime.by_channel(lambda c0, c1: runtime.relu(xc[c0:c1], out=yc[c0:c1]), xc)
+            y = nchw(yc.reshape(chwn(x).shape))
         else:
-            y = xp.maximum(x, 0, out=x if self.inplace else None)
+            y = runtime.relu(x, out=x if self.inplace else None)
         self.save_for_backward(y)
         return y
 

@@ -31,7 +31,7 @@ def finish(y: Array, res2: Array | None, relu: bool, c0: int, c1: int) -> None:
     if res2 is not None:
         y[c0:c1] += res2[c0:c1]
     if relu:
-        get_array_module(y).maximum(y[c0:c1], 0, out=y[c0:c1])
+        runtime.relu(y[c0:c1], out=y[c0:c1])
 
 
 def track_running_stats(bn: Module, mean: Array, var: Array, count) -> None:
