@@ -262,8 +262,24 @@ def test_relu_against_a_row_of_zeros_is_maximum_with_zero(xp, shape):
     out = xp.asarray(x.copy())
     assert runtime.relu(out, out=out) is out
     np.testing.assert_array_equal(backend.to_numpy(out), want)
-    for z in runtime._zero_rows.values():
-        assert not z.flags.writeable and not z.any()
+    for (_, value), z in runtime._rows.items():
+        assert not z.flags.writeable and (z == value).all()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape,transposed", [((3, 1000), False), ((1, 7), False), ((5, 40), True)])
+def test_row_sums_and_dots_on_blas_match_numpy(xp, dtype, shape, transposed):
+    """Per-row sums and dot products (batch norm's reductions), contiguous rows or a transposed view, in the
+    array's dtype and to its precision."""
+    rng = np.random.default_rng(3)
+    a, b = (rng.standard_normal(shape[::-1] if transposed else shape).astype(dtype) + 0.5 for _ in range(2))
+    if transposed:
+        a, b = a.T, b.T
+    sums, dots = runtime.row_sums(xp.asarray(a)), runtime.row_dots(xp.asarray(a), xp.asarray(b))
+    assert sums.dtype == dots.dtype == dtype and sums.shape == dots.shape == (shape[0],)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(backend.to_numpy(sums), a.astype(np.float64).sum(axis=1), rtol=tol)
+    np.testing.assert_allclose(backend.to_numpy(dots), (a.astype(np.float64) * b).sum(axis=1), rtol=tol)
 
 
 def test_a_small_conv_still_gets_two_tiles_per_core(monkeypatch):

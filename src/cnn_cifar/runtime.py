@@ -74,7 +74,8 @@ def by_channel(fn: Callable[[int, int], None], a: Array, channels: int | None = 
         fn(0, channels)
         return
     bounds = [channels * k // chunks for k in range(chunks + 1)]
-    _share([partial(fn, bounds[k], bounds[k + 1]) for k in range(chunks)])
+    with single_threaded_blas():                  # the chunks' own BLAS calls (row_sums) stay on their cores
+        _share([partial(fn, bounds[k], bounds[k + 1]) for k in range(chunks)])
 
 
 def in_runs(work: Callable[[Sequence[T]], Any], items: Sequence[T], a: Array) -> list[Any]:
@@ -163,7 +164,7 @@ def matmul_released(a: Array, b: Array) -> Array:
 
 
 # ----------------------------------------------------------------------------------------- element-wise
-_zero_rows: dict[str, Array] = {}
+_rows: dict[tuple[str, float], Array] = {}
 
 
 def relu(x: Array, out: Array | None = None) -> Array:
@@ -176,17 +177,53 @@ def relu(x: Array, out: Array | None = None) -> Array:
     xp = get_array_module(x)
     if not is_host(x) or x.ndim == 0:
         return xp.maximum(x, 0, out=out)
-    return xp.maximum(x, _zeros(xp, x.shape[-1], x.dtype), out=out)
+    return xp.maximum(x, _filled(xp, x.shape[-1], x.dtype, 0), out=out)
 
 
-def _zeros(xp: ModuleType, n: int, dtype: Any) -> Array:
-    """A read-only row of n zeros of ``dtype``, shared by all threads (one kept per dtype, grown as needed)."""
-    key = xp.dtype(dtype).str
-    z = _zero_rows.get(key)
+def row_sums(a: Array) -> Array:
+    """a.sum(axis=1) of a 2-D float array (C, M), as one single-threaded BLAS product with a row of ones.
+
+    NumPy's own sum over contiguous rows runs at a third of the speed of BLAS's (0.139 against 0.043 ms for
+    8 rows of 131,072 float32) for an error of the same size (BLAS keeps many partial sums, NumPy sums
+    pairwise). Device arrays get a plain ``sum``."""
+    if not is_host(a):
+        return a.sum(axis=1)
+    xp = get_array_module(a)
+    with _pinned():
+        return a @ _filled(xp, a.shape[1], a.dtype, 1)
+
+
+def row_dots(a: Array, b: Array) -> Array:
+    """(a * b).sum(axis=1) of two 2-D float arrays (C, M), one single-threaded BLAS dot product per row
+    (about three times as fast as einsum's loop over a row with itself, 1.5 times over two). Device arrays
+    get einsum."""
+    xp = get_array_module(a)
+    if not is_host(a):
+        return xp.einsum("cm,cm->c", a, b)
+    with _pinned():
+        return (a[:, None, :] @ b[:, :, None]).reshape(a.shape[0])
+
+
+@contextmanager
+def _pinned() -> Iterator[None]:
+    """BLAS single-threaded for a call of this thread: already so inside a parallel section (``by_channel``
+    and ``in_runs`` pin it for the whole section: a thread of its own must not restore it early)."""
+    if _nested():
+        yield
+    else:
+        with single_threaded_blas():
+            yield
+
+
+def _filled(xp: ModuleType, n: int, dtype: Any, value: float) -> Array:
+    """A read-only row of n ``value``s (0 or 1) of ``dtype``, shared by all threads (one kept per dtype and
+    value, grown as needed)."""
+    key = (xp.dtype(dtype).str, value)
+    z = _rows.get(key)
     if z is None or z.shape[0] < n:
-        z = xp.zeros(n, dtype=dtype)
+        z = xp.full(n, value, dtype=dtype)
         z.flags.writeable = False
-        _zero_rows[key] = z
+        _rows[key] = z
     return z[:n]
 
 

@@ -80,9 +80,9 @@ def forward_batch(bn: Module, x2: Array, res2: Array | None, relu: bool) -> tupl
 
     def apply_train(c0: int, c1: int) -> None:
         xs, xc = x2[c0:c1], centered[c0:c1]
-        mean[c0:c1] = xs.mean(axis=1)
+        mean[c0:c1] = runtime.row_sums(xs) / m
         xp.subtract(xs, mean[c0:c1, None], out=xc)
-        var[c0:c1] = xp.einsum("cm,cm->c", xc, xc) / m
+        var[c0:c1] = runtime.row_dots(xc, xc) / m
         invstd[c0:c1] = 1.0 / xp.sqrt(var[c0:c1] + bn.eps)
         xp.multiply(xc, (weight[c0:c1] * invstd[c0:c1])[:, None], out=y[c0:c1])
         y[c0:c1] += bias[c0:c1, None]
@@ -127,8 +127,8 @@ def backward(bn: Module, dy2: Array, saved: Saved, gate: Array | None, add: bool
         if gate is not None:                      # d: the gradient through the ReLU
             d = dres[c0:c1] if dres is not None else dxs
             _ungate_rows(dy2[c0:c1], gate[c0:c1], d)
-        dbeta[c0:c1] = d.sum(axis=1)
-        dgamma[c0:c1] = xp.einsum("cm,cm->c", d, xc) * invstd[c0:c1]
+        dbeta[c0:c1] = runtime.row_sums(d)
+        dgamma[c0:c1] = runtime.row_dots(d, xc) * invstd[c0:c1]
         if batch:
             # dx = gamma*invstd * (dy - sum(dy)/M - xhat*sum(dy*xhat)/M), xhat = centered * invstd
             k1 = (dgamma[c0:c1] * invstd[c0:c1] / m)[:, None]
