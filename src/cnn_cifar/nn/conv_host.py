@@ -80,8 +80,9 @@ def _backward_stride1(xc: Array, weight: Array, dyc: Array, geo: ConvGeometry, g
 
 def _backward_cols(xc: Array, weight: Array, dyc: Array, geo: ConvGeometry, groups: int, wgrad: Array,
                    input_grad: bool) -> Array | None:
-    """The general case: dW from the columns of x; dx (if wanted) as the column gradient W^T @ dy, scattered
-    back into the padded input with col2im.
+    """The general case: dW from the columns of x (as dW^T = cols @ dy^T: BLAS runs a product with the long
+    side inside and the short one out faster than dy @ cols^T); dx (if wanted) as the column gradient
+    W^T @ dy, scattered back into the padded input with col2im.
 
     Where a kernel is larger than its stride (3x3 stride 2), neighbouring tiles scatter into shared input
     rows: then the first run of tiles scatters into dx itself and every other run into a zeroed span of its
@@ -98,8 +99,8 @@ def _backward_cols(xc: Array, weight: Array, dyc: Array, geo: ConvGeometry, grou
     overlap = (geo.kh - 1) * geo.dh >= geo.sh or (geo.kw - 1) * geo.dw >= geo.sw
     pixel_tiles = tiles(ho, wo, c * geo.taps * n * dyc.itemsize, dyc)
     with runtime.padded(xc, ph, pw) as xpad:
-        def work(run: list[Tile]) -> tuple[Array, int, Array | None]:     # this run's dW part, its own dx span
-            gw = xp.zeros((g, og, k), dtype=wgrad.dtype)
+        def work(run: list[Tile]) -> tuple[Array, int, Array | None]:     # this run's dW^T part, its own dx span
+            gw = xp.zeros((g, k, og), dtype=wgrad.dtype)
             top, into, first = 0, dxpad, run[0] == pixel_tiles[0]
             if dxpad is not None and overlap and not first:
                 top = run[0].y0 * geo.sh
@@ -110,7 +111,7 @@ def _backward_cols(xc: Array, weight: Array, dyc: Array, geo: ConvGeometry, grou
                 shape = cols_shape(c, geo, t, n)
                 with runtime.workspace(xp, "cols", shape, dyc.dtype) as buf:
                     cols = im2col(xpad, geo, t, buf)
-                    gw += runtime.matmul_released(dy_g, cols.reshape(g, k, -1).transpose(0, 2, 1))
+                    gw += runtime.matmul_released(cols.reshape(g, k, -1), dy_g.transpose(0, 2, 1))
                 if into is not None:
                     with runtime.workspace(xp, "dcols", shape, dyc.dtype) as dcols:
                         xp.matmul(w2.transpose(0, 2, 1), dy_g, out=dcols.reshape(g, k, -1))
@@ -120,5 +121,5 @@ def _backward_cols(xc: Array, weight: Array, dyc: Array, geo: ConvGeometry, grou
     for _, top, span in parts:
         if span is not None:
             dxpad[:, top:top + span.shape[1]] += span
-    wgrad += sum(gw for gw, _, _ in parts).reshape(wgrad.shape)
+    wgrad += sum(gw for gw, _, _ in parts).transpose(0, 2, 1).reshape(wgrad.shape)
     return None if dxpad is None else dxpad[:, ph:ph + h, pw:pw + w]
