@@ -35,8 +35,8 @@ ZOO = ("net-basic", "net-dilated", "cifarnet", "senet")
 def _blas_info() -> str:
     try:
         from threadpoolctl import threadpool_info
-        pools = [f"{p.get('internal_api')} {p.get('num_threads')} threads" for p in threadpool_info()
-                 if p.get("user_api") == "blas"]
+        pools = [f"{p.get('internal_api')} ({p.get('architecture', '?')} kernels) {p.get('num_threads')} threads"
+                 for p in threadpool_info() if p.get("user_api") == "blas"]
         return ", ".join(pools) or "unknown BLAS"
     except ImportError:
         return f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}"
