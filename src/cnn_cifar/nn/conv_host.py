@@ -1,7 +1,7 @@
 """The host path of ``Conv2d`` (NumPy arrays): im2col and matrix multiplies, one cache-sized tile of output
 pixels at a time.
 
-Forward builds the (C*kh*kw, pixels*N) column matrix of a tile with kh*kw slice copies (``im2col``) in a
+Forward builds the (C*kh*kw, pixels*N) column matrix of a tile (``im2col``: one strided copy) in a
 borrowed workspace and multiplies it by the (out, C*kh*kw) weight matrix; columns are never kept (they are
 kh*kw times the input). Runs of tiles go to worker threads (``runtime.in_runs``), each core keeping its
 tile in its own cache. Backward takes one of two routes:
