@@ -282,6 +282,51 @@ def test_row_sums_and_dots_on_blas_match_numpy(xp, dtype, shape, transposed):
     np.testing.assert_allclose(backend.to_numpy(dots), (a.astype(np.float64) * b).sum(axis=1), rtol=tol)
 
 
+def test_a_parallel_section_returns_in_order_and_raises_what_a_call_raised():
+    """Results in call order, each call on its own thread (the first on the caller's); a pool thread's
+    exception is raised in the caller once every call has ended, and the pool serves the next section."""
+    import threading
+    names = [None] * 3
+
+    def call(k):
+        def run():
+            names[k] = threading.current_thread().name
+            return k * 10
+        return run
+    assert runtime._share([call(0), call(1), call(2)]) == [0, 10, 20]
+    assert names[0] == threading.current_thread().name and len(set(names)) == 3
+    ended = []
+
+    def fails():
+        raise ValueError("in a pool thread")
+    with pytest.raises(ValueError, match="in a pool thread"):
+        runtime._share([lambda: ended.append("first"), fails])
+    assert ended == ["first"]
+    assert runtime._share([lambda: 1, lambda: 2]) == [1, 2]
+
+
+def test_a_second_thread_runs_its_section_serially_while_the_pool_is_busy():
+    """Two threads asking for the pool at once (a user's thread beside training): the second runs its calls
+    itself, in order, rather than waiting or sharing the pool's threads."""
+    import threading
+    release, inside = threading.Event(), threading.Event()
+
+    def hold():
+        inside.set()
+        release.wait(10)
+        return "held"
+    t = threading.Thread(target=lambda: runtime._share([hold, lambda: None]))
+    t.start()
+    assert inside.wait(10)
+    me = threading.current_thread().name
+    seen = []
+    assert runtime._share([lambda: seen.append(threading.current_thread().name) or 1,
+                           lambda: seen.append(threading.current_thread().name) or 2]) == [1, 2]
+    release.set()
+    t.join(10)
+    assert seen == [me, me]
+
+
 def test_a_small_conv_still_gets_two_tiles_per_core(monkeypatch):
     """Below TILE_BYTES a conv is cut into 2 * THREADS even tiles (so runs go to every core), never below
     MIN_TILE_BYTES; a tiny one stays one tile."""
