@@ -305,6 +305,24 @@ def test_a_parallel_section_returns_in_order_and_raises_what_a_call_raised():
     assert runtime._share([lambda: 1, lambda: 2]) == [1, 2]
 
 
+def test_a_section_interrupted_while_waiting_leaves_a_pool_that_still_works(monkeypatch):
+    """Ctrl-C while the caller waits for a pool thread: the interrupt propagates, the threads that may still be
+    running are dropped, and the next section gets right results from fresh threads."""
+    real = runtime._Worker.outcome
+    interrupted = []
+
+    def interrupt_once(self):
+        if not interrupted:
+            interrupted.append(True)
+            raise KeyboardInterrupt
+        return real(self)
+    monkeypatch.setattr(runtime._Worker, "outcome", interrupt_once)
+    with pytest.raises(KeyboardInterrupt):
+        runtime._share([lambda: 1, lambda: 2])
+    assert runtime._workers == []
+    assert runtime._share([lambda: 3, lambda: 4]) == [3, 4]
+
+
 def test_a_second_thread_runs_its_section_serially_while_the_pool_is_busy():
     """Two threads asking for the pool at once (a user's thread beside training): the second runs its calls
     itself, in order, rather than waiting or sharing the pool's threads."""

@@ -53,7 +53,7 @@ class _Worker:
             self._go.acquire()
             try:
                 self._result = self._call()
-            except BaseException as exc:           # handed to the caller by join()
+            except BaseException as exc:           # handed to the caller by outcome()
                 self._error = exc
             self._call = None
             self._done.release()
@@ -62,13 +62,12 @@ class _Worker:
         self._call, self._result, self._error = call, None, None
         self._go.release()
 
-    def join(self) -> Any:
-        """Wait for the call to end; its result, or its exception raised here."""
+    def outcome(self) -> tuple[Any, BaseException | None]:
+        """Wait for the call to end: (its result, None), or (None, the exception it raised)."""
         self._done.acquire()
-        error, self._error = self._error, None
-        if error is not None:
-            raise error
-        return self._result
+        result, error = self._result, self._error
+        self._result = self._error = None
+        return result, error
 
 
 _workers: list[_Worker] = []
@@ -108,12 +107,11 @@ def _share(calls: Sequence[Callable[[], T]]) -> list[T]:
             first = calls[0]()
         finally:
             _local.in_parallel = False
-            outcomes = []
-            for worker in _workers[:len(calls) - 1]:
-                try:
-                    outcomes.append((worker.join(), None))
-                except BaseException as exc:
-                    outcomes.append((None, exc))
+            try:
+                outcomes = [worker.outcome() for worker in _workers[:len(calls) - 1]]
+            except BaseException:              # interrupted while waiting (Ctrl-C): a call may still be running,
+                _workers.clear()               # so the next section starts threads of its own
+                raise
         for _, exc in outcomes:
             if exc is not None:
                 raise exc
