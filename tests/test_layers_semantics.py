@@ -262,3 +262,69 @@ def test_conv_tiles_cover_the_output_exactly_once(monkeypatch, ho, wo, pixel_byt
         assert t.rows * (t.x1 - t.x0) * pixel_bytes <= max(tile_bytes, pixel_bytes)
         seen[t.y0:t.y0 + t.rows, t.x0:t.x1] += 1
     assert (seen == 1).all()
+
+
+def _block_with_statistics(shortcut: str, cin: int, cout: int, stride: int, dtype=np.float32):
+    """A BasicBlock whose batch norms have non-trivial weights, biases and running statistics."""
+    block = nn.BasicBlock(cin, cout, stride, rng=np.random.default_rng(4), shortcut=shortcut).to(dtype)
+    rng = np.random.default_rng(5)
+    for m in block.modules():
+        if isinstance(m, (nn.BatchNorm2d, nn.BatchNormReLU2d, nn.BatchNormAddReLU2d)):
+            c = m.num_features
+            m.weight.data = backend.to_device(rng.uniform(0.5, 1.5, c).astype(dtype))
+            m.bias.data = backend.to_device(rng.uniform(-0.3, 0.3, c).astype(dtype))
+            m.running_mean = backend.to_device(rng.uniform(-0.5, 0.5, c).astype(dtype))
+            m.running_var = backend.to_device(rng.uniform(0.5, 2.0, c).astype(dtype))
+    return block.eval()
+
+
+@pytest.mark.parametrize("shortcut,cin,cout,stride", [("projection", 4, 8, 2), ("pad", 4, 8, 2),
+                                                      ("projection", 6, 6, 1)])
+def test_a_block_in_inference_folds_batch_norm_into_its_convs(xp, monkeypatch, shortcut, cin, cout, stride):
+    """Eval under no_grad on the host: each batch norm rides in its conv (its affine in the conv's weight and
+    bias), with the unfolded layers' output to float32 rounding; with autograd on, in training or on a device
+    the layers run one after the other."""
+    from cnn_cifar.nn import fold
+    block = _block_with_statistics(shortcut, cin, cout, stride)
+    x = backend.to_device(_x((3, cin, 9, 9), 6, np.float32))
+    calls = []
+    real = nn.Conv2d.forward_affine
+    monkeypatch.setattr(nn.Conv2d, "forward_affine", lambda self, *a: calls.append(self) or real(self, *a))
+    with nn.no_grad():
+        y = block(x)
+    assert len(calls) == (2 if backend.is_host(x) else 0)
+    monkeypatch.setattr(fold, "folds", lambda *a: False)
+    with nn.no_grad():
+        want = block(x)
+    np.testing.assert_allclose(backend.to_numpy(y), backend.to_numpy(want), rtol=2e-5, atol=2e-5)
+    assert 0 < float((backend.to_numpy(y) == 0).mean()) < 1
+    monkeypatch.undo()
+    calls.clear()
+    monkeypatch.setattr(nn.Conv2d, "forward_affine", lambda self, *a: calls.append(self) or real(self, *a))
+    block(x)                                                    # autograd on: kept for backward, not folded
+    with nn.no_grad(), nn.autocast():
+        block(x)
+    block.train()
+    with nn.no_grad():
+        block(x)
+    assert calls == []
+
+
+def test_a_folded_conv_matches_conv_then_affine_with_and_without_a_bias(xp):
+    """Conv2d.forward_affine(x, scale, shift) is conv(x) * scale + shift per output channel (the bias scaled too)."""
+    x = backend.to_device(_x((2, 3, 7, 7), 8, np.float64))
+    rng = np.random.default_rng(9)
+    scale, shift = (backend.to_device(rng.uniform(-1.5, 1.5, 5)) for _ in range(2))
+    for bias in (False, True):
+        conv = nn.Conv2d(3, 5, 3, stride=2, padding=1, bias=bias, rng=np.random.default_rng(3)).to(np.float64)
+        s, t = backend.to_numpy(scale)[:, None, None], backend.to_numpy(shift)[:, None, None]
+        want = backend.to_numpy(conv(x)) * s + t
+        np.testing.assert_allclose(backend.to_numpy(conv.forward_affine(x, scale, shift)), want, rtol=1e-12,
+                                   atol=1e-12)
+
+
+def test_a_folded_batch_norm_refuses_a_residual_of_another_shape():
+    bn = nn.BatchNormAddReLU2d(3).eval()
+    y = nn.Conv2d(3, 3, 1)(_x((2, 3, 4, 4), 1, np.float32))
+    with pytest.raises(ValueError, match="residual of the output's shape"):
+        bn.finish_folded(y, _x((2, 3, 4, 5), 2, np.float32))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import backend, nn
+from ..nn import fold
 
 
 def layer_rows(model: nn.Module, input_shape: tuple[int, ...] = (1, 3, 32, 32)) -> list[dict]:
@@ -34,7 +35,7 @@ def layer_rows(model: nn.Module, input_shape: tuple[int, ...] = (1, 3, 32, 32)) 
         object.__setattr__(m, "forward", recording(name, m))
     try:
         model.eval()
-        with nn.no_grad():
+        with nn.no_grad(), fold.layer_by_layer():          # every layer's own call, none folded into another
             model(backend.to_device(np.zeros(input_shape, np.float32)))
     finally:
         for _, m in leaves:

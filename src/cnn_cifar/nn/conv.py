@@ -1,4 +1,5 @@
-"""2-D convolution: the ``Conv2d`` module (parameters, geometry, mixed precision, the bias) over four paths.
+"""2-D convolution: the ``Conv2d`` module (parameters, geometry, mixed precision, the bias's gradient) over four
+paths.
 
 Each path is a module with the same two functions, forward and backward side by side (``ConvPath``):
 
@@ -40,8 +41,9 @@ class ConvPath(Protocol):
     Arrays are in the (C, H, W, N) layout: ``xc`` the contiguous input, ``weight`` the (O, C/groups, kh, kw)
     weight as the forward used it (float16 under autocast), ``dyc`` the output gradient (O, ho, wo, N)."""
 
-    def forward(self, xc: Array, weight: Array, geo: ConvGeometry, groups: int, ho: int, wo: int) -> Array:
-        """The output (O, ho, wo, N), without the bias."""
+    def forward(self, xc: Array, weight: Array, geo: ConvGeometry, groups: int, ho: int, wo: int,
+                bias: Array | None = None) -> Array:
+        """The output (O, ho, wo, N), plus ``bias`` (O,) where given."""
 
     def backward(self, xc: Array, weight: Array, dyc: Array, geo: ConvGeometry, groups: int, wgrad: Array,
                  input_grad: bool) -> Array | None:
@@ -54,7 +56,7 @@ class Conv2d(Module):
 
     The module holds the parameters and the geometry, checks the input, lowers input and weight under
     ``amp.autocast`` (float16 in and out; the weight gradient accumulates into the float32 ``weight.grad``),
-    adds the bias and its gradient, and leaves the arithmetic to one of four paths (see the module's
+    takes the bias's gradient, and leaves the arithmetic, the bias included, to one of four paths (see the module's
     docstring): depthwise for a depthwise conv (groups == in == out channels), else ``conv_winograd`` where
     its rule applies, ``conv_host`` for other NumPy arrays and ``conv_device`` for CuPy ones. A frozen weight
     (``requires_grad`` False) gets no gradient, and with ``needs_input_grad`` False too the backward stops.
@@ -121,10 +123,20 @@ class Conv2d(Module):
         x, weight = amp.lower(x), amp.lower(self.weight.data)       # float16 under autocast
         xc = chwn_contiguous(x)              # a loader's NCHW images are transposed here, once
         path = self.path_for(xc)
-        y = path.forward(xc, weight, self.geometry, self.groups, ho, wo)
-        if self.bias is not None:
-            y += self.bias.data[:, None, None, None]
+        y = path.forward(xc, weight, self.geometry, self.groups, ho, wo, None if self.bias is None else self.bias.data)
         self.save_for_backward(path, xc, weight)
+        return nchw(y)
+
+    def forward_affine(self, x: Array, scale: Array, shift: Array) -> Array:
+        """For inference: this convolution followed by the per-channel affine ``y * scale + shift``, as one
+        convolution whose weight rows are scaled and whose bias is ``shift`` (plus the scaled bias): an eval
+        batch norm folded into the conv before it (``nn.fold``). Nothing is kept for backward; the output is
+        the input's dtype."""
+        ho, wo = self._out_size(x)
+        xc = chwn_contiguous(x)
+        weight = (self.weight.data * scale[:, None, None, None]).astype(xc.dtype, copy=False)
+        bias = shift if self.bias is None else self.bias.data * scale + shift
+        y = self.path_for(xc).forward(xc, weight, self.geometry, self.groups, ho, wo, bias.astype(xc.dtype, copy=False))
         return nchw(y)
 
     def backward(self, dy: Array) -> Array | None:

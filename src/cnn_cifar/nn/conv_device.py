@@ -31,8 +31,10 @@ def _cols(xc: Array, geo: ConvGeometry, ho: int, wo: int) -> Iterator[Array]:
         yield kernels.im2col_gpu(xc, *_geometry_args(xc, geo, ho, wo), cols)
 
 
-def forward(xc: Array, weight: Array, geo: ConvGeometry, groups: int, ho: int, wo: int) -> Array:
-    """y (O, Ho, Wo, N), without the bias: one im2col kernel and one matrix multiply (2-D when groups == 1)."""
+def forward(xc: Array, weight: Array, geo: ConvGeometry, groups: int, ho: int, wo: int,
+            bias: Array | None = None) -> Array:
+    """y (O, Ho, Wo, N), plus ``bias`` (O,) where given: one im2col kernel and one matrix multiply (2-D when
+    groups == 1)."""
     xp = get_array_module(xc)
     g, o, n = groups, weight.shape[0], xc.shape[3]
     with _cols(xc, geo, ho, wo) as cols:
@@ -40,7 +42,10 @@ def forward(xc: Array, weight: Array, geo: ConvGeometry, groups: int, ho: int, w
             y = xp.matmul(weight.reshape(o, -1), cols)
         else:
             y = xp.matmul(weight.reshape(g, o // g, -1), cols.reshape(g, -1, cols.shape[1]))
-    return y.reshape(o, ho, wo, n)
+    y = y.reshape(o, ho, wo, n)
+    if bias is not None:
+        y += bias[:, None, None, None]
+    return y
 
 
 def backward(xc: Array, weight: Array, dyc: Array, geo: ConvGeometry, groups: int, wgrad: Array,

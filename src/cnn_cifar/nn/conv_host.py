@@ -18,20 +18,33 @@ from ..backend import Array, get_array_module
 from .im2col import ConvGeometry, Tile, col2im_add, cols_shape, im2col, tiles
 
 
-def forward(xc: Array, weight: Array, geo: ConvGeometry, groups: int, ho: int, wo: int) -> Array:
-    """y (O, ho, wo, N) of the contiguous input xc (C, H, W, N), without the bias."""
+def forward(xc: Array, weight: Array, geo: ConvGeometry, groups: int, ho: int, wo: int,
+            bias: Array | None = None) -> Array:
+    """y (O, ho, wo, N) of the contiguous input xc (C, H, W, N), plus ``bias`` (O,) where given. With one group
+    and a bias of the input's dtype, the bias is the product's last column, against a row of ones under each
+    tile's columns: no pass over the output of its own."""
     xp = get_array_module(xc)
     c, n = xc.shape[0], xc.shape[3]
     g, o = groups, weight.shape[0]
-    w2 = weight.reshape(g, o // g, -1)
+    k = c // g * geo.taps
+    w2 = weight.reshape(g, o // g, k)
+    ones = bias is not None and g == 1 and bias.dtype == xc.dtype
+    if ones:
+        w2 = xp.concatenate([w2, bias.reshape(1, o, 1)], axis=2)            # (1, O, C*kh*kw + 1)
     y = xp.empty((o, ho, wo, n), dtype=xc.dtype)
     with runtime.padded(xc, geo.ph, geo.pw) as xpad:
         def work(run: list[Tile]) -> None:
             for t in run:
-                with runtime.workspace(xp, "cols", cols_shape(c, geo, t, n), xc.dtype) as buf:
-                    cols = im2col(xpad, geo, t, buf)                      # (C*kh*kw, pixels*N)
-                    xp.matmul(w2, cols.reshape(g, -1, cols.shape[1]), out=t.of(y).reshape(g, o // g, -1))
+                shape = cols_shape(c, geo, t, n)
+                pixels = t.rows * (t.x1 - t.x0) * n
+                with runtime.workspace(xp, "cols", (c * geo.taps + ones, pixels), xc.dtype) as buf:
+                    im2col(xpad, geo, t, buf[:c * geo.taps].reshape(shape))   # (C*kh*kw, pixels*N)
+                    if ones:
+                        buf[-1] = 1
+                    xp.matmul(w2, buf.reshape(g, -1, pixels), out=t.of(y).reshape(g, o // g, -1))
         runtime.in_runs(work, tiles(ho, wo, c * geo.taps * n * xc.itemsize, xc), xc)
+    if bias is not None and not ones:
+        y += bias[:, None, None, None]
     return y
 
 

@@ -197,8 +197,9 @@ def _put_output(yt: Array, plan: _Plan, t0: int, rows: int, y: Array) -> None:
                 y[:, m * t0 + i:m * (t0 + ti - 1) + i + 1:m, j:m * (tj - 1) + j + 1:m] = yt[i, j][:, :ti, :tj]
 
 
-def forward(xc: Array, weight: Array, geo: ConvGeometry, groups: int, ho: int, wo: int) -> Array:
-    """y (O, ho, wo, N) of the contiguous input xc (C, H, W, N), without the bias."""
+def forward(xc: Array, weight: Array, geo: ConvGeometry, groups: int, ho: int, wo: int,
+            bias: Array | None = None) -> Array:
+    """y (O, ho, wo, N) of the contiguous input xc (C, H, W, N), plus ``bias`` (O,) where given."""
     xp = get_array_module(xc)
     c, _, _, n = xc.shape
     o = weight.shape[0]
@@ -217,6 +218,8 @@ def forward(xc: Array, weight: Array, geo: ConvGeometry, groups: int, ho: int, w
                         xp.matmul(ka, mm.reshape(a, -1), out=yt.reshape(m * m, -1))       # A^T M A
                         _put_output(yt, plan, t0, t1 - t0, y[..., n0:n1])
         runtime.in_runs(work, plan.sample_blocks(n), xc)
+    if bias is not None:
+        y += bias[:, None, None, None]
     return y
 
 

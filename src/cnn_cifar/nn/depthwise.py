@@ -13,8 +13,10 @@ from ..backend import Array, get_array_module
 from .im2col import ConvGeometry
 
 
-def forward(xc: Array, weight: Array, geo: ConvGeometry, groups: int, ho: int, wo: int) -> Array:
-    """y (C, ho, wo, N), without the bias, from the input xc (C, H, W, N) and the weight (C, 1, kh, kw)."""
+def forward(xc: Array, weight: Array, geo: ConvGeometry, groups: int, ho: int, wo: int,
+            bias: Array | None = None) -> Array:
+    """y (C, ho, wo, N), plus ``bias`` (C,) where given, from the input xc (C, H, W, N) and the weight
+    (C, 1, kh, kw)."""
     xp = get_array_module(xc)
     c, n = xc.shape[0], xc.shape[3]
     kernel = weight.reshape(c, geo.kh, geo.kw)
@@ -26,6 +28,8 @@ def forward(xc: Array, weight: Array, geo: ConvGeometry, groups: int, ho: int, w
                 rows, cols = geo.window(i, j, ho, wo)
                 xp.multiply(xpad[:, rows, cols], kernel[:, i, j, None, None, None], out=tap)
                 y += tap
+    if bias is not None:
+        y += bias[:, None, None, None]
     return y
 
 

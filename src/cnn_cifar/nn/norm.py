@@ -26,7 +26,7 @@ from dataclasses import replace
 from types import ModuleType
 from typing import Any
 
-from .. import backend
+from .. import backend, runtime
 from ..backend import Array, get_array_module
 from . import amp, init, norm_device, norm_host, norm_sync
 from .layout import check_4d, nchw, rows
@@ -110,6 +110,25 @@ class _BatchNorm(Module):
         if gate is not None and gate.dtype != dy2.dtype:     # kept narrow under autocast (_keep_narrow_gate)
             gate = gate.astype(dy2.dtype)
         return path.backward(self, dy2, saved, gate, self._ADD)
+
+    # -- eval folded into the conv before it (nn.fold) ------------------------------------------------------
+    def eval_affine(self) -> tuple[Array, Array]:
+        """(scale, shift): this layer in eval is ``x * scale + shift`` per channel, before its residual and
+        ReLU."""
+        _, scale, shift = norm_host.running_affine(self)
+        return scale, shift
+
+    def finish_folded(self, y: Array, residual: Array | None = None) -> Array:
+        """The rest of this layer after its affine was folded into the conv that made ``y`` (N, C, H, W; ours,
+        changed in place): the residual added where the layer takes one, then the ReLU where it has one."""
+        if self._ADD and (residual is None or tuple(residual.shape) != tuple(y.shape)):
+            raise ValueError(f"{self.label}: needs a residual of the output's shape {tuple(y.shape)}, got "
+                             f"{None if residual is None else tuple(residual.shape)}")
+        if self._ADD or self._RELU:
+            y2 = rows(y)
+            res2 = rows(residual) if self._ADD else None
+            runtime.by_channel(lambda c0, c1: norm_host.finish(y2, res2, self._RELU, c0, c1), y2)
+        return y
 
     # -- (N, C, H, W) inputs --------------------------------------------------------------------------------
     def _forward_4d(self, x: Array, residual: Array | None = None) -> Array:

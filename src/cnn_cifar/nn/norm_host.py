@@ -43,16 +43,21 @@ def track_running_stats(bn: Module, mean: Array, var: Array, count) -> None:
     bn.num_batches_tracked = bn.num_batches_tracked + 1
 
 
+def running_affine(bn: Module) -> tuple[Array, Array, Array]:
+    """(invstd, scale, shift) of the running statistics: eval's batch norm is x * scale + shift per channel."""
+    xp = get_array_module(bn.running_var)
+    invstd = 1.0 / xp.sqrt(bn.running_var + bn.eps)
+    scale = bn.weight.data * invstd
+    return invstd, scale, bn.bias.data - bn.running_mean * scale
+
+
 def forward_running(bn: Module, x2: Array, res2: Array | None, relu: bool) -> tuple[Array, Saved]:
     """Eval: normalise with the running statistics as one per-channel multiply-add; with autograd on, the
     centred input is kept too."""
     xp = get_array_module(x2)
     c, m = x2.shape
-    weight, bias = bn.weight.data, bn.bias.data
     y = xp.empty((c, m), dtype=x2.dtype)
-    invstd = 1.0 / xp.sqrt(bn.running_var + bn.eps)
-    scale = weight * invstd
-    shift = bias - bn.running_mean * scale
+    invstd, scale, shift = running_affine(bn)
     centered = xp.empty((c, m), dtype=x2.dtype) if grad_enabled() else None
 
     def apply_eval(c0: int, c1: int) -> None:

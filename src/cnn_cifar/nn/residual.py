@@ -7,6 +7,7 @@ import numpy as np
 
 from ..backend import Array, get_array_module
 from .conv import Conv2d
+from .fold import conv_bn
 from .layout import check_4d, chwn, nchw
 from .module import Module, Sequential
 from .norm import BatchNorm2d, BatchNormAddReLU2d, BatchNormReLU2d
@@ -97,8 +98,8 @@ class BasicBlock(Module):
             self.shortcut = None
 
     def forward(self, x: Array) -> Array:
-        out = self.bn1(self.conv1(x))
-        return self.bn2(self.conv2(out), self.shortcut(x) if self.shortcut is not None else x)
+        out = conv_bn(self.conv1, self.bn1, x)                 # in inference each bn folded into its conv
+        return conv_bn(self.conv2, self.bn2, out, self.shortcut(x) if self.shortcut is not None else x)
 
     def backward(self, dy: Array) -> Array:
         d, dres = self.bn2.backward(dy)
