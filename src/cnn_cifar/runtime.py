@@ -59,7 +59,7 @@ class _Worker:
             self._done.release()
 
     def start(self, call: Callable[[], Any]) -> None:
-        self._call, self._result, self._error = call, None, None
+        self._call = call                     # result and error are None: unset, or cleared by outcome()
         self._go.release()
 
     def outcome(self) -> tuple[Any, BaseException | None]:

@@ -26,12 +26,12 @@ class ReLU(Module):
         xp = get_array_module(x)
         if x.ndim == 4:          # keep the channel-major layout and split the pass by channel
             xc = chwn(x)
-            yc = xc if self.inplace else xp.empty(xc.shape, dtype=x.dtype)
-            c = xc.shape[0]
+            shape = xc.shape
+            yc = xc if self.inplace else xp.empty(shape, dtype=x.dtype)
             if xc.flags.c_contiguous and yc.flags.c_contiguous:        # rows (C, H*W*N): long inner loops
-                xc, yc = xc.reshape(c, -1), yc.reshape(c, -1)
+                xc, yc = xc.reshape(shape[0], -1), yc.reshape(shape[0], -1)
             runtime.by_channel(lambda c0, c1: runtime.relu(xc[c0:c1], out=yc[c0:c1]), xc)
-            y = nchw(yc.reshape(chwn(x).shape))
+            y = nchw(yc.reshape(shape))
         else:
             y = runtime.relu(x, out=x if self.inplace else None)
         self.save_for_backward(y)

@@ -26,8 +26,8 @@ def forward(xc: Array, weight: Array, geo: ConvGeometry, groups: int, ho: int, w
     xp = get_array_module(xc)
     c, n = xc.shape[0], xc.shape[3]
     g, o = groups, weight.shape[0]
-    k = c // g * geo.taps
-    w2 = weight.reshape(g, o // g, k)
+    k = c * geo.taps                                                          # the column matrix's rows
+    w2 = weight.reshape(g, o // g, -1)
     ones = bias is not None and g == 1 and bias.dtype == xc.dtype
     if ones:
         w2 = xp.concatenate([w2, bias.reshape(1, o, 1)], axis=2)            # (1, O, C*kh*kw + 1)
@@ -37,12 +37,12 @@ def forward(xc: Array, weight: Array, geo: ConvGeometry, groups: int, ho: int, w
             for t in run:
                 shape = cols_shape(c, geo, t, n)
                 pixels = t.rows * (t.x1 - t.x0) * n
-                with runtime.workspace(xp, "cols", (c * geo.taps + ones, pixels), xc.dtype) as buf:
-                    im2col(xpad, geo, t, buf[:c * geo.taps].reshape(shape))   # (C*kh*kw, pixels*N)
+                with runtime.workspace(xp, "cols", (k + ones, pixels), xc.dtype) as buf:
+                    im2col(xpad, geo, t, buf[:k].reshape(shape))                # (C*kh*kw, pixels*N)
                     if ones:
                         buf[-1] = 1
                     xp.matmul(w2, buf.reshape(g, -1, pixels), out=t.of(y).reshape(g, o // g, -1))
-        runtime.in_runs(work, tiles(ho, wo, c * geo.taps * n * xc.itemsize, xc), xc)
+        runtime.in_runs(work, tiles(ho, wo, k * n * xc.itemsize, xc), xc)
     if bias is not None and not ones:
         y += bias[:, None, None, None]
     return y
